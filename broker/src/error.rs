@@ -1,0 +1,19 @@
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach broker {url}: {source}")]
+    Unreachable { url: String, source: lapin::Error },
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused message for {exchange}/{key} ({reason})")]
+    Refused { exchange: String, key: String, reason: &'static str },
+}
+
+impl BrokerError {
+    /// All broker errors are transient from a message's point of view: requeue and retry.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            BrokerError::Unreachable { .. } | BrokerError::Amqp(_) => "unavailable",
+            BrokerError::Refused { .. } => "unroutable",
+        }
+    }
+}

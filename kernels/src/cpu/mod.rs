@@ -1,0 +1,23 @@
+//! CPU reference backend: plain loops over `f32` slices, the oracle other backends are tested
+//! against.
+//!
+//! Determinism: reductions use [`dot`]'s fixed 8-lane order (or a plain sequential loop) and each
+//! output row reads only its own input row, so results are independent of batch composition and
+//! thread count. No op allocates per element; scratch buffers are per call.
+
+mod attention;
+mod elementwise;
+mod matmul;
+mod rope;
+
+#[cfg(test)]
+mod tests;
+
+pub use attention::{attention, AttnShape};
+pub use elementwise::{rms_norm, silu_mul, softmax_inplace};
+pub use matmul::{dot, matmul};
+pub use rope::{rope_inplace, rope_inv_freq};
+
+/// Marker for the CPU backend; holds no state today (a thread pool could live here later).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBackend;

@@ -1,0 +1,172 @@
+//! Each op against a naive `f64` reference on small random inputs.
+
+use super::*;
+
+/// Small deterministic generator so the kernels crate needs no `rand` dependency.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn assert_close(a: &[f32], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((*x as f64 - y).abs() <= tol * (1.0 + y.abs()), "index {i}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn matmul_matches_naive_with_and_without_bias() {
+    let mut r = Lcg(1);
+    for &(m, k, n) in &[(1, 1, 1), (3, 7, 5), (4, 19, 9), (2, 64, 3)] {
+        let x = r.vec(m * k);
+        let w = r.vec(n * k);
+        let bias = r.vec(n);
+        for with_bias in [false, true] {
+            let mut y = vec![f32::NAN; m * n];
+            matmul(&x, &w, with_bias.then_some(&bias[..]), k, &mut y);
+            let mut want = vec![0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = if with_bias { bias[j] as f64 } else { 0.0 };
+                    for l in 0..k {
+                        s += x[i * k + l] as f64 * w[j * k + l] as f64;
+                    }
+                    want[i * n + j] = s;
+                }
+            }
+            assert_close(&y, &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn matmul_row_is_independent_of_batch() {
+    let mut r = Lcg(2);
+    let (k, n) = (37, 11);
+    let x = r.vec(5 * k);
+    let w = r.vec(n * k);
+    let mut full = vec![0f32; 5 * n];
+    matmul(&x, &w, None, k, &mut full);
+    for i in 0..5 {
+        let mut one = vec![0f32; n];
+        matmul(&x[i * k..(i + 1) * k], &w, None, k, &mut one);
+        assert_eq!(&full[i * n..(i + 1) * n], &one[..], "row {i} differs bitwise");
+    }
+}
+
+#[test]
+fn rms_norm_matches_naive() {
+    let mut r = Lcg(3);
+    let (rows, d) = (3, 10);
+    let x = r.vec(rows * d);
+    let w = r.vec(d);
+    let mut y = vec![0f32; rows * d];
+    rms_norm(&x, &w, 1e-5, &mut y);
+    let mut want = vec![0f64; rows * d];
+    for i in 0..rows {
+        let ms: f64 = x[i * d..(i + 1) * d].iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
+        for j in 0..d {
+            want[i * d + j] = x[i * d + j] as f64 / (ms + 1e-5).sqrt() * w[j] as f64;
+        }
+    }
+    assert_close(&y, &want, 1e-5);
+}
+
+#[test]
+fn softmax_matches_naive_and_sums_to_one() {
+    let mut r = Lcg(4);
+    let mut x: Vec<f32> = r.vec(13).iter().map(|v| v * 50.0).collect();
+    let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v as f64));
+    let z: f64 = x.iter().map(|v| (*v as f64 - max).exp()).sum();
+    let want: Vec<f64> = x.iter().map(|v| (*v as f64 - max).exp() / z).collect();
+    softmax_inplace(&mut x);
+    assert_close(&x, &want, 1e-5);
+    assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn silu_mul_matches_naive() {
+    let mut r = Lcg(5);
+    let g: Vec<f32> = r.vec(17).iter().map(|v| v * 8.0).collect();
+    let u = r.vec(17);
+    let mut out = vec![0f32; 17];
+    silu_mul(&g, &u, &mut out);
+    let want: Vec<f64> = g.iter().zip(&u).map(|(g, u)| *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64).collect();
+    assert_close(&out, &want, 1e-5);
+}
+
+#[test]
+fn rope_position_zero_is_identity_and_norm_is_preserved() {
+    let mut r = Lcg(6);
+    let (heads, hd) = (3, 8);
+    let inv = rope_inv_freq(hd, 10000.0);
+    let orig = r.vec(2 * heads * hd);
+    let mut x = orig.clone();
+    rope_inplace(&mut x, heads, &[0, 17], &inv);
+    assert_eq!(&x[..heads * hd], &orig[..heads * hd], "position 0 must be the identity");
+    for h in 0..heads {
+        let base = heads * hd + h * hd;
+        for i in 0..hd / 2 {
+            let n0 = orig[base + i].hypot(orig[base + i + hd / 2]);
+            let n1 = x[base + i].hypot(x[base + i + hd / 2]);
+            assert!((n0 - n1).abs() < 1e-5, "pair ({i}, {}) norm changed", i + hd / 2);
+        }
+    }
+}
+
+#[test]
+fn rope_rotates_pairs_i_and_i_plus_half() {
+    let (hd, theta, pos) = (4, 100.0, 3usize);
+    let inv = rope_inv_freq(hd, theta);
+    assert_eq!(inv, vec![1.0, 0.1]);
+    // A unit vector in slot i must move only into slot i + d/2.
+    let mut x = vec![1.0, 0.0, 0.0, 0.0];
+    rope_inplace(&mut x, 1, &[pos], &inv);
+    let a = pos as f64 * 1.0;
+    assert_close(&x, &[a.cos(), 0.0, a.sin(), 0.0], 1e-6);
+    let mut x = vec![0.0, 0.0, 0.0, 1.0];
+    rope_inplace(&mut x, 1, &[pos], &inv);
+    let a = pos as f64 * 0.1;
+    assert_close(&x, &[0.0, -a.sin(), 0.0, a.cos()], 1e-6);
+}
+
+#[test]
+fn attention_matches_naive_gqa() {
+    let mut r = Lcg(7);
+    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+    let len = 5;
+    let q = r.vec(4 * 8);
+    let k = r.vec(len * 2 * 8);
+    let v = r.vec(len * 2 * 8);
+    let mut out = vec![f32::NAN; 4 * 8];
+    attention(&q, &k, &v, shape, &mut out);
+    let mut want = vec![0f64; 4 * 8];
+    for h in 0..4 {
+        let kvh = h / 2;
+        let s: Vec<f64> = (0..len)
+            .map(|t| (0..8).map(|d| q[h * 8 + d] as f64 * k[t * 16 + kvh * 8 + d] as f64).sum::<f64>() / 8f64.sqrt())
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        for d in 0..8 {
+            want[h * 8 + d] = (0..len).map(|t| (s[t] - m).exp() / z * v[t * 16 + kvh * 8 + d] as f64).sum();
+        }
+    }
+    assert_close(&out, &want, 1e-5);
+}
+
+#[test]
+fn backend_dispatches_to_cpu() {
+    let b = crate::Backend::cpu();
+    assert_eq!(b.name(), "cpu");
+    let mut y = vec![0f32; 1];
+    b.matmul(&[1.0, 2.0], &[3.0, 4.0], Some(&[0.5]), 2, &mut y);
+    assert_eq!(y, vec![11.5]);
+}

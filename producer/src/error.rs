@@ -1,0 +1,32 @@
+use pdq_broker::BrokerError;
+use pdq_protocol::ValidationError;
+use pdq_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// The whole job is refused (a duplicate `custom_id`): nothing was recorded or enqueued.
+    #[error("job rejected: {0}")]
+    Rejected(ValidationError),
+    #[error("{0} is empty: no request lines")]
+    Empty(String),
+    #[error("no live workers in namespace '{0}'; start a cluster (`pdq serve`) or pass --prefill-dp/--decode-dp")]
+    NoCluster(String),
+}
+
+impl ProducerError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProducerError::Broker(e) => e.error_type(),
+            ProducerError::Store(e) => e.error_type(),
+            ProducerError::Io { .. } | ProducerError::Empty(_) => "input",
+            ProducerError::Rejected(e) => e.code(),
+            ProducerError::NoCluster(_) => "no_cluster",
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The KV handle: what a prefill worker publishes on `{ns}.kv` once a prompt's KV is computed.
+//! It names where the KV lives (rank, data-plane endpoint, id) and carries the validated request
+//! so the decode worker needs no database read before it can generate.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Timings, ValidRequest};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvHandle {
+    pub request_id: Uuid,
+    pub job_id: Option<Uuid>,
+    pub request: ValidRequest,
+    /// The original input line, republished as-is if the KV is lost and must be prefilled again.
+    pub line: Value,
+    /// 1 for the first prefill; each re-prefill after a lost KV adds one.
+    pub attempt: u32,
+    /// The decode rank this handle is for: the request's pin or the dispatcher's choice.
+    pub decode_rank: Option<u32>,
+    pub prefill_dp_rank: u32,
+    /// `host:port` of the prefill worker's data plane.
+    pub endpoint: String,
+    pub kv_id: Uuid,
+    pub kv_bytes: u64,
+    pub prompt_tokens: u32,
+    /// Sampled by prefill from the last position's logits (SGLang sends it as aux data).
+    pub first_token: u32,
+    /// The seed actually used (the request's, or one derived from its id).
+    pub seed: u64,
+    /// Milliseconds since the epoch when the request was first enqueued.
+    pub enqueued_at_ms: i64,
+    pub timings: Timings,
+    pub warnings: Vec<String>,
+}

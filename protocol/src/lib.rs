@@ -1,0 +1,25 @@
+//! Wire types and validation shared by every side of pdq: the input line (OpenAI Batch format),
+//! its conversion into a [`ValidRequest`], the DP-routing rules of the contract (§3), the KV handle
+//! that crosses from prefill to decode, the result record, and the queue names of a namespace.
+//!
+//! Nothing here does I/O: producers, workers and tests all agree on one definition.
+
+pub mod error;
+pub mod handle;
+pub mod input;
+pub mod names;
+pub mod result;
+pub mod routing;
+pub mod sampling;
+pub mod url;
+pub mod validate;
+
+pub use error::{ErrorBody, ValidationError};
+pub use handle::KvHandle;
+pub use input::{InputLine, RawLine};
+pub use names::Topology;
+pub use result::{FinishReason, MetaInfo, Outcome, ResultStatus, Timings};
+pub use routing::{ClusterShape, Mode, Pins, Routing, DEPRECATION_WARNING};
+pub use sampling::Sampling;
+pub use url::redact_url;
+pub use validate::{validate, Endpoint, Prompt, ValidRequest};

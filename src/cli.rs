@@ -1,0 +1,157 @@
+//! The command line of CONTRACT §1. Every flag also reads an environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pdq",
+    version,
+    about = "Batch LLM inference with prefill/decode disaggregation over AMQP and PostgreSQL"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// RabbitMQ URL.
+    #[arg(long, env = "PDQ_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true)]
+    pub amqp_url: String,
+    /// PostgreSQL URL; the database is created if missing and migrated on start.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/pdq", global = true)]
+    pub database_url: String,
+    /// Prefix of every exchange and queue, so several clusters share one broker.
+    #[arg(long, env = "PDQ_NAMESPACE", default_value = "pdq", global = true)]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// HF model directory (config.json, model.safetensors, tokenizer.json); default: the built-in tiny model.
+    #[arg(long, env = "PDQ_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Prefill DP ranks (N).
+    #[arg(long, env = "PDQ_PREFILL_DP", default_value_t = 1)]
+    pub prefill_dp: u32,
+    /// Decode DP ranks (M), or colocated ranks in colocated mode.
+    #[arg(long, env = "PDQ_DECODE_DP", default_value_t = 1)]
+    pub decode_dp: u32,
+    #[arg(long, env = "PDQ_MODE", default_value = "disagg")]
+    pub mode: pdq_protocol::Mode,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TuningArgs {
+    /// Host that decoders dial for this process's KV (set it to this host's address across hosts).
+    #[arg(long, env = "PDQ_ADVERTISE_HOST", default_value = "127.0.0.1")]
+    pub advertise_host: String,
+    /// Address the KV data plane listens on (port 0: any free port).
+    #[arg(long, env = "PDQ_DATA_PLANE_ADDR", default_value = "127.0.0.1:0")]
+    pub data_plane_addr: std::net::SocketAddr,
+    /// KV bytes a prefill rank may hold before it waits for decoders (MiB).
+    #[arg(long, env = "PDQ_KV_BUDGET_MB", default_value_t = 1024)]
+    pub kv_budget_mb: usize,
+    /// Sequences one rank decodes at once.
+    #[arg(long, env = "PDQ_MAX_RUNNING", default_value_t = 64)]
+    pub max_running: usize,
+    /// Unacked messages per queue per rank.
+    #[arg(long, env = "PDQ_PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// A whole cluster in one process until SIGINT/SIGTERM, then a graceful drain.
+    Serve {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        tuning: TuningArgs,
+    },
+    /// One worker rank, for ranks in separate processes or on separate hosts.
+    Worker {
+        #[arg(long, env = "PDQ_ROLE")]
+        role: pdq_workers::WorkerRole,
+        #[arg(long, env = "PDQ_DP_RANK")]
+        dp_rank: u32,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        tuning: TuningArgs,
+    },
+    /// Validates and enqueues a batch file (OpenAI Batch JSONL); prints the job id first.
+    Submit {
+        file: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Show progress and return when the job ends.
+        #[arg(long)]
+        wait: bool,
+        /// Dispatch policy for unpinned stages: shared, round-robin, least-loaded.
+        #[arg(long, env = "PDQ_POLICY", default_value = "shared")]
+        policy: pdq_producer::Policy,
+    },
+    /// A job's status.
+    Status {
+        job: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Waits for a job to end.
+    Wait { job: uuid::Uuid },
+    /// Lists jobs, newest first.
+    Jobs,
+    /// Cancels a job: requests without a result are recorded as cancelled.
+    Cancel { job: uuid::Uuid },
+    /// The OpenAI Batch output (or error) file of a job, as JSONL.
+    Results {
+        job: uuid::Uuid,
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The error file instead: failed and cancelled requests.
+        #[arg(long)]
+        errors: bool,
+    },
+    /// Model utilities.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Applies the migrations and exits.
+    Migrate,
+    /// The main job: a demo batch through a local in-process cluster, results printed from SQL.
+    Demo {
+        /// Requests in the demo batch.
+        #[arg(long, default_value_t = 48)]
+        requests: usize,
+        /// max_tokens of each request.
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+        /// Rows of the results table to print.
+        #[arg(long, default_value_t = 12)]
+        show: usize,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        model: ModelArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Writes the built-in tiny model (config.json, model.safetensors, tokenizer.json) to DIR.
+    Tiny { dir: PathBuf },
+}

@@ -1,0 +1,190 @@
+//! What each subcommand does, in terms of the library crates.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use pdq_broker::Broker;
+use pdq_engine::Model;
+use pdq_producer::{export_lines, wait_for_job, ExportKind, SubmitOptions, WaitMode};
+use pdq_protocol::{ClusterShape, Mode};
+use pdq_store::{JobRow, Store};
+use pdq_workers::{WorkerConfig, WorkerRole};
+
+use crate::cli::{Cli, ClusterArgs, Command, Global, ModelArg, ModelCommand, TuningArgs};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Serve { cluster, model, tuning } => {
+            let shape = shape(&cluster)?;
+            let model = load_model(&model)?;
+            let store = Store::connect(&g.database_url).await?;
+            let template = worker_config(g, WorkerRole::Prefill, 0, shape, &tuning);
+            tracing::info!(?shape, model = model.name(), "serving");
+            pdq_workers::serve(&template, model, store, shutdown_signal()).await?;
+        }
+        Command::Worker { role, dp_rank, mut cluster, model, tuning } => {
+            if role == WorkerRole::Colocated {
+                cluster.mode = Mode::Colocated;
+            }
+            let shape = shape(&cluster)?;
+            let ranks = if role == WorkerRole::Prefill { shape.prefill_dp } else { shape.decode_dp };
+            anyhow::ensure!(
+                dp_rank < ranks,
+                "--dp-rank {dp_rank} out of range [0, {ranks}) for role {}",
+                role.as_str()
+            );
+            let model = load_model(&model)?;
+            let store = Store::connect(&g.database_url).await?;
+            let cfg = worker_config(g, role, dp_rank, shape, &tuning);
+            pdq_workers::run_worker(cfg, model, store, shutdown_signal()).await?;
+        }
+        Command::Submit { file, name, wait, policy } => {
+            let store = Store::connect(&g.database_url).await?;
+            let broker = Broker::connect(&g.amqp_url, &g.namespace).await?;
+            let shape = pdq_producer::cluster_shape(&store, &g.namespace).await?;
+            broker.declare(&shape).await?;
+            let report = pdq_producer::submit(&store, &broker, &file, &shape, &SubmitOptions { name, policy }).await?;
+            println!("{}", report.job_id);
+            eprintln!(
+                "{} lines: {} enqueued, {} failed validation (see `pdq results {} --errors`)",
+                report.total, report.enqueued, report.invalid, report.job_id
+            );
+            broker.close().await;
+            if wait {
+                let job = wait_for_job(&store, report.job_id, WaitMode::Progress).await?;
+                print_status(&job, false)?;
+            }
+        }
+        Command::Status { job, json } => {
+            let store = Store::connect(&g.database_url).await?;
+            print_status(&store.job(job).await?, json)?;
+        }
+        Command::Wait { job } => {
+            let store = Store::connect(&g.database_url).await?;
+            let job = wait_for_job(&store, job, WaitMode::Progress).await?;
+            print_status(&job, false)?;
+        }
+        Command::Jobs => {
+            let store = Store::connect(&g.database_url).await?;
+            println!(
+                "{:<36}  {:<12}  {:>7}  {:>9}  {:>6}  {:>9}  {:<20}  name",
+                "id", "status", "total", "completed", "failed", "cancelled", "created"
+            );
+            for j in store.jobs().await? {
+                println!(
+                    "{:<36}  {:<12}  {:>7}  {:>9}  {:>6}  {:>9}  {:<20}  {}",
+                    j.id,
+                    j.status,
+                    j.total,
+                    j.completed,
+                    j.failed,
+                    j.cancelled,
+                    j.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    j.name.as_deref().unwrap_or("")
+                );
+            }
+        }
+        Command::Cancel { job } => {
+            let store = Store::connect(&g.database_url).await?;
+            print_status(&store.cancel_job(job).await?, false)?;
+        }
+        Command::Results { job, output, errors } => {
+            let store = Store::connect(&g.database_url).await?;
+            store.job(job).await?;
+            let kind = if errors { ExportKind::Errors } else { ExportKind::Output };
+            let lines = export_lines(&store.export_rows(job).await?, kind);
+            let mut out: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for l in lines {
+                writeln!(out, "{l}")?;
+            }
+            out.flush()?;
+        }
+        Command::Model { command: ModelCommand::Tiny { dir } } => {
+            pdq_engine::tiny::write(&dir)?;
+            println!("{}", dir.display());
+        }
+        Command::Migrate => {
+            Store::connect(&g.database_url).await?;
+            println!("migrations applied to {}", pdq_protocol::redact_url(&g.database_url));
+        }
+        Command::Demo { requests, max_tokens, show, cluster, model } => {
+            let shape = shape(&cluster)?;
+            let model = load_model(&model)?;
+            crate::demo::run(g, shape, model, requests, max_tokens, show).await?;
+        }
+    }
+    Ok(())
+}
+
+pub fn shape(c: &ClusterArgs) -> Result<ClusterShape> {
+    anyhow::ensure!(c.prefill_dp >= 1 && c.decode_dp >= 1, "--prefill-dp and --decode-dp must be >= 1");
+    Ok(match c.mode {
+        Mode::Disagg => ClusterShape::disagg(c.prefill_dp, c.decode_dp),
+        Mode::Colocated => ClusterShape::colocated(c.decode_dp),
+    })
+}
+
+pub fn load_model(arg: &ModelArg) -> Result<Arc<Model>> {
+    let dir = match &arg.model {
+        Some(dir) => dir.clone(),
+        None => pdq_engine::tiny::cached()?,
+    };
+    let model = Model::load(&dir).with_context(|| format!("invalid model directory {}", dir.display()))?;
+    Ok(Arc::new(model))
+}
+
+pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {
+    WorkerConfig {
+        data_plane_bind: t.data_plane_addr,
+        advertise_host: t.advertise_host.clone(),
+        kv_budget_bytes: t.kv_budget_mb << 20,
+        max_running: t.max_running,
+        prefetch: t.prefetch,
+        ..WorkerConfig::new(role, rank, shape, &g.namespace, &g.amqp_url)
+    }
+}
+
+fn print_status(job: &JobRow, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(job)?);
+        return Ok(());
+    }
+    let elapsed = match (job.started_at, job.finished_at) {
+        (Some(s), Some(f)) => format!(", {:.2}s", (f - s).num_milliseconds() as f64 / 1000.0),
+        _ => String::new(),
+    };
+    println!(
+        "job {} {}: {}/{} done ({} completed, {} failed, {} cancelled){elapsed}",
+        job.id,
+        job.status,
+        job.done(),
+        job.total,
+        job.completed,
+        job.failed,
+        job.cancelled
+    );
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}

@@ -1,0 +1,137 @@
+//! `pdq demo`: the README's main job. Starts a cluster in this process, submits a batch that
+//! exercises every input surface and routing field, waits, and prints the results from SQL.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use pdq_broker::Broker;
+use pdq_engine::Model;
+use pdq_producer::{submit, wait_for_job, Policy, SubmitOptions, WaitMode};
+use pdq_protocol::{ClusterShape, Mode};
+use pdq_store::Store;
+use pdq_workers::{Cluster, WorkerConfig, WorkerRole};
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::cli::Global;
+
+const PROMPTS: &[&str] = &[
+    "The quick brown fox",
+    "Once upon a time, in a quiet village by the sea,",
+    "The capital of France is",
+    "Batch inference works best when",
+    "A river runs through the old town and",
+    "In the morning the baker",
+];
+
+/// A demo batch line: a mix of surfaces, and of pinned and unpinned requests.
+pub fn demo_line(i: usize, shape: &ClusterShape, max_tokens: u32) -> Value {
+    let prompt = PROMPTS[i % PROMPTS.len()];
+    let mut body = match i % 3 {
+        0 => json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}),
+        1 => {
+            json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0.8, "seed": i})
+        }
+        _ => json!({"text": prompt, "sampling_params": {"max_new_tokens": max_tokens, "temperature": 0}}),
+    };
+    let url = ["/v1/completions", "/v1/chat/completions", "/generate"][i % 3];
+    // Every other request is pinned, as an external router would: decode rank, and for some a
+    // different prefill rank that holds the KV.
+    if i % 2 == 0 {
+        body["routed_dp_rank"] = json!((i / 2) as u32 % shape.decode_dp);
+        if shape.mode == Mode::Disagg && i % 4 == 0 {
+            body["disagg_prefill_dp_rank"] = json!((i / 4) as u32 % shape.prefill_dp);
+        }
+    }
+    json!({"custom_id": format!("demo-{i}"), "method": "POST", "url": url, "body": body})
+}
+
+pub async fn run(
+    g: &Global,
+    shape: ClusterShape,
+    model: Arc<Model>,
+    requests: usize,
+    max_tokens: u32,
+    show: usize,
+) -> Result<()> {
+    let store = Store::connect(&g.database_url).await?;
+    let broker = Broker::connect(&g.amqp_url, &g.namespace).await?;
+    let template = WorkerConfig::new(WorkerRole::Prefill, 0, shape, &g.namespace, &g.amqp_url);
+    let cluster = Cluster::start(&template, model.clone(), store.clone()).await?;
+    eprintln!(
+        "cluster: {} on model '{}' ({} prefill x {} decode ranks, namespace '{}')",
+        shape.mode,
+        model.name(),
+        shape.prefill_dp,
+        shape.decode_dp,
+        g.namespace
+    );
+
+    let path = std::env::temp_dir().join(format!("pdq-demo-{}.jsonl", std::process::id()));
+    let text: String = (0..requests).map(|i| demo_line(i, &shape, max_tokens).to_string() + "\n").collect();
+    std::fs::write(&path, text)?;
+    let started = Instant::now();
+    let opts = SubmitOptions { name: Some("demo".into()), policy: Policy::Shared };
+    let report = submit(&store, &broker, &path.to_string_lossy(), &shape, &opts).await?;
+    println!("{}", report.job_id);
+    let job = wait_for_job(&store, report.job_id, WaitMode::Progress).await?;
+    let wall = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).ok();
+    cluster.shutdown().await?;
+    broker.close().await;
+
+    println!(
+        "job {} {}: {} completed, {} failed of {} in {:.2}s ({:.1} requests/s)",
+        job.id,
+        job.status,
+        job.completed,
+        job.failed,
+        job.total,
+        wall,
+        job.total as f64 / wall
+    );
+    print_table(&store, job.id, show).await
+}
+
+async fn print_table(store: &Store, job_id: uuid::Uuid, show: usize) -> Result<()> {
+    const QUERY: &str = "SELECT r.custom_id, q.url, q.routed_dp_rank, q.disagg_prefill_dp_rank,
+            r.prefill_dp_rank, r.dp_rank, r.prompt_tokens, r.completion_tokens, r.finish_reason, r.text
+     FROM results r JOIN requests q ON q.id = r.request_id
+     WHERE r.job_id = $1 ORDER BY q.line_no LIMIT $2";
+    println!("\n{}\n", QUERY.split_whitespace().collect::<Vec<_>>().join(" "));
+    println!(
+        "{:<9} {:<21} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:<6} text",
+        "custom_id", "url", "routed", "pf_pin", "prefill", "dp_rank", "prompt", "compl", "finish"
+    );
+    let rows = sqlx::query(QUERY).bind(job_id).bind(show as i64).fetch_all(store.pool()).await?;
+    let opt = |v: Option<i32>| v.map_or("-".to_string(), |v| v.to_string());
+    for r in rows {
+        let text: Option<String> = r.get("text");
+        let text: String = text.unwrap_or_default().chars().take(40).collect::<String>().replace('\n', "\\n");
+        println!(
+            "{:<9} {:<21} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:<6} {}",
+            r.get::<Option<String>, _>("custom_id").unwrap_or_default(),
+            r.get::<Option<String>, _>("url").unwrap_or_default(),
+            opt(r.get("routed_dp_rank")),
+            opt(r.get("disagg_prefill_dp_rank")),
+            opt(r.get("prefill_dp_rank")),
+            opt(r.get("dp_rank")),
+            opt(r.get("prompt_tokens")),
+            opt(r.get("completion_tokens")),
+            r.get::<Option<String>, _>("finish_reason").unwrap_or_default(),
+            text
+        );
+    }
+    let check: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE q.routed_dp_rank IS NOT NULL),
+                count(*) FILTER (WHERE q.routed_dp_rank IS NOT NULL AND r.dp_rank = q.routed_dp_rank
+                                 AND r.prefill_dp_rank = COALESCE(q.disagg_prefill_dp_rank, q.routed_dp_rank))
+         FROM results r JOIN requests q ON q.id = r.request_id WHERE r.job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_one(store.pool())
+    .await?;
+    println!("\nrouting check: {}/{} pinned requests served on the ranks they asked for", check.1, check.0);
+    Ok(())
+}

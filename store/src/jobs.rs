@@ -1,0 +1,182 @@
+//! Jobs: a batch file's lifecycle and its counters. Counters only move inside the transaction that
+//! inserts result rows (see `results.rs`), so `total = completed + failed + cancelled` holds at the end.
+
+use chrono::{DateTime, Utc};
+use pdq_protocol::Outcome;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::requests::{insert_requests, NewRequest};
+use crate::results::insert_outcomes;
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Validating,
+    InProgress,
+    Finalizing,
+    Completed,
+    Failed,
+    Cancelling,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "validating" => JobStatus::Validating,
+            "in_progress" => JobStatus::InProgress,
+            "finalizing" => JobStatus::Finalizing,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelling" => JobStatus::Cancelling,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub namespace: String,
+    pub input_file: Option<String>,
+    pub status: String,
+    pub total: i32,
+    pub completed: i32,
+    pub failed: i32,
+    pub cancelled: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    pub fn status(&self) -> JobStatus {
+        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
+    }
+
+    pub fn done(&self) -> i32 {
+        self.completed + self.failed + self.cancelled
+    }
+}
+
+pub struct NewJob {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub namespace: String,
+    pub input_file: Option<String>,
+}
+
+const JOB_COLUMNS: &str =
+    "id, name, namespace, input_file, status, total, completed, failed, cancelled, created_at, started_at, finished_at";
+
+impl Store {
+    /// Writes a job with all its request rows, and the failed results of lines that did not
+    /// validate, in one transaction: a job is either fully recorded or not at all.
+    pub async fn create_job(
+        &self,
+        job: &NewJob,
+        requests: &[NewRequest],
+        failed: &[Outcome],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO jobs (id, name, namespace, input_file, status, total) VALUES ($1, $2, $3, $4, 'validating', $5)")
+            .bind(job.id)
+            .bind(&job.name)
+            .bind(&job.namespace)
+            .bind(&job.input_file)
+            .bind(requests.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+        insert_requests(&mut tx, requests).await?;
+        insert_outcomes(&mut tx, failed).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Called once every valid request is in the broker.
+    pub async fn mark_job_started(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'in_progress', started_at = now() WHERE id = $1 AND status = 'validating'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: Uuid) -> Result<JobRow, StoreError> {
+        sqlx::query_as::<_, JobRow>(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::JobNotFound(id))
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        Ok(sqlx::query_as::<_, JobRow>(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC"))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Cancels a job: every request without a result gets a `cancelled` row now. Workers that
+    /// later pick up those messages find the row and skip them.
+    pub async fn cancel_job(&self, id: Uuid) -> Result<JobRow, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let status = status.ok_or(StoreError::JobNotFound(id))?;
+        if JobStatus::parse(&status).is_none_or(JobStatus::is_terminal) {
+            return Err(StoreError::NotCancellable { id, status });
+        }
+        sqlx::query("UPDATE jobs SET status = 'cancelling' WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let pending: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT r.id, r.custom_id FROM requests r LEFT JOIN results s ON s.request_id = r.id
+             WHERE r.job_id = $1 AND s.request_id IS NULL",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let outcomes: Vec<Outcome> =
+            pending.into_iter().map(|(rid, custom_id)| Outcome::cancelled(rid, Some(id), custom_id)).collect();
+        insert_outcomes(&mut tx, &outcomes).await?;
+        tx.commit().await?;
+        self.job(id).await
+    }
+
+    /// Fails the requests of a job that never reached the broker (it went away mid-submit), so the
+    /// job still ends with one result per line.
+    pub async fn fail_unpublished(
+        &self,
+        requests: &[(Uuid, Option<String>)],
+        job_id: Uuid,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let outcomes: Vec<Outcome> = requests
+            .iter()
+            .map(|(rid, cid)| {
+                let meta = pdq_protocol::MetaInfo { id: rid.to_string(), ..Default::default() };
+                Outcome::failed(
+                    *rid,
+                    Some(job_id),
+                    cid.clone(),
+                    pdq_protocol::ErrorBody::new("enqueue_failed", message),
+                    meta,
+                )
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        insert_outcomes(&mut tx, &outcomes).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! PostgreSQL: the schema users query (CONTRACT §5) and every read and write pdq makes of it.
+//! Queries are checked at run time (`sqlx::query`), so the workspace builds without a database.
+
+mod connect;
+mod error;
+mod jobs;
+mod requests;
+mod results;
+mod workers;
+
+pub use connect::Store;
+pub use error::StoreError;
+pub use jobs::{JobRow, JobStatus, NewJob};
+pub use requests::NewRequest;
+pub use results::{ExportRow, ResultsWritten};
+pub use workers::{WorkerInfo, WorkerRole};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

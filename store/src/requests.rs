@@ -1,0 +1,85 @@
+//! Request rows: one per accepted input line, and one per message a direct producer published.
+
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: Uuid,
+    pub job_id: Option<Uuid>,
+    pub line_no: Option<i32>,
+    pub custom_id: Option<String>,
+    pub url: Option<String>,
+    /// The line's `body`, or the whole raw line as a JSON string when it was not JSON.
+    pub body: Value,
+    pub routed_dp_rank: Option<i64>,
+    pub disagg_prefill_dp_rank: Option<i64>,
+}
+
+/// Inserts in one statement (UNNEST over column arrays) however many rows there are.
+pub(crate) async fn insert_requests(tx: &mut Transaction<'_, Postgres>, rows: &[NewRequest]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(5000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|r| r.id).collect();
+        let jobs: Vec<Option<Uuid>> = chunk.iter().map(|r| r.job_id).collect();
+        let lines: Vec<Option<i32>> = chunk.iter().map(|r| r.line_no).collect();
+        let cids: Vec<Option<String>> =
+            chunk.iter().map(|r| r.custom_id.as_ref().map(|c| c.replace('\0', "\u{FFFD}"))).collect();
+        let urls: Vec<Option<String>> =
+            chunk.iter().map(|r| r.url.as_ref().map(|c| c.replace('\0', "\u{FFFD}"))).collect();
+        let bodies: Vec<Value> = chunk.iter().map(|r| crate::results::pg_safe(r.body.clone())).collect();
+        let routed: Vec<Option<i32>> = chunk.iter().map(|r| r.routed_dp_rank.map(clamp_rank)).collect();
+        let prefill: Vec<Option<i32>> = chunk.iter().map(|r| r.disagg_prefill_dp_rank.map(clamp_rank)).collect();
+        sqlx::query(
+            "INSERT INTO requests (id, job_id, line_no, custom_id, url, body, routed_dp_rank, disagg_prefill_dp_rank)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::int[], $8::int[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&jobs)
+        .bind(&lines)
+        .bind(&cids)
+        .bind(&urls)
+        .bind(&bodies)
+        .bind(&routed)
+        .bind(&prefill)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Out-of-range ranks are still recorded as given (they are why the request failed).
+fn clamp_rank(r: i64) -> i32 {
+    r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+impl Store {
+    /// Records a request that arrived without `pdq submit`; a redelivery is a no-op.
+    pub async fn insert_request(&self, row: &NewRequest) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_requests(&mut tx, std::slice::from_ref(row)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// True when the request already has its result (a redelivery, or a cancelled job).
+    pub async fn has_result(&self, request_id: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM results WHERE request_id = $1)")
+            .bind(request_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Records another prefill attempt (after a lost KV).
+    pub async fn set_attempts(&self, request_id: Uuid, attempts: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE requests SET attempts = GREATEST(attempts, $2), updated_at = now() WHERE id = $1")
+            .bind(request_id)
+            .bind(attempts as i32)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

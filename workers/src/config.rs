@@ -1,0 +1,62 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pdq_protocol::ClusterShape;
+use pdq_store::WorkerRole;
+
+/// KV bytes a prefill worker may hold before it waits for decoders to free some.
+pub const DEFAULT_KV_BUDGET_BYTES: usize = 1 << 30;
+/// A KV nobody fetched in this long is dropped (its decoder died); the request is re-prefilled.
+pub const DEFAULT_KV_TTL: Duration = Duration::from_secs(600);
+/// Prefill attempts before a request whose KV keeps getting lost fails with `kv_lost`.
+pub const MAX_PREFILL_ATTEMPTS: u32 = 3;
+pub const DEFAULT_PREFETCH: u16 = 64;
+/// Sequences a decode (or colocated) rank generates at once.
+pub const DEFAULT_MAX_RUNNING: usize = 64;
+/// Prompt tokens one engine iteration may prefill before it runs a decode step again.
+pub const DEFAULT_PREFILL_TOKEN_BUDGET: usize = 4096;
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// How long a stopping prefill worker keeps serving KV to decoders before it gives up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything one worker needs; `pdq worker` and `pdq serve` both build these.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub role: WorkerRole,
+    pub rank: u32,
+    pub shape: ClusterShape,
+    pub namespace: String,
+    pub amqp_url: String,
+    /// Where the data plane listens (prefill only); port 0 picks a free one.
+    pub data_plane_bind: SocketAddr,
+    /// The host decoders should dial, written into KV handles.
+    pub advertise_host: String,
+    pub kv_budget_bytes: usize,
+    pub kv_ttl: Duration,
+    pub prefetch: u16,
+    pub max_running: usize,
+    pub prefill_token_budget: usize,
+}
+
+impl WorkerConfig {
+    pub fn new(role: WorkerRole, rank: u32, shape: ClusterShape, namespace: &str, amqp_url: &str) -> Self {
+        WorkerConfig {
+            role,
+            rank,
+            shape,
+            namespace: namespace.to_string(),
+            amqp_url: amqp_url.to_string(),
+            data_plane_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: "127.0.0.1".to_string(),
+            kv_budget_bytes: DEFAULT_KV_BUDGET_BYTES,
+            kv_ttl: DEFAULT_KV_TTL,
+            prefetch: DEFAULT_PREFETCH,
+            max_running: DEFAULT_MAX_RUNNING,
+            prefill_token_budget: DEFAULT_PREFILL_TOKEN_BUDGET,
+        }
+    }
+
+    pub fn tag(&self) -> String {
+        format!("{}-{}", self.role.as_str(), self.rank)
+    }
+}

@@ -1,0 +1,188 @@
+//! The prefill side's KV store: serialized KV caches waiting for their decoder.
+//!
+//! One task owns the map (actor); callers hold a cloneable [`KvStore`] handle. Invariants:
+//! - `used` is the sum of the byte lengths of the held entries, and never exceeds `budget`
+//!   except for a single entry larger than the whole budget (admitted alone, else it would wait forever);
+//! - a `put` that does not fit waits, in arrival order, until frees or expiry make room;
+//! - an entry is removed exactly once: by `free`, or by expiry after `ttl` without a free.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::WorkerError;
+
+enum Command {
+    Put { id: Uuid, bytes: Arc<Vec<u8>>, done: oneshot::Sender<()> },
+    Get { id: Uuid, reply: oneshot::Sender<Option<Arc<Vec<u8>>>> },
+    Free { id: Uuid },
+    Stats { reply: oneshot::Sender<KvStats> },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvStats {
+    pub entries: usize,
+    pub used: usize,
+    pub waiting: usize,
+    pub expired: u64,
+}
+
+#[derive(Clone)]
+pub struct KvStore {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl KvStore {
+    pub fn spawn(budget: usize, ttl: Duration) -> KvStore {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, budget, ttl));
+        KvStore { tx }
+    }
+
+    /// Stores a KV; returns once it is held (waiting for room if the budget is spent).
+    pub async fn put(&self, id: Uuid, bytes: Vec<u8>) -> Result<(), WorkerError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Command::Put { id, bytes: Arc::new(bytes), done }).map_err(|_| WorkerError::EngineStopped)?;
+        wait.await.map_err(|_| WorkerError::EngineStopped)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Option<Arc<Vec<u8>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Get { id, reply }).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    pub fn free(&self, id: Uuid) {
+        let _ = self.tx.send(Command::Free { id });
+    }
+
+    pub async fn stats(&self) -> KvStats {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Stats { reply }).is_err() {
+            return KvStats::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Entry {
+    bytes: Arc<Vec<u8>>,
+    stored_at: Instant,
+}
+
+struct State {
+    budget: usize,
+    ttl: Duration,
+    used: usize,
+    entries: HashMap<Uuid, Entry>,
+    waiting: VecDeque<(Uuid, Arc<Vec<u8>>, oneshot::Sender<()>)>,
+    expired: u64,
+}
+
+impl State {
+    fn admit_waiting(&mut self) {
+        while let Some((_, bytes, _)) = self.waiting.front() {
+            let fits = self.used + bytes.len() <= self.budget || self.entries.is_empty();
+            if !fits {
+                break;
+            }
+            let (id, bytes, done) = self.waiting.pop_front().expect("front exists");
+            self.used += bytes.len();
+            self.entries.insert(id, Entry { bytes, stored_at: Instant::now() });
+            let _ = done.send(());
+        }
+    }
+
+    fn remove(&mut self, id: &Uuid) {
+        if let Some(e) = self.entries.remove(id) {
+            self.used -= e.bytes.len();
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<Uuid> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.stored_at) > self.ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            tracing::warn!(kv_id = %id, "KV expired before its decoder fetched it");
+            self.remove(&id);
+            self.expired += 1;
+        }
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Command>, budget: usize, ttl: Duration) {
+    let mut s = State { budget, ttl, used: 0, entries: HashMap::new(), waiting: VecDeque::new(), expired: 0 };
+    let mut sweep = tokio::time::interval(ttl.min(Duration::from_secs(5)).max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => break,
+                Some(Command::Put { id, bytes, done }) => {
+                    s.waiting.push_back((id, bytes, done));
+                    s.admit_waiting();
+                }
+                Some(Command::Get { id, reply }) => {
+                    let _ = reply.send(s.entries.get(&id).map(|e| e.bytes.clone()));
+                }
+                Some(Command::Free { id }) => {
+                    s.remove(&id);
+                    s.admit_waiting();
+                }
+                Some(Command::Stats { reply }) => {
+                    let _ = reply.send(KvStats { entries: s.entries.len(), used: s.used, waiting: s.waiting.len(), expired: s.expired });
+                }
+            },
+            _ = sweep.tick() => {
+                s.expire();
+                s.admit_waiting();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_waits_for_room_and_free_releases_it() {
+        let kv = KvStore::spawn(10, Duration::from_secs(60));
+        let a = Uuid::now_v7();
+        kv.put(a, vec![0; 8]).await.unwrap();
+        let b = Uuid::now_v7();
+        let kv2 = kv.clone();
+        let waiter = tokio::spawn(async move { kv2.put(b, vec![1; 8]).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "second put must wait for room");
+        assert_eq!(kv.stats().await, KvStats { entries: 1, used: 8, waiting: 1, expired: 0 });
+        kv.free(a);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(kv.get(b).await.unwrap().as_slice(), &[1; 8]);
+        assert!(kv.get(a).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_entry_larger_than_the_budget_is_admitted_alone() {
+        let kv = KvStore::spawn(4, Duration::from_secs(60));
+        kv.put(Uuid::now_v7(), vec![0; 16]).await.unwrap();
+        assert_eq!(kv.stats().await.used, 16);
+    }
+
+    #[tokio::test]
+    async fn unfetched_entries_expire() {
+        let kv = KvStore::spawn(100, Duration::from_millis(20));
+        let a = Uuid::now_v7();
+        kv.put(a, vec![0; 4]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(kv.get(a).await.is_none());
+        assert_eq!(kv.stats().await.expired, 1);
+    }
+}

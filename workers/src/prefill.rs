@@ -1,0 +1,73 @@
+//! A prefill rank: runs prompts, holds their KV in the store, and publishes a KV handle to
+//! `{ns}.kv` under `{p}` (any decoder) or `{p}.{d}` (pinned decoder). The request message is acked
+//! only after the broker confirmed the handle, so a crash in between re-runs the prefill.
+
+use std::sync::Arc;
+
+use pdq_broker::{Delivery, Outgoing};
+use pdq_protocol::{KvHandle, Timings, Topology};
+use uuid::Uuid;
+
+use crate::convert::{sampling_params, seed_for};
+use crate::intake::{intake, requeue_later, settle_failure, Accepted, Ctx, Intake};
+use crate::kv_store::KvStore;
+use crate::WorkerError;
+
+/// The prefill side's extra state: its KV store and the endpoint decoders fetch from.
+pub struct PrefillState {
+    pub kv: KvStore,
+    pub endpoint: String,
+}
+
+pub async fn handle(ctx: Arc<Ctx>, state: Arc<PrefillState>, delivery: Delivery) {
+    let acker = delivery.acker.clone();
+    let accepted = match intake(&ctx, delivery).await {
+        Ok(Intake::Run(a)) => a,
+        Ok(Intake::Done) => return,
+        Err(e) => return requeue_later(&acker, &e).await,
+    };
+    if let Err(e) = run(&ctx, &state, &accepted).await {
+        settle_failure(&ctx, &accepted, e).await;
+    }
+}
+
+async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<(), WorkerError> {
+    let seed = seed_for(&a.req.sampling, a.request_id);
+    let params = sampling_params(&a.req.sampling, seed);
+    let out = ctx.engine.prefill(a.tokens.clone(), params).await?;
+    let bytes = out.kv.to_bytes();
+    let kv_bytes = bytes.len() as u64;
+    let kv_id = Uuid::new_v4();
+    state.kv.put(kv_id, bytes).await?;
+    let rank = ctx.cfg.rank;
+    let handle = KvHandle {
+        request_id: a.request_id,
+        job_id: a.job_id,
+        request: a.req.clone(),
+        line: a.line.clone(),
+        attempt: a.meta.attempt + 1,
+        decode_rank: a.decode_rank,
+        prefill_dp_rank: rank,
+        endpoint: state.endpoint.clone(),
+        kv_id,
+        kv_bytes,
+        prompt_tokens: a.tokens.len() as u32,
+        first_token: out.first_token,
+        seed,
+        enqueued_at_ms: a.enqueued_at_ms,
+        timings: Timings { queue_time: a.queue_time, prefill_time: out.elapsed.as_secs_f64(), ..Timings::default() },
+        warnings: a.req.warnings.clone(),
+    };
+    let msg = Outgoing {
+        exchange: ctx.topology.kv_exchange(),
+        key: Topology::kv_key(rank, a.decode_rank),
+        body: serde_json::to_vec(&handle).expect("a KV handle serializes"),
+        meta: pdq_broker::MessageMeta { request_id: Some(a.request_id), job_id: a.job_id, ..Default::default() },
+    };
+    if let Err(e) = ctx.publisher.publish(&msg).await {
+        state.kv.free(kv_id);
+        return Err(e.into());
+    }
+    a.acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
+    Ok(())
+}

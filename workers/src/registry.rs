@@ -1,0 +1,57 @@
+//! Registers a worker in `workers` and keeps its heartbeat fresh, so producers know the
+//! cluster's DP sizes and operators can see who is alive.
+
+use pdq_store::{Store, WorkerInfo};
+use tokio::sync::watch;
+
+use crate::config::HEARTBEAT_EVERY;
+use crate::WorkerConfig;
+
+pub async fn register(
+    store: &Store,
+    cfg: &WorkerConfig,
+    endpoint: Option<String>,
+    model: &str,
+) -> Result<(), pdq_store::StoreError> {
+    let now = chrono::Utc::now();
+    store
+        .register_worker(&WorkerInfo {
+            namespace: cfg.namespace.clone(),
+            role: cfg.role.as_str().to_string(),
+            dp_rank: cfg.rank as i32,
+            prefill_dp: cfg.shape.prefill_dp as i32,
+            decode_dp: cfg.shape.decode_dp as i32,
+            mode: cfg.shape.mode.to_string(),
+            endpoint,
+            host: cfg.advertise_host.clone(),
+            pid: std::process::id() as i32,
+            model: model.to_string(),
+            started_at: now,
+            heartbeat_at: now,
+        })
+        .await
+}
+
+/// Beats until `stop` fires, then removes the row.
+pub fn spawn_heartbeat(
+    store: Store,
+    cfg: WorkerConfig,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = store.heartbeat(&cfg.namespace, cfg.role, cfg.rank).await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                }
+            }
+        }
+        if let Err(e) = store.deregister_worker(&cfg.namespace, cfg.role, cfg.rank).await {
+            tracing::warn!(error = %e, "deregistering failed");
+        }
+    })
+}

@@ -1,0 +1,228 @@
+//! Running workers: one rank (`pdq worker`) or a whole cluster in one process (`pdq serve`).
+//!
+//! Shutdown drains instead of dropping work: a worker stops consuming, finishes the messages it
+//! holds, flushes its results, and only then closes its channel (unacked leftovers are requeued by
+//! the broker). A prefill rank keeps serving KV until its decoders have fetched it all, so a
+//! cluster stops its request-side ranks first and its decoders last.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use lapin::options::BasicCancelOptions;
+use pdq_broker::Broker;
+use pdq_engine::Model;
+use pdq_protocol::Mode;
+use pdq_store::{Store, WorkerRole};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::config::DRAIN_TIMEOUT;
+use crate::engine_loop::{EngineHandle, EngineLoopConfig};
+use crate::intake::Ctx;
+use crate::kv_store::KvStore;
+use crate::prefill::PrefillState;
+use crate::writer::ResultWriter;
+use crate::{colocated, data_plane, decode, prefill, registry, WorkerConfig, WorkerError};
+
+/// A started worker: stop it with [`RunningWorker::stop`].
+pub struct RunningWorker {
+    pub cfg: WorkerConfig,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Everything that can fail at start (broker, data plane, registration) fails here.
+    pub async fn start(cfg: WorkerConfig, model: Arc<Model>, store: Store) -> Result<RunningWorker, WorkerError> {
+        let broker = Broker::connect(&cfg.amqp_url, &cfg.namespace).await?;
+        broker.declare(&cfg.shape).await?;
+        let publisher = broker.publisher().await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let prefill_state = if cfg.role == WorkerRole::Prefill {
+            let kv = KvStore::spawn(cfg.kv_budget_bytes, cfg.kv_ttl);
+            let addr = data_plane::serve(cfg.data_plane_bind, kv.clone(), stop_rx.clone())
+                .await
+                .map_err(|source| WorkerError::DataPlane { endpoint: cfg.data_plane_bind.to_string(), source })?;
+            let endpoint = format!("{}:{}", cfg.advertise_host, addr.port());
+            Some(Arc::new(PrefillState { kv, endpoint }))
+        } else {
+            None
+        };
+        registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
+        let engine = EngineHandle::spawn(
+            model,
+            EngineLoopConfig { max_running: cfg.max_running, prefill_token_budget: cfg.prefill_token_budget },
+            format!("engine-{}", cfg.tag()),
+        );
+        let (writer, writer_task) = ResultWriter::spawn(store.clone());
+        let t = broker.topology.clone();
+        let queues: Vec<String> = match cfg.role {
+            WorkerRole::Prefill | WorkerRole::Colocated => vec![t.prefill_rank_queue(cfg.rank), t.prefill_any_queue()],
+            WorkerRole::Decode => {
+                (0..cfg.shape.prefill_dp).flat_map(|p| [t.kv_pinned_queue(p, cfg.rank), t.kv_queue(p)]).collect()
+            }
+        };
+        let tag = format!("{}-{}", cfg.tag(), uuid::Uuid::new_v4().simple());
+        let (channel, deliveries) = broker.consume(&queues, cfg.prefetch, &tag).await?;
+        let tags: Vec<String> = (0..queues.len()).map(|i| format!("{tag}-{i}")).collect();
+        let heartbeat = registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone());
+        let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer });
+        tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
+
+        let task = tokio::spawn(async move {
+            let mut stop_rx = stop_rx;
+            let mut deliveries = deliveries;
+            let mut tasks = JoinSet::new();
+            let result = loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break Ok(()),
+                    next = deliveries.next() => match next {
+                        Some(Ok(delivery)) => {
+                            let ctx = ctx.clone();
+                            match &prefill_state {
+                                Some(state) => tasks.spawn(prefill::handle(ctx, state.clone(), delivery)),
+                                None if ctx.cfg.role == WorkerRole::Decode => tasks.spawn(decode::handle(ctx, delivery)),
+                                None => tasks.spawn(colocated::handle(ctx, delivery)),
+                            };
+                        }
+                        Some(Err(e)) => break Err(WorkerError::from(pdq_broker::BrokerError::from(e))),
+                        None => break Err(WorkerError::Config("the broker closed the consumer".into())),
+                    },
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            };
+            for tag in &tags {
+                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
+            }
+            while tasks.join_next().await.is_some() {}
+            if let Some(state) = &prefill_state {
+                drain_kv(&state.kv).await;
+            }
+            drop(ctx);
+            writer_task.await.ok();
+            heartbeat.await.ok();
+            channel.close(200, "drained".into()).await.ok();
+            broker.close().await;
+            result
+        });
+        Ok(RunningWorker { cfg, stop, task })
+    }
+
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub async fn join(self) -> Result<(), WorkerError> {
+        self.task.await.map_err(|e| WorkerError::Config(format!("worker task panicked: {e}")))?
+    }
+
+    pub async fn stop(self) -> Result<(), WorkerError> {
+        self.request_stop();
+        self.join().await
+    }
+}
+
+/// Keeps serving KV until decoders have freed it all, or the drain timeout passes.
+async fn drain_kv(kv: &KvStore) {
+    let started = Instant::now();
+    loop {
+        let stats = kv.stats().await;
+        if stats.entries == 0 && stats.waiting == 0 {
+            return;
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            tracing::warn!(entries = stats.entries, "drain timeout: dropping KV still held");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A whole cluster in one process: N prefill + M decode ranks, or M colocated ranks.
+pub struct Cluster {
+    request_side: Vec<RunningWorker>,
+    decoders: Vec<RunningWorker>,
+}
+
+/// The settings every rank of a cluster shares; role and rank are filled in per worker.
+pub type ClusterConfig = WorkerConfig;
+
+impl Cluster {
+    pub async fn start(template: &ClusterConfig, model: Arc<Model>, store: Store) -> Result<Cluster, WorkerError> {
+        let shape = template.shape;
+        let ranks = |role, n| (0..n).map(move |rank| WorkerConfig { role, rank, ..template.clone() });
+        let (request_cfgs, decode_cfgs): (Vec<_>, Vec<_>) = match shape.mode {
+            Mode::Disagg => (
+                ranks(WorkerRole::Prefill, shape.prefill_dp).collect(),
+                ranks(WorkerRole::Decode, shape.decode_dp).collect(),
+            ),
+            Mode::Colocated => (ranks(WorkerRole::Colocated, shape.decode_dp).collect(), Vec::new()),
+        };
+        let mut cluster = Cluster { request_side: Vec::new(), decoders: Vec::new() };
+        for cfg in decode_cfgs {
+            cluster.decoders.push(RunningWorker::start(cfg, model.clone(), store.clone()).await?);
+        }
+        for cfg in request_cfgs {
+            cluster.request_side.push(RunningWorker::start(cfg, model.clone(), store.clone()).await?);
+        }
+        Ok(cluster)
+    }
+
+    /// Drains request-side ranks first (their KV must reach the decoders), then the decoders.
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        let mut first_error = None;
+        for w in &self.request_side {
+            w.request_stop();
+        }
+        for w in self.request_side {
+            if let Err(e) = w.join().await {
+                first_error.get_or_insert(e);
+            }
+        }
+        for w in &self.decoders {
+            w.request_stop();
+        }
+        for w in self.decoders {
+            if let Err(e) = w.join().await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// `pdq serve`: runs until `shutdown` resolves, then drains.
+pub async fn serve(
+    template: &ClusterConfig,
+    model: Arc<Model>,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let cluster = Cluster::start(template, model, store).await?;
+    shutdown.await;
+    tracing::info!("draining");
+    cluster.shutdown().await
+}
+
+/// `pdq worker`: one rank until `shutdown` resolves, then drains.
+pub async fn run_worker(
+    cfg: WorkerConfig,
+    model: Arc<Model>,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let RunningWorker { cfg, stop, mut task } = RunningWorker::start(cfg, model, store).await?;
+    let joined = |r: Result<Result<(), WorkerError>, tokio::task::JoinError>| {
+        r.map_err(|e| WorkerError::Config(format!("worker task panicked: {e}")))?
+    };
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!(worker = %cfg.tag(), "draining");
+            let _ = stop.send(true);
+            joined(task.await)
+        }
+        // A worker whose broker connection died exits, so a supervisor can restart it.
+        r = &mut task => joined(r),
+    }
+}
