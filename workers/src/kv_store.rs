@@ -4,7 +4,8 @@
 //! - `used` is the sum of the byte lengths of the held entries, and never exceeds `budget`
 //!   except for a single entry larger than the whole budget (admitted alone, else it would wait forever);
 //! - a `put` that does not fit waits, in arrival order, until frees or expiry make room;
-//! - an entry is removed exactly once: by `free`, or by expiry after `ttl` without a free.
+//! - an entry is removed exactly once: by `free`, or by expiry after `ttl` without a free;
+//!   an entry past its TTL is never served, whether or not the periodic sweep has run.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -130,6 +131,8 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, budget: usize, ttl: Durat
                     s.admit_waiting();
                 }
                 Some(Command::Get { id, reply }) => {
+                    // An entry past its TTL is gone even if the sweep has not run yet.
+                    s.expire();
                     let _ = reply.send(s.entries.get(&id).map(|e| e.bytes.clone()));
                 }
                 Some(Command::Free { id }) => {
