@@ -1,0 +1,180 @@
+//! The `pdq` binary as a user runs it: ranks as separate processes, `submit --wait`, `status`,
+//! `results`, `jobs`, `cancel`, graceful SIGTERM, and the one-line errors of CONTRACT §1.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{amqp_url, generate_line};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+struct Env {
+    database_url: String,
+    namespace: String,
+}
+
+impl Env {
+    async fn new(pool: &PgPool) -> Env {
+        let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.unwrap();
+        let base =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let server = base.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap();
+        Env { database_url: format!("{server}/{db}"), namespace: format!("cli-{}", Uuid::new_v4().simple()) }
+    }
+
+    fn pdq(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pdq"));
+        c.args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("PDQ_AMQP_URL", amqp_url())
+            .env("PDQ_NAMESPACE", &self.namespace)
+            .env("PDQ_CACHE_DIR", env!("CARGO_TARGET_TMPDIR"))
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.pdq(args).stdin(Stdio::null()).output().expect("pdq runs")
+    }
+
+    fn spawn_worker(&self, role: &str, rank: u32) -> Child {
+        let rank = rank.to_string();
+        self.pdq(&["worker", "--role", role, "--dp-rank", &rank, "--prefill-dp", "1", "--decode-dp", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("worker starts")
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "worker did not drain in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn wait_for_workers(pool: &PgPool, n: i64) {
+    let started = Instant::now();
+    loop {
+        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(pool).await.unwrap_or(0);
+        if live >= n {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "workers did not register");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn ranks_as_processes_serve_a_submitted_job(pool: PgPool) {
+    let env = Env::new(&pool).await;
+    let mut workers =
+        vec![env.spawn_worker("prefill", 0), env.spawn_worker("decode", 0), env.spawn_worker("decode", 1)];
+    wait_for_workers(&pool, 3).await;
+
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
+    let lines = [
+        generate_line("a", json!({"routed_dp_rank": 1, "disagg_prefill_dp_rank": 0})),
+        generate_line("b", json!({"data_parallel_rank": 0, "disagg_prefill_dp_rank": 0})),
+        json!({"custom_id": "c", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}}),
+        json!({"custom_id": "d", "url": "/v1/completions", "body": {"prompt": "x", "max_tokens": 0}}),
+    ];
+    std::fs::write(&file, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let out = env.run(&["submit", file.to_str().unwrap(), "--wait", "--name", "cli"]);
+    assert!(out.status.success(), "submit failed: {}", stderr(&out));
+    let job = stdout(&out).lines().next().unwrap().trim().to_string();
+    Uuid::parse_str(&job).expect("the job id alone on the first line");
+
+    let status = env.run(&["status", &job, "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(
+        (status["status"].as_str(), status["completed"].as_i64(), status["failed"].as_i64()),
+        (Some("completed"), Some(3), Some(1))
+    );
+
+    let results = env.run(&["results", &job]);
+    let results: Vec<Value> = stdout(&results).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 3);
+    let a = results.iter().find(|r| r["custom_id"] == "a").unwrap();
+    assert_eq!(a["response"]["status_code"], 200);
+    assert_eq!(a["response"]["body"]["meta_info"]["dp_rank"], 1);
+    let b = results.iter().find(|r| r["custom_id"] == "b").unwrap();
+    assert_eq!(b["response"]["body"]["meta_info"]["warnings"][0], pdq_protocol::DEPRECATION_WARNING);
+    let c = results.iter().find(|r| r["custom_id"] == "c").unwrap();
+    assert_eq!(c["response"]["body"]["object"], "chat.completion");
+    let errors = env.run(&["results", &job, "--errors"]);
+    let errors: Vec<Value> = stdout(&errors).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0]["custom_id"].as_str(), errors[0]["error"]["code"].as_str()),
+        (Some("d"), Some("invalid_request"))
+    );
+    assert!(stdout(&env.run(&["jobs"])).contains(&job));
+
+    for w in &mut workers {
+        assert!(terminate(w).success(), "a worker drains and exits 0 on SIGTERM");
+    }
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(&pool).await.unwrap();
+    assert_eq!(live, 0, "stopped workers deregister");
+    std::fs::remove_file(&file).ok();
+    delete_namespace(&env.namespace).await;
+}
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn errors_are_one_line_naming_the_service_without_its_password(pool: PgPool) {
+    let env = Env::new(&pool).await;
+    let out = env.pdq(&["jobs"]).env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/pdq").output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("127.0.0.1:1") && !err.contains("hunter2"), "{err}");
+
+    let out =
+        env.pdq(&["submit", "x.jsonl"]).env("PDQ_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f").output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("127.0.0.1:1") && !err.contains("hunter2"), "{err}");
+
+    let out = env.run(&["serve", "--model", "/nonexistent/model"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/model"), "{err}");
+
+    let out = env.run(&["submit", "x.jsonl"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no live workers"), "{}", stderr(&out));
+
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-{}", env.namespace));
+    let out = env.run(&["model", "tiny", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+async fn delete_namespace(ns: &str) {
+    let broker = pdq_broker::Broker::connect(&amqp_url(), ns).await.unwrap();
+    broker.delete_namespace(&pdq_protocol::ClusterShape::disagg(1, 2)).await.unwrap();
+    broker.close().await;
+}
