@@ -54,7 +54,8 @@ CREATE TABLE results (
 );
 CREATE INDEX results_job ON results (job_id);
 
--- Live workers: producers read the cluster's DP sizes from here; decode reads data-plane endpoints.
+-- Live workers: producers read the cluster's DP sizes from here; operators see ranks, hosts and
+-- data-plane endpoints (decoders take the endpoint from each KV handle).
 CREATE TABLE workers (
     namespace    text NOT NULL,
     role         text NOT NULL CHECK (role IN ('prefill', 'decode', 'colocated')),

@@ -95,10 +95,10 @@ pub enum Command {
     /// Validates and enqueues a batch file (OpenAI Batch JSONL); prints the job id first.
     Submit {
         file: String,
-        #[arg(long)]
+        #[arg(long, env = "PDQ_JOB_NAME")]
         name: Option<String>,
         /// Show progress and return when the job ends.
-        #[arg(long)]
+        #[arg(long, env = "PDQ_WAIT")]
         wait: bool,
         /// Dispatch policy for unpinned stages: shared, round-robin, least-loaded.
         #[arg(long, env = "PDQ_POLICY", default_value = "shared")]
@@ -107,7 +107,7 @@ pub enum Command {
     /// A job's status.
     Status {
         job: uuid::Uuid,
-        #[arg(long)]
+        #[arg(long, env = "PDQ_JSON")]
         json: bool,
     },
     /// Waits for a job to end.
@@ -119,10 +119,10 @@ pub enum Command {
     /// The OpenAI Batch output (or error) file of a job, as JSONL.
     Results {
         job: uuid::Uuid,
-        #[arg(long)]
+        #[arg(long, env = "PDQ_OUTPUT")]
         output: Option<PathBuf>,
         /// The error file instead: failed and cancelled requests.
-        #[arg(long)]
+        #[arg(long, env = "PDQ_ERRORS")]
         errors: bool,
     },
     /// Model utilities.
@@ -132,22 +132,43 @@ pub enum Command {
     },
     /// Applies the migrations and exits.
     Migrate,
+    /// Throughput ratios in one run: pdq against the broker and database ceilings, disaggregated
+    /// against colocated.
+    Bench {
+        #[command(flatten)]
+        bench: BenchArgs,
+        #[command(flatten)]
+        model: ModelArg,
+    },
     /// The main job: a demo batch through a local in-process cluster, results printed from SQL.
     Demo {
         /// Requests in the demo batch.
-        #[arg(long, default_value_t = 48)]
+        #[arg(long, env = "PDQ_DEMO_REQUESTS", default_value_t = 48)]
         requests: usize,
         /// max_tokens of each request.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, env = "PDQ_DEMO_MAX_TOKENS", default_value_t = 16)]
         max_tokens: u32,
         /// Rows of the results table to print.
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, env = "PDQ_DEMO_SHOW", default_value_t = 12)]
         show: usize,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
         model: ModelArg,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Requests in each measured batch.
+    #[arg(long, env = "PDQ_BENCH_REQUESTS", default_value_t = 1000)]
+    pub requests: usize,
+    #[arg(long, env = "PDQ_BENCH_MAX_TOKENS", default_value_t = 16)]
+    pub max_tokens: u32,
+    #[arg(long, env = "PDQ_PREFILL_DP", default_value_t = 2)]
+    pub prefill_dp: u32,
+    #[arg(long, env = "PDQ_DECODE_DP", default_value_t = 2)]
+    pub decode_dp: u32,
 }
 
 #[derive(Subcommand, Debug)]

@@ -101,10 +101,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
-            for l in lines {
-                writeln!(out, "{l}")?;
+            let written = lines.iter().try_for_each(|l| writeln!(out, "{l}")).and_then(|_| out.flush());
+            // `pdq results JOB | head` closing the pipe early is not an error.
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
             }
-            out.flush()?;
         }
         Command::Model { command: ModelCommand::Tiny { dir } } => {
             pdq_engine::tiny::write(&dir)?;
@@ -113,6 +115,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Migrate => {
             Store::connect(&g.database_url).await?;
             println!("migrations applied to {}", pdq_protocol::redact_url(&g.database_url));
+        }
+        Command::Bench { bench, model } => {
+            let model = load_model(&model)?;
+            crate::bench::run(g, model, bench.requests, bench.max_tokens, bench.prefill_dp, bench.decode_dp).await?;
         }
         Command::Demo { requests, max_tokens, show, cluster, model } => {
             let shape = shape(&cluster)?;

@@ -1,5 +1,6 @@
 //! `pdq demo`: the README's main job. Starts a cluster in this process, submits a batch that
-//! exercises every input surface and routing field, waits, and prints the results from SQL.
+//! exercises the three input surfaces and the routing pins (`routed_dp_rank`,
+//! `disagg_prefill_dp_rank`), waits, and prints the results from SQL.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +10,7 @@ use pdq_broker::Broker;
 use pdq_engine::Model;
 use pdq_producer::{submit, wait_for_job, Policy, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
+use pdq_store::JobRow;
 use pdq_store::Store;
 use pdq_workers::{Cluster, WorkerConfig, WorkerRole};
 use serde_json::{json, Value};
@@ -56,9 +58,6 @@ pub async fn run(
     show: usize,
 ) -> Result<()> {
     let store = Store::connect(&g.database_url).await?;
-    let broker = Broker::connect(&g.amqp_url, &g.namespace).await?;
-    let template = WorkerConfig::new(WorkerRole::Prefill, 0, shape, &g.namespace, &g.amqp_url);
-    let cluster = Cluster::start(&template, model.clone(), store.clone()).await?;
     eprintln!(
         "cluster: {} on model '{}' ({} prefill x {} decode ranks, namespace '{}')",
         shape.mode,
@@ -67,20 +66,9 @@ pub async fn run(
         shape.decode_dp,
         g.namespace
     );
-
-    let path = std::env::temp_dir().join(format!("pdq-demo-{}.jsonl", std::process::id()));
-    let text: String = (0..requests).map(|i| demo_line(i, &shape, max_tokens).to_string() + "\n").collect();
-    std::fs::write(&path, text)?;
-    let started = Instant::now();
-    let opts = SubmitOptions { name: Some("demo".into()), policy: Policy::Shared };
-    let report = submit(&store, &broker, &path.to_string_lossy(), &shape, &opts).await?;
-    println!("{}", report.job_id);
-    let job = wait_for_job(&store, report.job_id, WaitMode::Progress).await?;
-    let wall = started.elapsed().as_secs_f64();
-    std::fs::remove_file(&path).ok();
-    cluster.shutdown().await?;
-    broker.close().await;
-
+    let lines: Vec<Value> = (0..requests).map(|i| demo_line(i, &shape, max_tokens)).collect();
+    let run = run_batch(&store, g, &g.namespace, shape, model, &lines, WaitMode::Progress).await?;
+    let job = &run.job;
     println!(
         "job {} {}: {} completed, {} failed of {} in {:.2}s ({:.1} requests/s)",
         job.id,
@@ -88,10 +76,46 @@ pub async fn run(
         job.completed,
         job.failed,
         job.total,
-        wall,
-        job.total as f64 / wall
+        run.wall_s,
+        job.total as f64 / run.wall_s
     );
     print_table(&store, job.id, show).await
+}
+
+/// One batch through a fresh in-process cluster in `namespace`: start, submit, wait, drain.
+pub struct BatchRun {
+    pub job: JobRow,
+    /// From submission to the job's last result (cluster start-up and drain excluded).
+    pub wall_s: f64,
+}
+
+pub async fn run_batch(
+    store: &Store,
+    g: &Global,
+    namespace: &str,
+    shape: ClusterShape,
+    model: Arc<Model>,
+    lines: &[Value],
+    wait: WaitMode,
+) -> Result<BatchRun> {
+    let broker = Broker::connect(&g.amqp_url, namespace).await?;
+    let template = WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url);
+    let cluster = Cluster::start(&template, model, store.clone()).await?;
+    let path = std::env::temp_dir().join(format!("pdq-{namespace}-{}.jsonl", std::process::id()));
+    std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>())?;
+    let started = Instant::now();
+    let opts = SubmitOptions { name: Some(namespace.to_string()), policy: Policy::Shared };
+    let report = submit(store, &broker, &path.to_string_lossy(), &shape, &opts).await;
+    std::fs::remove_file(&path).ok();
+    let report = report?;
+    if wait == WaitMode::Progress {
+        println!("{}", report.job_id);
+    }
+    let job = wait_for_job(store, report.job_id, wait).await?;
+    let wall_s = started.elapsed().as_secs_f64();
+    cluster.shutdown().await?;
+    broker.close().await;
+    Ok(BatchRun { job, wall_s })
 }
 
 async fn print_table(store: &Store, job_id: uuid::Uuid, show: usize) -> Result<()> {

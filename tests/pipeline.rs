@@ -70,7 +70,10 @@ async fn direct_queue_producer_gets_rows(pool: PgPool) {
     let pinned = generate_line("direct-2", json!({"disagg_prefill_dp_rank": 1, "routed_dp_rank": 0}));
     publisher.publish(&msg(pinned.to_string().into_bytes(), "0", MessageMeta::default())).await.unwrap();
     publisher.publish(&msg(b"{not json".to_vec(), "any", MessageMeta::default())).await.unwrap();
-    h.wait_count("SELECT count(*) FROM results WHERE job_id IS NULL", 3).await;
+    // A routing key naming a rank outside the cluster matches no queue: recorded, not dropped.
+    let stray = generate_line("direct-3", json!({}));
+    publisher.publish(&msg(stray.to_string().into_bytes(), "7", MessageMeta::default())).await.unwrap();
+    h.wait_count("SELECT count(*) FROM results WHERE job_id IS NULL", 4).await;
     let rows: Vec<ResultRow> = sqlx::query_as(
         "SELECT request_id, job_id, custom_id, status, text, output_ids, meta_info, error, dp_rank, prefill_dp_rank,
                 finish_reason FROM results ORDER BY custom_id",
@@ -89,11 +92,14 @@ async fn direct_queue_producer_gets_rows(pool: PgPool) {
     assert_eq!((d2.prefill_dp_rank, d2.dp_rank), (Some(1), Some(0)));
     let bad = by_id[&None];
     assert_eq!((bad.status.as_str(), bad.code()), ("failed", "invalid_json"));
+    let stray = by_id[&Some("direct-3".to_string())];
+    assert_eq!((stray.status.as_str(), stray.code()), ("failed", "invalid_request"));
+    assert!(stray.message().contains("'7' names no prefill queue"), "{}", stray.message());
     let requests: i64 = sqlx::query_scalar("SELECT count(*) FROM requests WHERE job_id IS NULL")
         .fetch_one(h.store.pool())
         .await
         .unwrap();
-    assert_eq!(requests, 3, "one request row per direct message, forwarded or not");
+    assert_eq!(requests, 4, "one request row per direct message, forwarded or not");
     // The unparseable message is also in the dead-letter queue.
     let dead = h.broker.queue_depth(&h.broker.topology.dead()).await.unwrap();
     assert_eq!(dead, 1);

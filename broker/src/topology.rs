@@ -46,7 +46,19 @@ impl Broker {
         ch.queue_declare(t.dead().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
         ch.queue_bind(t.dead().into(), t.dead().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
             .await?;
-        ch.exchange_declare(t.prefill_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+        ch.exchange_declare(t.unroutable().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+        ch.queue_declare(t.unroutable().into(), QueueDeclareOptions::durable(), self.queue_args()).await?;
+        ch.queue_bind(
+            t.unroutable().into(),
+            t.unroutable().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let mut prefill_args = FieldTable::default();
+        prefill_args.insert("alternate-exchange".into(), AMQPValue::LongString(LongString::from(t.unroutable())));
+        ch.exchange_declare(t.prefill_exchange().into(), ExchangeKind::Direct, durable, prefill_args).await?;
         ch.exchange_declare(t.kv_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
         let mut bindings = vec![(t.prefill_exchange(), t.prefill_any_queue(), Topology::ANY.to_string())];
         for p in 0..shape.prefill_dp {
@@ -118,7 +130,7 @@ impl Broker {
     pub async fn delete_namespace(&self, shape: &ClusterShape) -> Result<(), BrokerError> {
         let ch = self.channel().await?;
         let t = &self.topology;
-        let mut queues = vec![t.prefill_any_queue(), t.dead()];
+        let mut queues = vec![t.prefill_any_queue(), t.dead(), t.unroutable()];
         for p in 0..shape.prefill_dp {
             queues.push(t.prefill_rank_queue(p));
             queues.push(t.kv_queue(p));
@@ -129,7 +141,7 @@ impl Broker {
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
         }
-        for e in [t.prefill_exchange(), t.kv_exchange(), t.dead()] {
+        for e in [t.prefill_exchange(), t.kv_exchange(), t.dead(), t.unroutable()] {
             ch.exchange_delete(e.into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())

@@ -15,7 +15,7 @@ pub enum ProducerError {
     Rejected(ValidationError),
     #[error("{0} is empty: no request lines")]
     Empty(String),
-    #[error("no live workers in namespace '{0}'; start a cluster (`pdq serve`) or pass --prefill-dp/--decode-dp")]
+    #[error("no live workers in namespace '{0}': start a cluster (`pdq serve`, or `pdq worker` per rank) first; its DP sizes decide which ranks a request may ask for")]
     NoCluster(String),
 }
 

@@ -128,6 +128,8 @@ pub async fn submit(
         input_file: Some(path.to_string()),
     };
     store.create_job(&job, &plan.requests, &plan.failed).await?;
+    // In progress from the first publish: a fast job may finish before the last one is confirmed.
+    store.mark_job_started(job_id).await?;
     let mut dispatcher = dispatcher(broker, shape, opts.policy).await?;
     let publisher = broker.publisher().await?;
     let enqueued_at_ms = chrono::Utc::now().timestamp_millis();
@@ -161,7 +163,6 @@ pub async fn submit(
             return Err(e.into());
         }
     }
-    store.mark_job_started(job_id).await?;
     Ok(SubmitReport { job_id, total: plan.requests.len(), enqueued: plan.publish.len(), invalid: plan.failed.len() })
 }
 

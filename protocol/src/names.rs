@@ -50,6 +50,12 @@ impl Topology {
         }
     }
 
+    /// Alternate exchange (fanout) of `{ns}.prefill`, and its queue: a request published with a
+    /// routing key that matches no queue lands here, and a prefill worker records it as failed.
+    pub fn unroutable(&self) -> String {
+        format!("{}.unroutable", self.namespace)
+    }
+
     /// Dead-letter exchange (fanout) and its queue share one name.
     pub fn dead(&self) -> String {
         format!("{}.dead", self.namespace)
@@ -72,5 +78,6 @@ mod tests {
         assert_eq!(Topology::kv_key(1, Some(2)), "1.2");
         assert_eq!(Topology::kv_key(1, None), "1");
         assert_eq!(t.dead(), "ns.dead");
+        assert_eq!(t.unroutable(), "ns.unroutable");
     }
 }

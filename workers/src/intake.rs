@@ -74,7 +74,10 @@ pub fn now_ms() -> i64 {
 pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError> {
     let received_ms = now_ms();
     let mut meta = MessageMeta::from_headers(delivery.properties.headers().as_ref());
-    let direct = meta.request_id.is_none();
+    // A message without a job came from a direct producer (or was forwarded from one): it needs
+    // its own request row, written idempotently since a forwarded copy arrives with its id.
+    let direct = meta.job_id.is_none();
+    let fresh = meta.request_id.is_none();
     let request_id = *meta.request_id.get_or_insert_with(Uuid::now_v7);
     let acker = delivery.acker;
     let text = String::from_utf8_lossy(&delivery.data).into_owned();
@@ -96,7 +99,11 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
         }
     };
     let custom_id = line.custom_id().map(str::to_string);
-    let req = match validate(&line, meta.rank_header.as_ref(), &ctx.cfg.shape) {
+    let validated = match unroutable_key(ctx, &delivery.routing_key, &delivery.exchange) {
+        Some(e) => Err(e),
+        None => validate(&line, meta.rank_header.as_ref(), &ctx.cfg.shape),
+    };
+    let req = match validated {
         Ok(req) => req,
         Err(e) => {
             if direct {
@@ -106,6 +113,9 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
             return Ok(Intake::Done);
         }
     };
+    if req.routing.used_deprecated_alias {
+        tracing::warn!(%request_id, "{}", pdq_protocol::DEPRECATION_WARNING);
+    }
     if direct {
         let mut row =
             direct_row(request_id, Some(&line), line.body().cloned().map(Value::Object).unwrap_or(Value::Null));
@@ -125,7 +135,7 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
             return Ok(Intake::Done);
         }
     }
-    if !direct && ctx.store.has_result(request_id).await? {
+    if !fresh && ctx.store.has_result(request_id).await? {
         // Redelivered after its result was written, or its job was cancelled.
         acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
         return Ok(Intake::Done);
@@ -150,6 +160,29 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
         queue_time: (received_ms - enqueued_at_ms).max(0) as f64 / 1000.0,
         acker,
     })))
+}
+
+/// A message published to `{ns}.prefill` with a routing key that names no prefill queue (a rank
+/// outside the cluster) reaches us through the exchange's alternate, `{ns}.unroutable`, still
+/// carrying its original exchange and key: it fails rather than vanish.
+fn unroutable_key(
+    ctx: &Ctx,
+    key: &lapin::types::ShortString,
+    exchange: &lapin::types::ShortString,
+) -> Option<ValidationError> {
+    let key = key.as_str();
+    let routable = key == Topology::ANY || key.parse::<u32>().is_ok_and(|p| p < ctx.cfg.shape.prefill_dp);
+    if exchange.as_str() != ctx.topology.prefill_exchange() || routable {
+        return None;
+    }
+    Some(ValidationError::Invalid {
+        field: "routing key".into(),
+        reason: format!(
+            "'{key}' names no prefill queue: use '{}' or a prefill rank in [0, {})",
+            Topology::ANY,
+            ctx.cfg.shape.prefill_dp
+        ),
+    })
 }
 
 fn direct_row(id: Uuid, line: Option<&InputLine>, body: Value) -> NewRequest {

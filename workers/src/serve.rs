@@ -58,7 +58,9 @@ impl RunningWorker {
         let (writer, writer_task) = ResultWriter::spawn(store.clone());
         let t = broker.topology.clone();
         let queues: Vec<String> = match cfg.role {
-            WorkerRole::Prefill | WorkerRole::Colocated => vec![t.prefill_rank_queue(cfg.rank), t.prefill_any_queue()],
+            WorkerRole::Prefill | WorkerRole::Colocated => {
+                vec![t.prefill_rank_queue(cfg.rank), t.prefill_any_queue(), t.unroutable()]
+            }
             WorkerRole::Decode => {
                 (0..cfg.shape.prefill_dp).flat_map(|p| [t.kv_pinned_queue(p, cfg.rank), t.kv_queue(p)]).collect()
             }

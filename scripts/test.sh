@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite (what CI runs): starts RabbitMQ and PostgreSQL if they are not listening,
+# then `cargo test --workspace`. Extra arguments go to cargo test, e.g.
+#   scripts/test.sh -p pdq-protocol        scripts/test.sh --test routing -- --nocapture
+#
+#   DATABASE_URL   server that #[sqlx::test] creates a fresh database per test on
+#   PDQ_AMQP_URL   broker; each test uses its own namespace
+#   PDQ_CACHE_DIR  where the tiny model is generated once and reused (default target/pdq-cache)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/services.sh
+
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export PDQ_AMQP_URL=${PDQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+# Absolute: cargo runs each crate's tests from that crate's directory.
+export PDQ_CACHE_DIR=${PDQ_CACHE_DIR:-$PWD/target/pdq-cache}
+
+exec cargo test --workspace --no-fail-fast "$@"
