@@ -35,11 +35,12 @@ pub async fn run(
     let store = Store::connect(&g.database_url).await?;
     let tag = Uuid::new_v4().simple().to_string();
     let disagg = ClusterShape::disagg(prefill_dp, decode_dp);
-    let lines: Vec<Value> = (0..requests).map(|i| demo_line(i, &disagg, max_tokens)).collect();
+    let colocated = ClusterShape::colocated(decode_dp);
+    // The same batch for both modes, so pins that only disaggregation can honour are left out.
+    let lines: Vec<Value> = (0..requests).map(|i| demo_line(i, &colocated, max_tokens)).collect();
 
     let broker_msgs_s = broker_ceiling(g, &format!("{}-bench-{tag}", g.namespace), &lines).await?;
     let db_rows_s = database_ceiling(&store, &g.namespace, requests).await?;
-    let colocated = ClusterShape::colocated(decode_dp);
     let c = run_batch(
         &store,
         g,

@@ -10,10 +10,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    // lapin logs every channel or connection close at error level, including the ones pdq
+    // reports itself; its errors reach the user through pdq's own messages instead.
+    let default_filter = "warn,lapin=off,pdq=info,pdq_workers=info";
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,pdq=info,pdq_workers=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -27,8 +29,25 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(commands::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pdq: {e:#}");
+            eprintln!("pdq: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already quoted
+/// (lapin's and sqlx's errors include their sources in their own messages).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }

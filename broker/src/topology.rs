@@ -58,7 +58,9 @@ impl Broker {
         .await?;
         let mut prefill_args = FieldTable::default();
         prefill_args.insert("alternate-exchange".into(), AMQPValue::LongString(LongString::from(t.unroutable())));
-        ch.exchange_declare(t.prefill_exchange().into(), ExchangeKind::Direct, durable, prefill_args).await?;
+        ch.exchange_declare(t.prefill_exchange().into(), ExchangeKind::Direct, durable, prefill_args)
+            .await
+            .map_err(|source| BrokerError::Topology { what: "exchange", name: t.prefill_exchange(), source })?;
         ch.exchange_declare(t.kv_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
         let mut bindings = vec![(t.prefill_exchange(), t.prefill_any_queue(), Topology::ANY.to_string())];
         for p in 0..shape.prefill_dp {
