@@ -12,6 +12,7 @@ mod error;
 mod generation;
 mod kv;
 mod model;
+mod rope;
 mod sampling;
 mod template;
 mod text;
@@ -19,9 +20,10 @@ mod weights;
 
 pub mod tiny;
 
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{Architecture, ModelConfig};
 pub use error::EngineError;
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use kv::KvCache;
 pub use model::Model;
+pub use rope::RopeScaling;
 pub use sampling::{sample, SamplingParams, DEFAULT_MAX_NEW_TOKENS};
