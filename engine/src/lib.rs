@@ -18,6 +18,7 @@ mod template;
 mod text;
 mod weights;
 
+pub mod random;
 pub mod tiny;
 
 pub use config::{Architecture, ModelConfig};
