@@ -64,7 +64,7 @@ pub(crate) fn resolve(f: RopeFields) -> Result<(f64, Option<RopeScaling>), Strin
         return Err(format!("`partial_rotary_factor` {p} is not supported (only 1.0)"));
     }
     let scaling = params.map(|p| p.scaling);
-    if !(theta > 0.0) {
+    if !(theta.is_finite() && theta > 0.0) {
         return Err(format!("`rope_theta` must be > 0, got {theta}"));
     }
     let scaling = match scaling {
@@ -89,7 +89,7 @@ pub(crate) fn resolve(f: RopeFields) -> Result<(f64, Option<RopeScaling>), Strin
         },
     };
     if let Some(s) = &scaling {
-        if !(s.factor > 0.0) {
+        if !(s.factor.is_finite() && s.factor > 0.0) {
             return Err(format!("`{field}.factor` must be > 0, got {}", s.factor));
         }
     }
