@@ -1,37 +1,79 @@
-//! `config.json` of a Llama-family checkpoint.
+//! `config.json` of a Llama-family checkpoint: `LlamaForCausalLM`, `Qwen2ForCausalLM` or
+//! `MistralForCausalLM`, as written by transformers 4.x or 5.x.
 //!
-//! After deserialisation a [`ModelConfig`] is valid: head counts divide evenly, `head_dim` is
-//! set (derived as `hidden_size / num_attention_heads` when absent), `eos_token_id` is a list,
-//! and the RoPE scaling kind is one the engine implements.
+//! After deserialisation a [`ModelConfig`] is valid: the architecture is one the engine runs,
+//! head counts divide evenly, `head_dim` is set (derived as `hidden_size / num_attention_heads`
+//! when absent), `eos_token_id` is a list, the RoPE scaling kind is implemented, and no
+//! attention window can change results inside [`ModelConfig::max_context`]. Configurations the
+//! engine would compute wrongly (Qwen2 sliding windows, other activations) are rejected.
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::error::{read_file, EngineError};
+use crate::rope::{self, RopeFields, RopeParameters, RopeScaling};
 
-/// RoPE frequency scaling (`rope_scaling` in `config.json`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct RopeScaling {
-    #[serde(alias = "type")]
-    pub rope_type: String,
-    #[serde(default = "one")]
-    pub factor: f64,
-    #[serde(default)]
-    pub low_freq_factor: Option<f64>,
-    #[serde(default)]
-    pub high_freq_factor: Option<f64>,
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<usize>,
+/// The HF model classes the engine implements; they share one decoder and differ in biases,
+/// defaults and attention windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Qwen2,
+    Mistral,
 }
 
-fn one() -> f64 {
-    1.0
+impl Architecture {
+    const ALL: [Architecture; 3] = [Architecture::Llama, Architecture::Qwen2, Architecture::Mistral];
+
+    /// The `architectures` entry in `config.json`.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Mistral => "MistralForCausalLM",
+        }
+    }
+
+    /// The `model_type` in `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Mistral => "mistral",
+        }
+    }
+
+    /// The first entry of `architectures` the engine runs; `model_type` only when the list is
+    /// empty (some hand-written configs omit it).
+    fn detect(architectures: &[String], model_type: Option<&str>) -> Result<Architecture, String> {
+        let by_class = architectures.iter().find_map(|a| Self::ALL.into_iter().find(|x| x.hf_class() == a));
+        let by_type = || Self::ALL.into_iter().find(|x| Some(x.model_type()) == model_type);
+        match by_class {
+            Some(a) => Ok(a),
+            None if architectures.is_empty() => by_type().ok_or_else(|| {
+                format!("`architectures` is absent and `model_type` {model_type:?} is not one of llama, qwen2, mistral")
+            }),
+            None => Err(format!(
+                "unsupported architecture: `architectures` is {architectures:?}, supported: {}",
+                Self::ALL.map(Architecture::hf_class).join(", ")
+            )),
+        }
+    }
+
+    fn default_max_positions(self) -> usize {
+        match self {
+            Architecture::Llama => 2048,
+            Architecture::Qwen2 => 32768,
+            Architecture::Mistral => 4096 * 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawConfig")]
 pub struct ModelConfig {
+    pub architecture: Architecture,
     pub architectures: Vec<String>,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -40,18 +82,24 @@ pub struct ModelConfig {
     pub num_key_value_heads: usize,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
+    /// Mistral's attention window when it is shorter than `max_position_embeddings`; the
+    /// context is capped to it, inside which windowed and full attention agree.
+    pub sliding_window: Option<usize>,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
     pub tie_word_embeddings: bool,
     pub head_dim: usize,
-    pub attention_bias: bool,
+    /// Biases on `q_proj`, `k_proj`, `v_proj` (always for Qwen2, `attention_bias` for Llama).
+    pub qkv_bias: bool,
+    /// Bias on `o_proj` (Llama's `attention_bias`; never for Qwen2 and Mistral).
+    pub o_bias: bool,
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Vec<u32>,
 }
 
-/// The file as written; HF leaves many fields optional with documented defaults.
+/// The file as written; HF leaves many fields optional with documented per-class defaults.
 #[derive(Deserialize)]
 struct RawConfig {
     #[serde(default)]
@@ -65,14 +113,18 @@ struct RawConfig {
     #[serde(default)]
     num_key_value_heads: Option<usize>,
     vocab_size: usize,
-    #[serde(default = "default_max_pos")]
-    max_position_embeddings: usize,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
     #[serde(default)]
-    rope_scaling: Option<RopeScaling>,
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<RopeParameters>,
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
@@ -84,9 +136,20 @@ struct RawConfig {
     #[serde(default)]
     mlp_bias: bool,
     #[serde(default)]
+    use_sliding_window: bool,
+    /// Absent, `null` and a number mean different things for Mistral (default 4096, none, n).
+    #[serde(default, deserialize_with = "present")]
+    sliding_window: Option<Option<usize>>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
     bos_token_id: Option<u32>,
     #[serde(default)]
     eos_token_id: Option<OneOrMany>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<usize>>, D::Error> {
+    Option::<usize>::deserialize(d).map(Some)
 }
 
 /// `eos_token_id` is an int in some configs and a list in others.
@@ -106,38 +169,29 @@ impl OneOrMany {
     }
 }
 
-fn default_max_pos() -> usize {
-    2048
-}
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_theta() -> f64 {
-    10000.0
-}
+
+/// HF MistralConfig's default when the key is absent.
+const MISTRAL_DEFAULT_WINDOW: usize = 4096;
 
 impl TryFrom<RawConfig> for ModelConfig {
     type Error = String;
 
     fn try_from(r: RawConfig) -> Result<Self, String> {
-        let is_llama = r.architectures.iter().any(|a| a == "LlamaForCausalLM")
-            || (r.architectures.is_empty() && r.model_type.as_deref() == Some("llama"));
-        if !is_llama {
-            return Err(format!(
-                "`architectures` must contain \"LlamaForCausalLM\", got {:?} (model_type {:?})",
-                r.architectures, r.model_type
-            ));
-        }
+        let arch = Architecture::detect(&r.architectures, r.model_type.as_deref())?;
         if let Some(act) = r.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(format!("`hidden_act` must be \"silu\", got {act:?}"));
         }
+        let max_positions = r.max_position_embeddings.unwrap_or(arch.default_max_positions());
         for (field, v) in [
             ("hidden_size", r.hidden_size),
             ("intermediate_size", r.intermediate_size),
             ("num_hidden_layers", r.num_hidden_layers),
             ("num_attention_heads", r.num_attention_heads),
             ("vocab_size", r.vocab_size),
-            ("max_position_embeddings", r.max_position_embeddings),
+            ("max_position_embeddings", max_positions),
         ] {
             if v == 0 {
                 return Err(format!("`{field}` must be >= 1, got 0"));
@@ -163,21 +217,34 @@ impl TryFrom<RawConfig> for ModelConfig {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(format!("`head_dim` must be even and >= 2, got {head_dim}"));
         }
-        if let Some(s) = &r.rope_scaling {
-            match s.rope_type.as_str() {
-                "default" | "linear" => {}
-                "llama3" => {
-                    if s.low_freq_factor.is_none()
-                        || s.high_freq_factor.is_none()
-                        || s.original_max_position_embeddings.is_none()
-                    {
-                        return Err("`rope_scaling` of type llama3 needs `low_freq_factor`, `high_freq_factor` and `original_max_position_embeddings`".into());
-                    }
-                }
-                other => return Err(format!("`rope_scaling.rope_type` {other:?} is not supported")),
+        let sliding_window = match arch {
+            Architecture::Qwen2 if r.use_sliding_window => {
+                return Err("`use_sliding_window` is true; Qwen2 sliding-window attention is not supported".into())
             }
+            Architecture::Mistral => {
+                r.sliding_window.unwrap_or(Some(MISTRAL_DEFAULT_WINDOW)).filter(|&w| w < max_positions)
+            }
+            _ => None,
+        };
+        if sliding_window == Some(0) {
+            return Err("`sliding_window` must be >= 1 or null, got 0".into());
         }
+        if let Some(t) = r.layer_types.iter().flatten().find(|t| *t != "full_attention") {
+            return Err(format!("`layer_types` contains {t:?}; only \"full_attention\" layers are supported"));
+        }
+        let (rope_theta, rope_scaling) = rope::resolve(RopeFields {
+            rope_theta: r.rope_theta,
+            partial_rotary_factor: r.partial_rotary_factor,
+            rope_scaling: r.rope_scaling,
+            rope_parameters: r.rope_parameters,
+        })?;
+        let (qkv_bias, o_bias, mlp_bias) = match arch {
+            Architecture::Llama => (r.attention_bias, r.attention_bias, r.mlp_bias),
+            Architecture::Qwen2 => (true, false, false),
+            Architecture::Mistral => (false, false, false),
+        };
         Ok(ModelConfig {
+            architecture: arch,
             architectures: r.architectures,
             hidden_size: r.hidden_size,
             intermediate_size: r.intermediate_size,
@@ -185,14 +252,16 @@ impl TryFrom<RawConfig> for ModelConfig {
             num_attention_heads: r.num_attention_heads,
             num_key_value_heads: kv,
             vocab_size: r.vocab_size,
-            max_position_embeddings: r.max_position_embeddings,
+            max_position_embeddings: max_positions,
+            sliding_window,
             rms_norm_eps: r.rms_norm_eps,
-            rope_theta: r.rope_theta,
-            rope_scaling: r.rope_scaling,
+            rope_theta,
+            rope_scaling,
             tie_word_embeddings: r.tie_word_embeddings,
             head_dim,
-            attention_bias: r.attention_bias,
-            mlp_bias: r.mlp_bias,
+            qkv_bias,
+            o_bias,
+            mlp_bias,
             bos_token_id: r.bos_token_id,
             eos_token_id: r.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default(),
         })
@@ -207,36 +276,14 @@ impl ModelConfig {
             .map_err(|e| EngineError::Config { path: path.to_path_buf(), message: e.to_string() })
     }
 
+    /// The longest sequence the engine runs: `max_position_embeddings`, or a shorter Mistral
+    /// attention window, beyond which full attention would give different results.
+    pub fn max_context(&self) -> usize {
+        self.sliding_window.map_or(self.max_position_embeddings, |w| w.min(self.max_position_embeddings))
+    }
+
     /// RoPE inverse frequencies after `rope_scaling`, computed in `f64` as HF does and rounded once.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim as f64;
-        let base = (0..self.head_dim / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d));
-        let Some(s) = &self.rope_scaling else {
-            return base.map(|f| f as f32).collect();
-        };
-        match s.rope_type.as_str() {
-            "linear" => base.map(|f| (f / s.factor) as f32).collect(),
-            "llama3" => {
-                // HF `_compute_llama3_parameters`: long wavelengths are divided by `factor`,
-                // short ones kept, the band between interpolated smoothly.
-                let (lo, hi) = (s.low_freq_factor.unwrap_or(1.0), s.high_freq_factor.unwrap_or(4.0));
-                let old = s.original_max_position_embeddings.unwrap_or(8192) as f64;
-                let (lo_wl, hi_wl) = (old / lo, old / hi);
-                base.map(|f| {
-                    let wl = 2.0 * std::f64::consts::PI / f;
-                    let v = if wl < hi_wl {
-                        f
-                    } else if wl > lo_wl {
-                        f / s.factor
-                    } else {
-                        let smooth = (old / wl - lo) / (hi - lo);
-                        (1.0 - smooth) * f / s.factor + smooth * f
-                    };
-                    v as f32
-                })
-                .collect()
-            }
-            _ => base.map(|f| f as f32).collect(),
-        }
+        rope::inv_freq(self.head_dim, self.rope_theta, self.rope_scaling.as_ref())
     }
 }

@@ -12,16 +12,19 @@ mod error;
 mod generation;
 mod kv;
 mod model;
+mod rope;
 mod sampling;
 mod template;
 mod text;
 mod weights;
 
+pub mod random;
 pub mod tiny;
 
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{Architecture, ModelConfig};
 pub use error::EngineError;
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use kv::KvCache;
 pub use model::Model;
+pub use rope::RopeScaling;
 pub use sampling::{sample, SamplingParams, DEFAULT_MAX_NEW_TOKENS};

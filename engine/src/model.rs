@@ -50,7 +50,7 @@ impl Model {
     }
 
     pub fn max_context(&self) -> usize {
-        self.config.max_position_embeddings
+        self.config.max_context()
     }
 
     pub fn eos_token_ids(&self) -> &[u32] {

@@ -143,7 +143,7 @@ pub(crate) fn load(dir: &Path, c: &ModelConfig) -> Result<Weights, EngineError> 
         wanted.insert(format!("{p}.post_attention_layernorm.weight"));
         for m in attn {
             wanted.insert(format!("{p}.self_attn.{m}.weight"));
-            if c.attention_bias {
+            if (m == "o_proj" && c.o_bias) || (m != "o_proj" && c.qkv_bias) {
                 wanted.insert(format!("{p}.self_attn.{m}.bias"));
             }
         }
@@ -163,13 +163,13 @@ pub(crate) fn load(dir: &Path, c: &ModelConfig) -> Result<Weights, EngineError> 
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let (ab, mb) = (c.attention_bias, c.mlp_bias);
+        let (ab, ob, mb) = (c.qkv_bias, c.o_bias, c.mlp_bias);
         layers.push(LayerWeights {
             input_norm: take(&mut t, dir, &format!("{p}.input_layernorm.weight"), &[h])?,
             q: linear(&mut t, format!("{p}.self_attn.q_proj"), q_out, h, ab)?,
             k: linear(&mut t, format!("{p}.self_attn.k_proj"), kv_out, h, ab)?,
             v: linear(&mut t, format!("{p}.self_attn.v_proj"), kv_out, h, ab)?,
-            o: linear(&mut t, format!("{p}.self_attn.o_proj"), h, q_out, ab)?,
+            o: linear(&mut t, format!("{p}.self_attn.o_proj"), h, q_out, ob)?,
             post_norm: take(&mut t, dir, &format!("{p}.post_attention_layernorm.weight"), &[h])?,
             gate: linear(&mut t, format!("{p}.mlp.gate_proj"), i, h, mb)?,
             up: linear(&mut t, format!("{p}.mlp.up_proj"), i, h, mb)?,

@@ -41,25 +41,55 @@ const CHAT_TEMPLATE: &str = r#"{{- bos_token }}
 {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
 {%- endif %}"#;
 
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), EngineError> {
+pub(crate) fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), EngineError> {
     let path = dir.join(name);
     std::fs::write(&path, bytes).map_err(|e| EngineError::io(path, e))
 }
 
-fn pretty(v: &serde_json::Value) -> Vec<u8> {
+pub(crate) fn pretty(v: &serde_json::Value) -> Vec<u8> {
     let mut s = serde_json::to_string_pretty(v).expect("JSON value serialises");
     s.push('\n');
     s.into_bytes()
 }
 
+/// Special ids of the tiny tokenizer, for a `config.json` written beside it.
+pub(crate) struct TextIds {
+    pub vocab_size: usize,
+    pub bos: u32,
+    /// `<|end_of_text|>` and `<|eot_id|>`, as in Llama 3.
+    pub eos: [u32; 2],
+}
+
+/// Writes the tiny tokenizer with its `tokenizer_config.json` and `generation_config.json`
+/// into `dir`; also used by [`crate::random`] beside weights of real shapes.
+pub(crate) fn write_text_files(dir: &Path, max_positions: usize) -> Result<TextIds, EngineError> {
+    let tok = tokenizer::build()?;
+    let id = |t: &str| tok.special_id(t);
+    let ids = TextIds { vocab_size: tok.vocab_size, bos: id(BOS), eos: [id(EOT_TEXT), id(EOT)] };
+    let tokenizer_config = json!({
+        "bos_token": BOS,
+        "eos_token": EOT,
+        "add_bos_token": true,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": max_positions,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    let generation_config = json!({
+        "bos_token_id": ids.bos,
+        "eos_token_id": ids.eos,
+        "do_sample": false,
+    });
+    write_file(dir, "tokenizer.json", tok.json.as_bytes())?;
+    write_file(dir, "tokenizer_config.json", &pretty(&tokenizer_config))?;
+    write_file(dir, "generation_config.json", &pretty(&generation_config))?;
+    Ok(ids)
+}
+
 /// Writes the tiny model's HF files into `dir` (created if needed).
 pub fn write(dir: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-    let tok = tokenizer::build()?;
-    let vocab = tok.vocab_size;
-    let id = |t: &str| tok.special_id(t);
-    let (bos, eot_text, eot) = (id(BOS), id(EOT_TEXT), id(EOT));
-
+    let text = write_text_files(dir, MAX_POSITIONS)?;
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -70,36 +100,19 @@ pub fn write(dir: &Path) -> Result<(), EngineError> {
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
         "head_dim": HEAD_DIM,
-        "vocab_size": vocab,
+        "vocab_size": text.vocab_size,
         "max_position_embeddings": MAX_POSITIONS,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "tie_word_embeddings": false,
         "attention_bias": false,
         "mlp_bias": false,
-        "bos_token_id": bos,
-        "eos_token_id": [eot_text, eot],
+        "bos_token_id": text.bos,
+        "eos_token_id": text.eos,
         "torch_dtype": "float32",
     });
-    let tokenizer_config = json!({
-        "bos_token": BOS,
-        "eos_token": EOT,
-        "add_bos_token": true,
-        "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": false,
-        "model_max_length": MAX_POSITIONS,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    });
-    let generation_config = json!({
-        "bos_token_id": bos,
-        "eos_token_id": [eot_text, eot],
-        "do_sample": false,
-    });
     write_file(dir, "config.json", &pretty(&config))?;
-    write_file(dir, "tokenizer.json", tok.json.as_bytes())?;
-    write_file(dir, "tokenizer_config.json", &pretty(&tokenizer_config))?;
-    write_file(dir, "generation_config.json", &pretty(&generation_config))?;
-    write_file(dir, "model.safetensors", &weights::safetensors(vocab)?)?;
+    write_file(dir, "model.safetensors", &weights::safetensors(text.vocab_size)?)?;
     Ok(())
 }
 
