@@ -175,4 +175,16 @@ pub struct BenchArgs {
 pub enum ModelCommand {
     /// Writes the built-in tiny model (config.json, model.safetensors, tokenizer.json) to DIR.
     Tiny { dir: PathBuf },
+    /// Writes a random-weight checkpoint in a real model's shapes (HF layout, bf16) to DIR, for
+    /// benchmarks and GPU checks.
+    Random {
+        /// One of the presets (`pdq model presets` lists them).
+        #[arg(long, env = "PDQ_PRESET")]
+        preset: String,
+        #[arg(long, env = "PDQ_SEED", default_value_t = 0)]
+        seed: u64,
+        dir: PathBuf,
+    },
+    /// Lists the presets of `pdq model random`.
+    Presets,
 }

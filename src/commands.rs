@@ -112,6 +112,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             pdq_engine::tiny::write(&dir)?;
             println!("{}", dir.display());
         }
+        Command::Model { command: ModelCommand::Random { preset, seed, dir } } => {
+            pdq_engine::random::write(&preset, &dir, seed)?;
+            println!("{}", dir.display());
+        }
+        Command::Model { command: ModelCommand::Presets } => {
+            for p in pdq_engine::random::presets() {
+                println!(
+                    "{:<14} {:<18} {:>6.0}M parameters, {} layers, hidden {}, vocab {}",
+                    p.name,
+                    p.architecture.hf_class(),
+                    p.num_parameters() as f64 / 1e6,
+                    p.num_hidden_layers,
+                    p.hidden_size,
+                    p.vocab_size
+                );
+            }
+        }
         Command::Migrate => {
             Store::connect(&g.database_url).await?;
             println!("migrations applied to {}", pdq_protocol::redact_url(&g.database_url));

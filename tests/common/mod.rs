@@ -83,10 +83,19 @@ impl Harness {
 
     /// `tweak` adjusts the worker settings (KV TTL, budgets) before the cluster starts.
     pub async fn start_with(pool: PgPool, shape: ClusterShape, tweak: impl FnOnce(&mut WorkerConfig)) -> Harness {
+        Harness::start_model(pool, shape, model(), tweak).await
+    }
+
+    pub async fn start_model(
+        pool: PgPool,
+        shape: ClusterShape,
+        model: Arc<Model>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+    ) -> Harness {
         let mut h = Harness::idle(pool, shape).await;
         let mut cfg = WorkerConfig::new(WorkerRole::Prefill, 0, shape, &h.ns, &amqp_url());
         tweak(&mut cfg);
-        h.cluster = Some(Cluster::start(&cfg, model(), h.store.clone()).await.expect("cluster starts"));
+        h.cluster = Some(Cluster::start(&cfg, model, h.store.clone()).await.expect("cluster starts"));
         h
     }
 
