@@ -11,9 +11,10 @@
 
 #define SAMPLE_THREADS 1024
 
-// Monotone map float -> int (a < b iff ord_key(a) < ord_key(b)); NaN maps like -inf.
+// Monotone map float -> int (a < b iff ord_key(a) < ord_key(b)); NaN maps like -inf, -0 like +0.
 __device__ __forceinline__ int ord_key(float x) {
     if (x != x) x = -PDQ_INF;
+    if (x == 0.0f) x = 0.0f;
     const int b = __float_as_int(x);
     return b >= 0 ? b : b ^ 0x7fffffff;
 }

@@ -83,7 +83,7 @@ pub fn elementwise(n: usize) -> Result<Launch, KernelError> {
 
 /// `n_heads` must be a positive multiple of `n_kv_heads` (grouped-query attention).
 pub fn check_gqa(n_heads: usize, n_kv_heads: usize) -> Result<(), KernelError> {
-    if n_kv_heads == 0 || n_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_kv_heads == 0 || n_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(shape_err(format!("`n_heads` {n_heads} must be a positive multiple of `n_kv_heads` {n_kv_heads}")));
     }
     Ok(())

@@ -51,6 +51,7 @@ fn gather_rows(cache: &[f32], tables: &BlockTables, seq: usize, len: usize, bloc
 
 /// Decode: `q[num_seqs, n_heads, head_dim]`, sequence `s` attends to its first
 /// `context_lens[s]` cached tokens; a length of 0 gives zeros.
+#[allow(clippy::too_many_arguments)]
 pub fn paged_attention_decode(
     q: &[f32],
     k_cache: &[f32],

@@ -24,7 +24,7 @@ fn expect_len(name: &str, got: usize, want: usize) -> Result<(), KernelError> {
 }
 
 fn rows_of(name: &str, len: usize, row: usize) -> Result<usize, KernelError> {
-    if row == 0 || len % row != 0 || len == 0 {
+    if row == 0 || len == 0 || !len.is_multiple_of(row) {
         return Err(KernelError::Shape(format!("`{name}` length {len} is not a positive multiple of {row}")));
     }
     Ok(len / row)
