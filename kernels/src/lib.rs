@@ -1,26 +1,78 @@
 //! Compute kernels for pdq's engine.
 //!
 //! Every op exists on the CPU reference backend ([`cpu`]); [`Backend`] is the closed enum the
-//! engine calls through, so a CUDA variant can be added at this boundary without touching the
-//! model code. Invariants every backend keeps:
-//! - tensors are dense row-major `f32` slices; shapes are passed explicitly and asserted;
+//! engine calls through. The CUDA backend ([`cuda`], feature `cuda`) keeps its kernels in
+//! `kernels/cuda/*.cu`, compiled by NVRTC at run time; without the feature, [`CudaBackend`] is an
+//! empty enum that cannot be constructed, so `cfg` stays at this module boundary. Invariants
+//! every backend keeps:
+//! - tensors are dense row-major slices; shapes are passed explicitly and asserted;
 //! - each output row is computed independently with a fixed summation order, so a row's result
-//!   does not depend on which other rows share the batch (prefill == incremental decode, bit for bit).
+//!   does not depend on which other rows share the batch (prefill == incremental decode, bit for
+//!   bit, on the CPU; the CUDA backend is checked against the CPU within per-dtype tolerances).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "no_cuda.rs"]
+pub mod cuda;
+mod error;
+pub mod launch;
+pub mod paged;
 
 pub use cpu::{AttnShape, CpuBackend};
+pub use cuda::CudaBackend;
+pub use error::KernelError;
 
 /// The compute backend. Closed on purpose: adding a device means adding a variant here and a
 /// module beside [`cpu`], not threading `cfg` through the engine.
 #[derive(Debug, Clone)]
 pub enum Backend {
     Cpu(CpuBackend),
+    Cuda(CudaBackend),
 }
 
 impl Default for Backend {
     fn default() -> Self {
         Backend::cpu()
+    }
+}
+
+/// The `--device` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA when this build has it and a driver and GPU are present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = KernelError;
+    fn from_str(s: &str) -> Result<Self, KernelError> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(KernelError::UnknownDevice(other.to_string())),
+        }
+    }
+}
+
+/// The backend for `--device`. `cuda` fails with a one-line reason when the build lacks the
+/// feature or the machine lacks a driver or GPU; `auto` falls back to the CPU in exactly those
+/// cases and reports any other CUDA failure (a kernel that does not compile is a bug, not a
+/// reason to run slowly).
+pub fn select(device: DeviceChoice) -> Result<Backend, KernelError> {
+    match device {
+        DeviceChoice::Cpu => Ok(Backend::cpu()),
+        DeviceChoice::Cuda => CudaBackend::new(0).map(Backend::Cuda),
+        DeviceChoice::Auto => match CudaBackend::new(0) {
+            Ok(c) => Ok(Backend::Cuda(c)),
+            Err(KernelError::NotBuilt | KernelError::NoDevice(_)) => Ok(Backend::cpu()),
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -34,14 +86,20 @@ impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Cpu(_) => "cpu",
+            Backend::Cuda(_) => "cuda",
         }
     }
+
+    // The host-slice ops below are the engine's current f32 interface. On CUDA each call copies
+    // in and out (correct, not fast: the device-resident API is on `CudaBackend`) and panics on a
+    // device error, which mid-forward is not recoverable anyway.
 
     /// `y[m, n] = x[m, k] · w[n, k]^T (+ bias[n])`, the layout of an HF `nn.Linear` weight.
     /// `m` and `n` are derived from the slice lengths and `k`.
     pub fn matmul(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, y: &mut [f32]) {
         match self {
             Backend::Cpu(_) => cpu::matmul(x, w, bias, k, y),
+            Backend::Cuda(c) => c.host_matmul(x, w, bias, k, y),
         }
     }
 
@@ -49,6 +107,7 @@ impl Backend {
     pub fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
         match self {
             Backend::Cpu(_) => cpu::rms_norm(x, weight, eps, y),
+            Backend::Cuda(c) => c.host_rms_norm(x, weight, eps, y),
         }
     }
 
@@ -56,6 +115,7 @@ impl Backend {
     pub fn rope(&self, x: &mut [f32], n_heads: usize, positions: &[usize], inv_freq: &[f32]) {
         match self {
             Backend::Cpu(_) => cpu::rope_inplace(x, n_heads, positions, inv_freq),
+            Backend::Cuda(c) => c.host_rope(x, n_heads, positions, inv_freq),
         }
     }
 
@@ -63,6 +123,7 @@ impl Backend {
     pub fn softmax(&self, x: &mut [f32]) {
         match self {
             Backend::Cpu(_) => cpu::softmax_inplace(x),
+            Backend::Cuda(c) => c.host_softmax(x),
         }
     }
 
@@ -70,6 +131,7 @@ impl Backend {
     pub fn silu_mul(&self, gate: &[f32], up: &[f32], out: &mut [f32]) {
         match self {
             Backend::Cpu(_) => cpu::silu_mul(gate, up, out),
+            Backend::Cuda(c) => c.host_silu_mul(gate, up, out),
         }
     }
 
@@ -77,6 +139,30 @@ impl Backend {
     pub fn attention(&self, q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, out: &mut [f32]) {
         match self {
             Backend::Cpu(_) => cpu::attention(q, k, v, shape, out),
+            Backend::Cuda(c) => c.host_attention(q, k, v, shape, out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choice_parses_and_cpu_always_selects() {
+        assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
+        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda);
+        let e = "gpu".parse::<DeviceChoice>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown device `gpu`: expected `auto`, `cpu` or `cuda`");
+        assert_eq!(e.error_type(), "config");
+        assert_eq!(select(DeviceChoice::Cpu).unwrap().name(), "cpu");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_the_feature_cuda_is_refused_and_auto_falls_back() {
+        let e = select(DeviceChoice::Cuda).unwrap_err();
+        assert!(matches!(e, KernelError::NotBuilt), "{e}");
+        assert_eq!(select(DeviceChoice::Auto).unwrap().name(), "cpu");
     }
 }

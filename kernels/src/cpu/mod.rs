@@ -8,7 +8,9 @@
 mod attention;
 mod elementwise;
 mod matmul;
+mod paged;
 mod rope;
+mod sampling;
 
 #[cfg(test)]
 mod tests;
@@ -16,7 +18,9 @@ mod tests;
 pub use attention::{attention, AttnShape};
 pub use elementwise::{rms_norm, silu_mul, softmax_inplace};
 pub use matmul::{dot, matmul};
-pub use rope::{rope_inplace, rope_inv_freq};
+pub use paged::{kv_gather_blocks, kv_scatter_blocks, kv_write, paged_attention_decode, prefill_attention};
+pub use rope::{rope_inplace, rope_inv_freq, rope_inv_freq_llama3, Llama3RopeScaling};
+pub use sampling::{argmax, sample, SampleParams};
 
 /// Marker for the CPU backend; holds no state today (a thread pool could live here later).
 #[derive(Debug, Clone, Copy, Default)]

@@ -170,3 +170,108 @@ fn backend_dispatches_to_cpu() {
     b.matmul(&[1.0, 2.0], &[3.0, 4.0], Some(&[0.5]), 2, &mut y);
     assert_eq!(y, vec![11.5]);
 }
+
+#[test]
+fn llama3_scaling_with_factor_one_is_the_plain_table() {
+    let s = Llama3RopeScaling {
+        factor: 1.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+    let (a, b) = (rope_inv_freq_llama3(64, 500000.0, s), rope_inv_freq(64, 500000.0));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-7 * y.abs(), "{x} vs {y}");
+    }
+    // Llama 3.1 values: the highest frequency is untouched, the lowest divided by 8.
+    let s = Llama3RopeScaling { factor: 8.0, ..s };
+    let a = rope_inv_freq_llama3(128, 500000.0, s);
+    let b = rope_inv_freq(128, 500000.0);
+    assert_eq!(a[0], b[0]);
+    assert!((a[63] * 8.0 - b[63]).abs() <= 1e-6 * b[63]);
+}
+
+/// A cache whose blocks are deliberately out of order, and the contiguous rows it holds.
+fn scattered_cache(
+    r: &mut Lcg,
+    lens: &[usize],
+    bs: usize,
+    row: usize,
+) -> (Vec<f32>, Vec<f32>, crate::paged::BlockTables, Vec<Vec<f32>>) {
+    let total: usize = lens.iter().map(|&l| crate::paged::blocks_for(l, bs)).sum();
+    let num_blocks = total + 3;
+    // Hand out blocks from the end, skipping one, so tables are neither contiguous nor sorted.
+    let mut free: Vec<u32> = (0..num_blocks as u32).rev().filter(|b| b % 4 != 1).collect();
+    let mut k_cache = vec![f32::NAN; num_blocks * bs * row];
+    let mut v_cache = k_cache.clone();
+    let mut tables = Vec::new();
+    let mut rows = Vec::new();
+    for &len in lens {
+        let table: Vec<u32> = (0..crate::paged::blocks_for(len, bs)).map(|_| free.remove(0)).collect();
+        let (k, v) = (r.vec(len * row), r.vec(len * row));
+        kv_write(&mut k_cache, &mut v_cache, &k, &v, &crate::paged::slot_mapping(&table, 0, len, bs), row);
+        tables.push(table);
+        rows.push(k.into_iter().chain(v).collect());
+    }
+    (k_cache, v_cache, crate::paged::BlockTables::new(&tables), rows)
+}
+
+#[test]
+fn paged_decode_equals_contiguous_attention() {
+    let mut r = Lcg(8);
+    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+    let (bs, row) = (4, 16);
+    let lens = [5usize, 1, 9, 0];
+    let (kc, vc, tables, rows) = scattered_cache(&mut r, &lens, bs, row);
+    let q = r.vec(lens.len() * 32);
+    let ctx: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+    let mut out = vec![f32::NAN; q.len()];
+    paged_attention_decode(&q, &kc, &vc, &tables, &ctx, shape, bs, &mut out);
+    for (s, &len) in lens.iter().enumerate() {
+        let got = &out[s * 32..(s + 1) * 32];
+        if len == 0 {
+            assert!(got.iter().all(|&x| x == 0.0), "a zero-length row gives zeros");
+            continue;
+        }
+        let (k, v) = rows[s].split_at(len * row);
+        let mut want = vec![0f32; 32];
+        attention(&q[s * 32..(s + 1) * 32], k, v, shape, &mut want);
+        assert_eq!(got, &want[..], "sequence {s}");
+    }
+}
+
+#[test]
+fn prefill_rows_see_exactly_their_prefix() {
+    let mut r = Lcg(9);
+    let shape = AttnShape { n_heads: 2, n_kv_heads: 1, head_dim: 4 };
+    let (bs, row) = (3, 4);
+    // Sequence 0: a fresh 5-token prompt; sequence 1: a 2-token chunk after 5 cached tokens.
+    let (kc, vc, tables, rows) = scattered_cache(&mut r, &[5, 7], bs, row);
+    let cu = crate::paged::cu_seqlens(&[5, 2]);
+    let q = r.vec(7 * 8);
+    let mut out = vec![f32::NAN; q.len()];
+    prefill_attention(&q, &kc, &vc, &cu, &[5, 7], &tables, shape, bs, &mut out);
+    for (qrow, (s, pos)) in [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 5), (1, 6)].into_iter().enumerate() {
+        let len = [5, 7][s];
+        let (k, v) = rows[s].split_at(len * row);
+        let mut want = vec![0f32; 8];
+        attention(&q[qrow * 8..(qrow + 1) * 8], &k[..(pos + 1) * row], &v[..(pos + 1) * row], shape, &mut want);
+        assert_eq!(&out[qrow * 8..(qrow + 1) * 8], &want[..], "query row {qrow}");
+    }
+}
+
+#[test]
+fn block_gather_and_scatter_round_trip() {
+    let mut r = Lcg(10);
+    let block = 6;
+    let cache = r.vec(5 * block);
+    let ids = [4, 0, 2];
+    let mut pages = vec![f32::NAN; ids.len() * block];
+    kv_gather_blocks(&cache, &ids, block, &mut pages);
+    assert_eq!(&pages[..block], &cache[4 * block..5 * block]);
+    let mut other = vec![f32::NAN; 5 * block];
+    kv_scatter_blocks(&mut other, &pages, &[1, 3, 0], block);
+    assert_eq!(&other[block..2 * block], &cache[4 * block..5 * block]);
+    assert_eq!(&other[..block], &cache[2 * block..3 * block]);
+    assert!(other[2 * block].is_nan(), "blocks not listed stay untouched");
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# GPU checks of the CUDA backend, for the lent GPU machine, which has CUDA 13 and a driver but
+# no Rust: the test binary is built here and carried there.
+#
+#   scripts/gpu-check.sh --bundle     (here) build the pdq-kernels test binary with
+#                                     `--features cuda` into target/gpu-bundle/
+#   scripts/gpu-check.sh LOG_DIR      (there) find libcuda, libnvrtc and libcublas, run every
+#                                     kernel check (CPU oracle vs CUDA, f32 and bf16), write full
+#                                     logs to LOG_DIR, print a table last
+#
+# Exit: 0 all checks passed; 1 a check failed or was skipped; 2 this machine cannot run them
+# (no driver, no libraries, no bundle), said in one line.
+#   PDQ_GPU_BUNDLE   bundle folder (default target/gpu-bundle)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bundle=${PDQ_GPU_BUNDLE:-target/gpu-bundle}
+
+die() {
+    echo "gpu-check: $*" >&2
+    exit 2
+}
+
+if [[ ${1:-} == --bundle ]]; then
+    set -e
+    mkdir -p "$bundle"
+    exe=$(cargo test -p pdq-kernels --features cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "pdq_kernels" and m.get("executable"):
+        print(m["executable"])')
+    [[ -n $exe ]] || die "cargo built no pdq-kernels test binary"
+    cp "$exe" "$bundle/pdq-kernels-tests"
+    strip --strip-debug "$bundle/pdq-kernels-tests" 2>/dev/null || true
+    git rev-parse HEAD >"$bundle/commit"
+    echo "gpu-check: bundle $bundle ($(du -h "$bundle/pdq-kernels-tests" | cut -f1)); carry it and run: bash scripts/gpu-check.sh \$OUT"
+    exit 0
+fi
+
+out=${1:?usage: scripts/gpu-check.sh LOG_DIR | --bundle}
+mkdir -p "$out"
+
+# The first directory holding $1: the loader cache, then the usual CUDA, driver and pip places
+# (PyTorch's nvidia-* wheels carry libnvrtc and libcublas). Never the toolkit's stub libcuda,
+# which loads and then fails every call.
+find_lib() {
+    local p
+    p=$(ldconfig -p 2>/dev/null | awk -v n="$1" '$1 == n { print $NF; exit }')
+    if [[ -z $p ]]; then
+        p=$(find /usr/local/nvidia /usr/local /opt /usr/lib /usr/lib64 -maxdepth 10 -name "$1" \
+            -not -path '*/stubs/*' 2>/dev/null | head -n 1)
+    fi
+    [[ -n $p ]] && dirname "$(readlink -f "$p")"
+}
+
+cuda_dir=$(find_lib libcuda.so.1) || die "no CUDA driver on this machine (libcuda.so.1 not found); run it on the GPU machine"
+nvrtc_dir=$(find_lib libnvrtc.so.13) || die "libnvrtc.so.13 not found (CUDA 13 NVRTC)"
+cublas_dir=$(find_lib libcublas.so.13) || die "libcublas.so.13 not found (CUDA 13 cuBLAS)"
+[[ -x $bundle/pdq-kernels-tests ]] || die "no test binary at $bundle/pdq-kernels-tests: run scripts/gpu-check.sh --bundle first and carry $bundle"
+export LD_LIBRARY_PATH=$cuda_dir:$nvrtc_dir:$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+{
+    echo "bundle commit: $(cat "$bundle/commit" 2>/dev/null || echo unknown)"
+    echo "libcuda:  $cuda_dir"
+    echo "libnvrtc: $nvrtc_dir"
+    echo "libcublas: $cublas_dir"
+    command -v nvidia-smi >/dev/null && nvidia-smi
+} >"$out/env.txt" 2>&1
+
+# Kernel checks: every gpu_* test (they are #[ignore]d elsewhere), one at a time so the CHECK
+# lines stay in order. Debug assertions are on in this build: each launch is synchronized and
+# a fault is reported by the op that caused it.
+timeout 300 "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
+rc=$?
+
+# TODO(issue 4, after the engine rewrite): whole-model check. Run the tiny model's forward pass
+# on `--device cpu` and `--device cuda` with the same prompts, compare logits (rel. error per
+# dtype) and greedy tokens; log to $out/model.log and add rows to the table below.
+# TODO(issue 4): timing against the H100 roofline. Measure the two ceilings once (device copy
+# bandwidth, bf16 GEMM rate), time each kernel and a decode step with events (warm-up, median of
+# many, rotating inputs), and report measured / floor per kernel in $out/timing.log.
+
+checks=$(grep -c '^CHECK ' "$out/kernels.log")
+failed=$(grep -c '^CHECK .* FAIL$' "$out/kernels.log")
+skipped=$(grep -c 'SKIPPED: no CUDA driver' "$out/kernels.log")
+{
+    printf '%-28s %-5s %-18s %-10s %s\n' op dtype rel_err tol result
+    grep '^CHECK ' "$out/kernels.log" | awk '{ printf "%-28s %-5s %-18s %-10s %s\n", $2, $3, $4, $5, $6 }'
+    grep '^test result:' "$out/kernels.log"
+    [[ $rc -eq 0 ]] || grep -E -A2 "^thread '.*' .*panicked" "$out/kernels.log" | grep -v should_panic | head -n 20
+} | tee "$out/summary.txt"
+if [[ $rc -ne 0 || $failed -ne 0 || $skipped -ne 0 || $checks -eq 0 ]]; then
+    echo "gpu-check: FAIL (test exit $rc, $checks checks, $failed failed, $skipped skipped); logs in $out"
+    exit 1
+fi
+echo "gpu-check: PASS ($checks checks); logs in $out"

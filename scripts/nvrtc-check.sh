@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Compiles every CUDA kernel (kernels/cuda/*.cu) with NVRTC for sm_90 (compute_90) and checks
+# that each exports its f32 and bf16 entry points. Needs no GPU and no driver: NVRTC is a
+# compiler library, installed here from NVIDIA's pip wheel (once, under the cargo target dir).
+# Extra arguments go to cargo test.
+#
+#   NVRTC_WHEEL   pip requirement (default: NVRTC of CUDA 13.0, what the GPU machines run)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+wheel=${NVRTC_WHEEL:-nvidia-cuda-nvrtc==13.0.88}
+dir=${CARGO_TARGET_DIR:-$PWD/target}/nvrtc-wheel
+lib=$dir/nvidia/cu13/lib
+if [[ ! -e $lib/libnvrtc.so.13 || "$(cat "$dir/.requirement" 2>/dev/null)" != "$wheel" ]]; then
+    rm -rf "$dir"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-compile --target "$dir" "$wheel"
+    [[ -e $lib/libnvrtc.so.13 ]] || { echo "nvrtc-check: $wheel installed no $lib/libnvrtc.so.13" >&2; exit 1; }
+    echo "$wheel" >"$dir/.requirement"
+fi
+export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+exec cargo test -p pdq-kernels --features cuda nvrtc "$@"
