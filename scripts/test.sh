@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (what CI runs): starts RabbitMQ and PostgreSQL if they are not listening,
-# then `cargo test --workspace`. Extra arguments go to cargo test, e.g.
+# then `cargo test --workspace` and, for the whole suite, the NVRTC compile check of the CUDA
+# kernels (scripts/nvrtc-check.sh). Extra arguments go to cargo test (and skip the NVRTC check), e.g.
 #   scripts/test.sh -p pdq-protocol        scripts/test.sh --test routing -- --nocapture
 #
 #   DATABASE_URL   server that #[sqlx::test] creates a fresh database per test on
@@ -16,4 +17,11 @@ export PDQ_AMQP_URL=${PDQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 # Absolute: cargo runs each crate's tests from that crate's directory.
 export PDQ_CACHE_DIR=${PDQ_CACHE_DIR:-$PWD/target/pdq-cache}
 
-exec cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+# The whole suite also compiles every CUDA kernel with NVRTC (no GPU needed), so a kernel that
+# does not compile fails CI on this CPU-only machine.
+if [[ $# -eq 0 ]]; then
+    bash scripts/nvrtc-check.sh || status=$?
+fi
+exit $status
