@@ -10,9 +10,11 @@
 //! - no FMA: a fused multiply-add rounds once where `x * w + acc` rounds twice, and the portable
 //!   path has no fast FMA; SIMD lanes are the eight accumulators, so vector width changes nothing.
 //!
-//! Why not a library: `matrixmultiply` and `gemm` pack the weight matrix on every call (a full
-//! extra read and write of every weight per decode step), their sums differ from [`dot`]'s order,
-//! and `gemm` picks its kernel and `k` blocking by shape, which would break batch invariance.
+//! Why not a library: `matrixmultiply` packs the weight matrix on every call, which dominates at
+//! decode sizes (measured, k 768 x n 2048 on 2 threads: m = 1 took 0.18 ms here vs 1.6 ms there,
+//! m = 16 0.78 vs 1.3 ms; at m = 256 its FMA and k blocking win, 12 vs 20 ms), and its FMA sums
+//! differ from [`dot`]'s, which would make prefill and decode disagree. `gemm` also packs, and
+//! picks its kernel and `k` blocking by shape, which would break batch invariance.
 
 use std::ops::Range;
 
