@@ -135,7 +135,7 @@ fn a_rejected_batch_changes_nothing() {
     let err = m.forward_batch(&mut kv, &[(a, &[1][..]), (a, &[2][..])]).unwrap_err();
     assert_eq!(err.error_type(), "invalid_input");
     // 50 tokens need 4 blocks: `a` has 1 promised, and only 2 of the 4 are unreserved.
-    let long = vec![5u32; 50];
+    let long = [5u32; 50];
     assert_eq!(m.forward_batch(&mut kv, &[(a, &long[..])]).unwrap_err().error_type(), "kv_capacity");
     kv.check().unwrap();
 }

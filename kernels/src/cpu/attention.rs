@@ -19,7 +19,7 @@ pub struct AttnShape {
 /// Scores are scaled by `1/sqrt(head_dim)`; the weighted sum over cache rows runs in row order.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, out: &mut [f32]) {
     let row = shape.n_kv_heads * shape.head_dim;
-    assert!(row > 0 && k.len() % row == 0, "attention: k shape");
+    assert!(row > 0 && k.len().is_multiple_of(row), "attention: k shape");
     assert_eq!(k.len(), v.len(), "attention: k and v lengths differ");
     let len = k.len() / row;
     attention_paged(q, &[(k, v)], len, len.max(1), shape, out);

@@ -178,10 +178,10 @@ unsafe fn columns(
                     *p = x.as_ptr().add((i + t) * k);
                 }
                 run_tile(kernel, rows, &xs, &ws, k, &mut tile);
-                for r in 0..rows {
-                    for t in 0..valid {
+                for (r, out) in tile.iter().enumerate().take(rows) {
+                    for (t, &v) in out.iter().enumerate().take(valid) {
                         let j = j0 + t;
-                        *y.add((i + r) * n + j) = tile[r][t] + bias.map_or(0.0, |b| b[j]);
+                        *y.add((i + r) * n + j) = v + bias.map_or(0.0, |b| b[j]);
                     }
                 }
                 i += rows;

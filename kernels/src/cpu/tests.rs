@@ -226,8 +226,7 @@ fn paged_attention_equals_contiguous_for_any_block_size() {
             let (mut kb, mut vb) = (r.vec(nb * bs * row), r.vec(nb * bs * row));
             kb[..len * row].copy_from_slice(&k);
             vb[..len * row].copy_from_slice(&v);
-            let blocks: Vec<(&[f32], &[f32])> =
-                kb.chunks(bs * row).zip(vb.chunks(bs * row)).map(|(a, b)| (a, b)).collect();
+            let blocks: Vec<(&[f32], &[f32])> = kb.chunks(bs * row).zip(vb.chunks(bs * row)).collect();
             let mut got = vec![f32::NAN; 32];
             attention_paged(&q, &blocks, len, bs, shape, &mut got);
             assert_eq!(got, want, "len {len} block size {bs}");
