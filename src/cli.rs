@@ -63,6 +63,9 @@ pub struct TuningArgs {
     /// Sequences one rank decodes at once.
     #[arg(long, env = "PDQ_MAX_RUNNING", default_value_t = 64)]
     pub max_running: usize,
+    /// KV block pool of each engine (MiB); decode admission waits while it is full.
+    #[arg(long, env = "PDQ_KV_POOL_MB", default_value_t = 1024)]
+    pub kv_pool_mb: usize,
     /// Unacked messages per queue per rank.
     #[arg(long, env = "PDQ_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,

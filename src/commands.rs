@@ -169,6 +169,7 @@ pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShap
         advertise_host: t.advertise_host.clone(),
         kv_budget_bytes: t.kv_budget_mb << 20,
         max_running: t.max_running,
+        kv_pool_bytes: t.kv_pool_mb << 20,
         prefetch: t.prefetch,
         ..WorkerConfig::new(role, rank, shape, &g.namespace, &g.amqp_url)
     }

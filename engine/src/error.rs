@@ -27,6 +27,8 @@ pub enum EngineError {
     ContextLength { len: usize, max: usize },
     #[error("KV cache: {0}")]
     KvCache(String),
+    #[error("KV pool has {available} free blocks, {needed} needed")]
+    KvCapacity { needed: usize, available: usize },
 }
 
 impl EngineError {
@@ -42,6 +44,7 @@ impl EngineError {
             EngineError::InvalidInput(_) => "invalid_input",
             EngineError::ContextLength { .. } => "context_length",
             EngineError::KvCache(_) => "kv_cache",
+            EngineError::KvCapacity { .. } => "kv_capacity",
         }
     }
 

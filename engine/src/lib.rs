@@ -4,14 +4,21 @@
 //!
 //! The split between prefill and decode is explicit in the API: [`Model::prefill`] returns a
 //! [`KvCache`] and the first logits; [`KvCache::to_bytes`] / [`KvCache::from_bytes`] move the
-//! cache; [`Model::decode_step`] and [`sample`] (keyed by seed and step) continue elsewhere
-//! with the same result as [`generate`] in one process.
+//! cache as KV pages; [`Model::decode_step`] and [`sample`] (keyed by seed and step) continue
+//! elsewhere with the same result as [`generate`] in one process.
+//!
+//! Engines batch instead: one [`PagedKv`] block pool holds every sequence, and
+//! [`Model::forward_batch`] runs prefill chunks and decode tokens of many sequences in one pass,
+//! with each request's result independent of its batch ([`PagedKv::export`] / [`PagedKv::import`]
+//! move a sequence's pages).
 
 mod config;
 mod error;
+mod forward;
 mod generation;
 mod kv;
 mod model;
+mod paged;
 mod rope;
 mod sampling;
 mod template;
@@ -26,5 +33,6 @@ pub use error::EngineError;
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use kv::KvCache;
 pub use model::Model;
+pub use paged::{KvLayout, PageHeader, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
 pub use rope::RopeScaling;
 pub use sampling::{sample, SamplingParams, DEFAULT_MAX_NEW_TOKENS};

@@ -8,7 +8,8 @@
 //! - tensors are dense row-major slices; shapes are passed explicitly and asserted;
 //! - each output row is computed independently with a fixed summation order, so a row's result
 //!   does not depend on which other rows share the batch (prefill == incremental decode, bit for
-//!   bit, on the CPU; the CUDA backend is checked against the CPU within per-dtype tolerances).
+//!   bit, on the CPU; the CUDA backend is checked against the CPU within per-dtype tolerances);
+//! - that holds with threads too: work is split over output columns, never over a reduction.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -140,6 +141,23 @@ impl Backend {
         match self {
             Backend::Cpu(_) => cpu::attention(q, k, v, shape, out),
             Backend::Cuda(c) => c.host_attention(q, k, v, shape, out),
+        }
+    }
+
+    /// [`Backend::attention`] over the first `len` rows of a paged cache: `blocks[b]` holds the
+    /// K and V rows `b * block_size..` of the sequence. Same result as the contiguous call.
+    pub fn attention_paged(
+        &self,
+        q: &[f32],
+        blocks: &[(&[f32], &[f32])],
+        len: usize,
+        block_size: usize,
+        shape: AttnShape,
+        out: &mut [f32],
+    ) {
+        match self {
+            Backend::Cpu(_) => cpu::attention_paged(q, blocks, len, block_size, shape, out),
+            Backend::Cuda(c) => c.host_attention_paged(q, blocks, len, block_size, shape, out),
         }
     }
 }

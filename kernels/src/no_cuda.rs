@@ -34,4 +34,16 @@ impl CudaBackend {
     pub fn host_attention(&self, _: &[f32], _: &[f32], _: &[f32], _: AttnShape, _: &mut [f32]) {
         match *self {}
     }
+
+    pub fn host_attention_paged(
+        &self,
+        _: &[f32],
+        _: &[(&[f32], &[f32])],
+        _: usize,
+        _: usize,
+        _: AttnShape,
+        _: &mut [f32],
+    ) {
+        match *self {}
+    }
 }

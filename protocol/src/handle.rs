@@ -23,6 +23,8 @@ pub struct KvHandle {
     /// `host:port` of the prefill worker's data plane.
     pub endpoint: String,
     pub kv_id: Uuid,
+    /// Length of the KV the data plane serves for `kv_id`: the prompt's KV pages (a
+    /// self-describing header, then each 16-token block's K and V rows for every layer).
     pub kv_bytes: u64,
     pub prompt_tokens: u32,
     /// Sampled by prefill from the last position's logits (SGLang sends it as aux data).

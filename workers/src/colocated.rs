@@ -27,7 +27,7 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<(), WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
     let pre = ctx.engine.prefill(a.tokens.clone(), params.clone()).await?;
-    let out = ctx.engine.decode(pre.kv, pre.first_token, params).await?;
+    let out = ctx.engine.decode(pre.pages, pre.first_token, params).await?;
     let rank = ctx.cfg.rank;
     let meta_info = MetaInfo {
         dp_rank: Some(rank),

@@ -15,6 +15,9 @@ pub const DEFAULT_PREFETCH: u16 = 64;
 pub const DEFAULT_MAX_RUNNING: usize = 64;
 /// Prompt tokens one engine iteration may prefill before it runs a decode step again.
 pub const DEFAULT_PREFILL_TOKEN_BUDGET: usize = 4096;
+/// Bytes of KV blocks each engine preallocates (committed by the OS only as blocks are used).
+/// Decode admission waits while the pool cannot reserve a sequence's whole generation.
+pub const DEFAULT_KV_POOL_BYTES: usize = 1 << 30;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping prefill worker keeps serving KV to decoders before it gives up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,6 +39,7 @@ pub struct WorkerConfig {
     pub prefetch: u16,
     pub max_running: usize,
     pub prefill_token_budget: usize,
+    pub kv_pool_bytes: usize,
 }
 
 impl WorkerConfig {
@@ -53,6 +57,7 @@ impl WorkerConfig {
             prefetch: DEFAULT_PREFETCH,
             max_running: DEFAULT_MAX_RUNNING,
             prefill_token_budget: DEFAULT_PREFILL_TOKEN_BUDGET,
+            kv_pool_bytes: DEFAULT_KV_POOL_BYTES,
         }
     }
 

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use lapin::Acker;
 use pdq_broker::{Delivery, MessageMeta, Outgoing};
-use pdq_engine::KvCache;
 use pdq_protocol::{ErrorBody, KvHandle, MetaInfo, Outcome, ResultStatus, Timings, Topology};
 use serde_json::Value;
 
@@ -67,10 +66,10 @@ async fn run(ctx: &Ctx, h: &KvHandle, acker: &Acker, body: Vec<u8>) -> Result<()
         Err(e) if e.error_type() == "kv_lost" => return kv_lost(ctx, h, acker, e).await,
         Err(e) => return Err(e),
     };
-    let kv = KvCache::from_bytes(&bytes)?;
     let kv_transfer_time = fetch_started.elapsed().as_secs_f64();
     let params = sampling_params(&h.request.sampling, h.seed);
-    let out = ctx.engine.decode(kv, h.first_token, params).await?;
+    // The engine validates the pages and writes them straight into blocks of its own pool.
+    let out = ctx.engine.decode(bytes, h.first_token, params).await?;
     let meta_info = MetaInfo {
         dp_rank: Some(rank),
         prefill_dp_rank: Some(h.prefill_dp_rank),

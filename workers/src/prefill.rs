@@ -35,7 +35,7 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<(), Worker
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
     let out = ctx.engine.prefill(a.tokens.clone(), params).await?;
-    let bytes = out.kv.to_bytes();
+    let bytes = out.pages;
     let kv_bytes = bytes.len() as u64;
     let kv_id = Uuid::new_v4();
     state.kv.put(kv_id, bytes).await?;

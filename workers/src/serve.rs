@@ -52,7 +52,11 @@ impl RunningWorker {
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
         let engine = EngineHandle::spawn(
             model,
-            EngineLoopConfig { max_running: cfg.max_running, prefill_token_budget: cfg.prefill_token_budget },
+            EngineLoopConfig {
+                max_running: cfg.max_running,
+                prefill_token_budget: cfg.prefill_token_budget,
+                kv_pool_bytes: cfg.kv_pool_bytes,
+            },
             format!("engine-{}", cfg.tag()),
         );
         let (writer, writer_task) = ResultWriter::spawn(store.clone());

@@ -3,10 +3,12 @@
 //!
 //! Determinism: reductions use [`dot`]'s fixed 8-lane order (or a plain sequential loop) and each
 //! output row reads only its own input row, so results are independent of batch composition and
-//! thread count. No op allocates per element; scratch buffers are per call.
+//! thread count. No op allocates per element; scratch buffers are per call. [`matmul`] splits its
+//! output columns over rayon's pool (both cores); every other op runs on the calling thread.
 
 mod attention;
 mod elementwise;
+mod gemm;
 mod matmul;
 mod paged;
 mod rope;
@@ -15,13 +17,14 @@ mod sampling;
 #[cfg(test)]
 mod tests;
 
-pub use attention::{attention, AttnShape};
+pub use attention::{attention, attention_paged, AttnShape};
 pub use elementwise::{rms_norm, silu_mul, softmax_inplace};
-pub use matmul::{dot, matmul};
+pub use gemm::{matmul, matmul_reference};
+pub use matmul::dot;
 pub use paged::{kv_gather_blocks, kv_scatter_blocks, kv_write, paged_attention_decode, prefill_attention};
 pub use rope::{rope_inplace, rope_inv_freq, rope_inv_freq_llama3, Llama3RopeScaling};
 pub use sampling::{argmax, sample, SampleParams};
 
-/// Marker for the CPU backend; holds no state today (a thread pool could live here later).
+/// Marker for the CPU backend; holds no state (threads come from rayon's global pool).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;

@@ -275,3 +275,66 @@ fn block_gather_and_scatter_round_trip() {
     assert_eq!(&other[..block], &cache[2 * block..3 * block]);
     assert!(other[2 * block].is_nan(), "blocks not listed stay untouched");
 }
+
+#[test]
+fn fast_matmul_is_bitwise_the_reference_for_every_shape() {
+    let mut r = Lcg(8);
+    // Covers tile edges (m % 4, n % 4, k % 8), the M_BLOCK edge and the threaded path.
+    for &(m, k, n) in
+        &[(1, 1, 1), (1, 7, 3), (3, 8, 5), (4, 19, 9), (5, 64, 6), (9, 172, 11), (70, 172, 300), (1, 768, 1029)]
+    {
+        let x = r.vec(m * k);
+        let w = r.vec(n * k);
+        let bias = r.vec(n);
+        for b in [None, Some(&bias[..])] {
+            let mut fast = vec![f32::NAN; m * n];
+            let mut want = vec![f32::NAN; m * n];
+            matmul(&x, &w, b, k, &mut fast);
+            matmul_reference(&x, &w, b, k, &mut want);
+            let same = fast.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "m {m} k {k} n {n} bias {}: fast matmul differs from the reference", b.is_some());
+        }
+    }
+}
+
+#[test]
+fn matmul_rows_do_not_depend_on_batch_size() {
+    let mut r = Lcg(9);
+    let (k, n) = (172, 257);
+    let x = r.vec(40 * k);
+    let w = r.vec(n * k);
+    let mut alone = vec![0f32; 40 * n];
+    for i in 0..40 {
+        matmul(&x[i * k..(i + 1) * k], &w, None, k, &mut alone[i * n..(i + 1) * n]);
+    }
+    for m in [2, 7, 32, 40] {
+        let mut batch = vec![0f32; m * n];
+        matmul(&x[..m * k], &w, None, k, &mut batch);
+        assert_eq!(&batch[..], &alone[..m * n], "batch of {m} differs from rows run alone");
+    }
+}
+
+#[test]
+fn paged_attention_equals_contiguous_for_any_block_size() {
+    let mut r = Lcg(10);
+    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+    let row = 16;
+    for len in [1, 5, 16, 17, 40] {
+        let q = r.vec(32);
+        let k = r.vec(len * row);
+        let v = r.vec(len * row);
+        let mut want = vec![0f32; 32];
+        attention(&q, &k, &v, shape, &mut want);
+        for bs in [1, 3, 16, 64] {
+            // Scatter the rows into blocks with junk after `len`, as a pool would hold them.
+            let nb = len.div_ceil(bs);
+            let (mut kb, mut vb) = (r.vec(nb * bs * row), r.vec(nb * bs * row));
+            kb[..len * row].copy_from_slice(&k);
+            vb[..len * row].copy_from_slice(&v);
+            let blocks: Vec<(&[f32], &[f32])> = kb.chunks(bs * row).zip(vb.chunks(bs * row)).collect();
+            let mut got = vec![f32::NAN; 32];
+            attention_paged(&q, &blocks, len, bs, shape, &mut got);
+            assert_eq!(got, want, "len {len} block size {bs}");
+        }
+    }
+}

@@ -87,4 +87,25 @@ impl CudaBackend {
         ok("attention", self.paged_attention_decode(&dq.as_view(), &kv, shape, &mut dout.as_view_mut()));
         self.down("attention", &dout, out);
     }
+
+    /// The host-slice path over a paged cache: the blocks are gathered into contiguous rows on
+    /// the host first (the device kernel reads block tables itself when the cache lives on the GPU).
+    pub fn host_attention_paged(
+        &self,
+        q: &[f32],
+        blocks: &[(&[f32], &[f32])],
+        len: usize,
+        block_size: usize,
+        shape: AttnShape,
+        out: &mut [f32],
+    ) {
+        let row = shape.n_kv_heads * shape.head_dim;
+        let (mut k, mut v) = (Vec::with_capacity(len * row), Vec::with_capacity(len * row));
+        for (kb, vb) in blocks {
+            let take = (len - k.len() / row).min(block_size) * row;
+            k.extend_from_slice(&kb[..take]);
+            v.extend_from_slice(&vb[..take]);
+        }
+        self.host_attention(q, &k, &v, shape, out);
+    }
 }

@@ -1,0 +1,154 @@
+//! The batched forward pass: any mix of prefill chunks and decode tokens from many sequences in
+//! one pass over the weights, with each sequence's KV in a shared [`PagedKv`].
+//!
+//! Invariant (batch invariance): a token row's result depends only on its own sequence. Every
+//! linear layer is one `[rows, in] x W^T` matmul whose rows are computed with a fixed summation
+//! order regardless of the row count; norms, RoPE and activations are row-wise; attention runs
+//! per row over that row's own block table, causally (rows `0..=position`). So a request gets the
+//! same bits alone, in a batch of any size, prefilled with others or alone, and prefill logits
+//! equal incremental decode logits.
+
+use pdq_kernels::AttnShape;
+use rayon::prelude::*;
+
+use crate::error::EngineError;
+use crate::model::Model;
+use crate::paged::{KvLayout, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
+use crate::weights::Linear;
+
+impl Model {
+    /// The KV geometry of this model with `block_size`-token blocks.
+    pub fn kv_layout(&self, block_size: usize) -> KvLayout {
+        let c = &self.config;
+        KvLayout { n_layers: c.num_hidden_layers, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim, block_size }
+    }
+
+    /// A shared pool of `n_blocks` blocks of [`DEFAULT_BLOCK_SIZE`] tokens for this model.
+    pub fn new_paged_kv(&self, n_blocks: usize) -> PagedKv {
+        PagedKv::new(self.kv_layout(DEFAULT_BLOCK_SIZE), n_blocks)
+    }
+
+    /// Checks `tokens` may run after `start` cached tokens (ids in range, context not exceeded).
+    pub fn check_tokens(&self, start: usize, tokens: &[u32]) -> Result<(), EngineError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("no tokens to run".into()));
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(EngineError::InvalidInput(format!("token id {t} >= `vocab_size` {}", c.vocab_size)));
+        }
+        let len = start + tokens.len();
+        if len > self.max_context() {
+            return Err(EngineError::ContextLength { len, max: self.max_context() });
+        }
+        Ok(())
+    }
+
+    /// Validates the whole batch before touching `kv`, so a rejected call changes nothing.
+    fn check_batch(&self, kv: &PagedKv, batch: &[(SeqId, &[u32])]) -> Result<(), EngineError> {
+        let (want, have) = (self.kv_layout(kv.layout().block_size), *kv.layout());
+        if want != have {
+            return Err(EngineError::KvCache(format!("pool layout {have:?} does not fit this model ({want:?})")));
+        }
+        if batch.is_empty() {
+            return Err(EngineError::InvalidInput("empty batch".into()));
+        }
+        let mut grow = Vec::with_capacity(batch.len());
+        for (i, &(id, tokens)) in batch.iter().enumerate() {
+            if batch[..i].iter().any(|&(other, _)| other == id) {
+                return Err(EngineError::InvalidInput(format!("sequence {id:?} appears twice in one batch")));
+            }
+            let start = kv.len(id)?;
+            self.check_tokens(start, tokens)?;
+            grow.push((id, start + tokens.len()));
+        }
+        let extra = kv.extra_blocks(&grow)?;
+        if extra > kv.available_blocks() {
+            return Err(EngineError::KvCapacity { needed: extra, available: kv.available_blocks() });
+        }
+        Ok(())
+    }
+
+    fn linear(&self, x: &[f32], l: &Linear, k: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(x.len() / k * (l.weight.len() / k), 0.0);
+        self.backend.matmul(x, &l.weight, l.bias.as_deref(), k, out);
+    }
+
+    /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
+    /// logits of each item's last token, in batch order.
+    pub fn forward_batch(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.check_batch(kv, batch)?;
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let shape = AttnShape { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: hd };
+        let (q_dim, kv_dim) = (shape.n_heads * hd, shape.n_kv_heads * hd);
+        let eps = c.rms_norm_eps as f32;
+        let b = &self.backend;
+
+        // One entry per token row: (batch item, position).
+        let mut rows = Vec::new();
+        let mut last_rows = Vec::with_capacity(batch.len());
+        for (item, &(id, tokens)) in batch.iter().enumerate() {
+            let start = kv.len(id)?;
+            rows.extend((start..start + tokens.len()).map(|p| (item, p)));
+            last_rows.push(rows.len() - 1);
+            kv.grow(id, start + tokens.len())?;
+        }
+        let n = rows.len();
+        let positions: Vec<usize> = rows.iter().map(|&(_, p)| p).collect();
+        let mut x = Vec::with_capacity(n * h);
+        for &(_, tokens) in batch {
+            for &t in tokens {
+                x.extend_from_slice(&self.weights.embed[t as usize * h..(t as usize + 1) * h]);
+            }
+        }
+        let mut normed = vec![0f32; n * h];
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut attn, mut proj) = (vec![0f32; n * q_dim], Vec::new());
+        let (mut gate, mut up, mut act) = (Vec::new(), Vec::new(), Vec::new());
+        for (li, lw) in self.weights.layers.iter().enumerate() {
+            b.rms_norm(&x, &lw.input_norm, eps, &mut normed);
+            self.linear(&normed, &lw.q, h, &mut q);
+            self.linear(&normed, &lw.k, h, &mut k);
+            self.linear(&normed, &lw.v, h, &mut v);
+            b.rope(&mut q, shape.n_heads, &positions, &self.inv_freq);
+            b.rope(&mut k, shape.n_kv_heads, &positions, &self.inv_freq);
+            for (r, &(item, p)) in rows.iter().enumerate() {
+                let (kr, vr) = kv.row_mut(batch[item].0, li, p);
+                kr.copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
+                vr.copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
+            }
+            let kv_ref = &*kv;
+            let blocks: Vec<_> = batch.iter().map(|&(id, _)| kv_ref.layer_blocks(id, li)).collect();
+            let bs = kv_ref.layout().block_size;
+            attn.par_chunks_mut(q_dim).zip(q.par_chunks(q_dim)).zip(rows.par_iter()).for_each(
+                |((out, qr), &(item, p))| {
+                    // Causal: the token at position p sees rows 0..=p of its own sequence.
+                    b.attention_paged(qr, &blocks[item], p + 1, bs, shape, out);
+                },
+            );
+            self.linear(&attn, &lw.o, q_dim, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+
+            b.rms_norm(&x, &lw.post_norm, eps, &mut normed);
+            self.linear(&normed, &lw.gate, h, &mut gate);
+            self.linear(&normed, &lw.up, h, &mut up);
+            act.resize(gate.len(), 0.0);
+            b.silu_mul(&gate, &up, &mut act);
+            self.linear(&act, &lw.down, c.intermediate_size, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+        }
+
+        // Only each item's last position needs logits: those rows alone go through the lm_head.
+        let mut last = Vec::with_capacity(batch.len() * h);
+        for &r in &last_rows {
+            last.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut last_normed = vec![0f32; last.len()];
+        b.rms_norm(&last, &self.weights.norm, eps, &mut last_normed);
+        let mut logits = vec![0f32; batch.len() * c.vocab_size];
+        b.matmul(&last_normed, self.weights.lm_head(), None, h, &mut logits);
+        Ok(logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect())
+    }
+}

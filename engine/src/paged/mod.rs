@@ -1,0 +1,255 @@
+//! The paged KV cache: one pool of fixed-size blocks shared by every sequence of an engine.
+//!
+//! Invariants (checked by [`PagedKv::check`]):
+//! - every block id in `0..n_blocks` is in exactly one place: the free list or one sequence's table;
+//! - a sequence's table holds exactly `ceil(len / block_size)` blocks, in position order: position
+//!   `p` lives in `table[p / block_size]`, slot `p % block_size`; slots at or past `len` are never read;
+//! - `reserved = Σ max(0, ceil(max_len / block_size) − table.len())` over sequences never exceeds
+//!   the free list, so a sequence grows to its `max_len` without ever failing; admission only sees
+//!   the unreserved free blocks ([`PagedKv::available_blocks`]).
+//!
+//! A block holds `block_size` token rows of K and V for every layer, laid out
+//! `[layer][k|v][slot][kv_head][head_dim]`, so one block id serves all layers (as in vLLM).
+
+mod pages;
+
+use std::collections::HashMap;
+
+pub use pages::PageHeader;
+
+use crate::error::EngineError;
+
+/// Tokens per block: small enough that the last, partly filled block wastes little, large
+/// enough that a block's rows are contiguous for a sizeable stretch of attention.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+/// Geometry of a pool: the model's KV shape and the block size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+impl KvLayout {
+    /// Floats in one token row of one layer's K (or V).
+    pub fn row(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Floats in one block (all layers, K and V).
+    pub fn block_floats(&self) -> usize {
+        self.n_layers * 2 * self.block_size * self.row()
+    }
+
+    /// Blocks needed for `tokens` tokens.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_size)
+    }
+}
+
+/// A sequence in a [`PagedKv`]; only meaningful for the pool that issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqId(u64);
+
+#[derive(Debug, Clone)]
+struct Seq {
+    blocks: Vec<u32>,
+    len: usize,
+    max_len: usize,
+}
+
+impl Seq {
+    fn reserved(&self, layout: &KvLayout) -> usize {
+        layout.blocks_for(self.max_len).saturating_sub(self.blocks.len())
+    }
+}
+
+/// The block pool, the free list and every sequence's block table. Owned by one engine thread.
+#[derive(Debug, Clone)]
+pub struct PagedKv {
+    layout: KvLayout,
+    data: Vec<f32>,
+    free: Vec<u32>,
+    seqs: HashMap<SeqId, Seq>,
+    reserved: usize,
+    next_id: u64,
+}
+
+impl PagedKv {
+    /// A pool of `n_blocks` zeroed blocks.
+    pub fn new(layout: KvLayout, n_blocks: usize) -> PagedKv {
+        assert!(layout.block_size > 0 && layout.row() > 0 && layout.n_layers > 0, "empty KV layout {layout:?}");
+        let mut kv =
+            PagedKv { layout, data: Vec::new(), free: Vec::new(), seqs: HashMap::new(), reserved: 0, next_id: 0 };
+        kv.add_blocks(n_blocks);
+        kv
+    }
+
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.data.len() / self.layout.block_floats()
+    }
+
+    /// Free blocks not promised to a running sequence: what admission may hand out.
+    pub fn available_blocks(&self) -> usize {
+        self.free.len() - self.reserved
+    }
+
+    /// Whether a new sequence of up to `max_len` tokens fits now.
+    pub fn can_admit(&self, max_len: usize) -> bool {
+        self.layout.blocks_for(max_len) <= self.available_blocks()
+    }
+
+    /// Grows the pool (a private, single-sequence cache grows on demand; engine pools do not).
+    pub(crate) fn add_blocks(&mut self, n: usize) {
+        let first = self.n_blocks() as u32;
+        if self.data.is_empty() {
+            // Zeroed allocation: the OS commits a big pool's pages only as blocks are written.
+            self.data = vec![0f32; n * self.layout.block_floats()];
+        } else {
+            self.data.resize(self.data.len() + n * self.layout.block_floats(), 0.0);
+        }
+        // Pop order hands out low ids first, which keeps a young pool's touched memory compact.
+        self.free.extend((first..first + n as u32).rev());
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// Starts an empty sequence and reserves blocks for `max_len` tokens.
+    pub fn add_sequence(&mut self, max_len: usize) -> Result<SeqId, EngineError> {
+        let need = self.layout.blocks_for(max_len);
+        if need > self.available_blocks() {
+            return Err(EngineError::KvCapacity { needed: need, available: self.available_blocks() });
+        }
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        self.reserved += need;
+        self.seqs.insert(id, Seq { blocks: Vec::new(), len: 0, max_len });
+        Ok(id)
+    }
+
+    /// Returns the sequence's blocks and its unused reservation to the pool. Unknown ids are ignored.
+    pub fn release(&mut self, id: SeqId) {
+        if let Some(seq) = self.seqs.remove(&id) {
+            self.reserved -= seq.reserved(&self.layout);
+            self.free.extend(seq.blocks.iter().rev());
+        }
+    }
+
+    /// Tokens held for `id` (the position its next token takes).
+    pub fn len(&self, id: SeqId) -> Result<usize, EngineError> {
+        Ok(self.seq(id)?.len)
+    }
+
+    pub fn contains(&self, id: SeqId) -> bool {
+        self.seqs.contains_key(&id)
+    }
+
+    pub fn n_sequences(&self) -> usize {
+        self.seqs.len()
+    }
+
+    fn seq(&self, id: SeqId) -> Result<&Seq, EngineError> {
+        self.seqs.get(&id).ok_or_else(|| EngineError::KvCache(format!("unknown sequence {id:?}")))
+    }
+
+    /// Blocks that growing each `(sequence, new_len)` would take beyond its own reservation.
+    pub(crate) fn extra_blocks(&self, grow: &[(SeqId, usize)]) -> Result<usize, EngineError> {
+        let mut extra = 0;
+        for &(id, new_len) in grow {
+            let s = self.seq(id)?;
+            extra += self.layout.blocks_for(new_len).saturating_sub(self.layout.blocks_for(s.max_len.max(s.len)));
+        }
+        Ok(extra)
+    }
+
+    /// Extends `id` to `new_len` tokens, taking blocks from its reservation first, then from the
+    /// unreserved free blocks. All-or-nothing: on error nothing changed.
+    pub(crate) fn grow(&mut self, id: SeqId, new_len: usize) -> Result<(), EngineError> {
+        let extra = self.extra_blocks(&[(id, new_len)])?;
+        if extra > self.available_blocks() {
+            return Err(EngineError::KvCapacity { needed: extra, available: self.available_blocks() });
+        }
+        let layout = self.layout;
+        let seq = self.seqs.get_mut(&id).expect("checked by extra_blocks");
+        let before = seq.reserved(&layout);
+        while seq.blocks.len() < layout.blocks_for(new_len) {
+            seq.blocks.push(self.free.pop().expect("reservation and capacity were checked"));
+        }
+        seq.len = seq.len.max(new_len);
+        self.reserved -= before - seq.reserved(&layout);
+        Ok(())
+    }
+
+    /// Offset of (block, layer, k or v, slot) in `data`.
+    fn offset(&self, block: u32, layer: usize, v: bool, slot: usize) -> usize {
+        let l = &self.layout;
+        let row = l.row();
+        block as usize * l.block_floats() + ((layer * 2 + v as usize) * l.block_size + slot) * row
+    }
+
+    /// The K and V rows of `position` in `layer`, for writing. The position must be below `len`.
+    pub(crate) fn row_mut(&mut self, id: SeqId, layer: usize, position: usize) -> (&mut [f32], &mut [f32]) {
+        let seq = &self.seqs[&id];
+        debug_assert!(position < seq.len, "row {position} past the sequence's {} tokens", seq.len);
+        let bs = self.layout.block_size;
+        let block = seq.blocks[position / bs];
+        let (k, v) = (self.offset(block, layer, false, position % bs), self.offset(block, layer, true, position % bs));
+        let row = self.layout.row();
+        let (lo, hi) = self.data.split_at_mut(v);
+        (&mut lo[k..k + row], &mut hi[..row])
+    }
+
+    /// Per block of `id`, its K and V rows for `layer`, in position order (for attention).
+    pub(crate) fn layer_blocks(&self, id: SeqId, layer: usize) -> Vec<(&[f32], &[f32])> {
+        let span = self.layout.block_size * self.layout.row();
+        self.seqs[&id]
+            .blocks
+            .iter()
+            .map(|&b| {
+                let (k, v) = (self.offset(b, layer, false, 0), self.offset(b, layer, true, 0));
+                (&self.data[k..k + span], &self.data[v..v + span])
+            })
+            .collect()
+    }
+
+    /// Verifies the invariants in the module note; for tests and debug assertions.
+    pub fn check(&self) -> Result<(), String> {
+        let mut owner = vec![None::<Option<SeqId>>; self.n_blocks()];
+        let mut claim = |b: u32, who: Option<SeqId>| match owner.get_mut(b as usize) {
+            None => Err(format!("block {b} is out of range")),
+            Some(slot @ None) => {
+                *slot = Some(who);
+                Ok(())
+            }
+            Some(Some(first)) => Err(format!("block {b} is held by {first:?} and by {who:?}")),
+        };
+        for &b in &self.free {
+            claim(b, None)?;
+        }
+        let mut reserved = 0;
+        for (&id, s) in &self.seqs {
+            if s.blocks.len() != self.layout.blocks_for(s.len) {
+                return Err(format!("{id:?} holds {} blocks for {} tokens", s.blocks.len(), s.len));
+            }
+            reserved += s.reserved(&self.layout);
+            for &b in &s.blocks {
+                claim(b, Some(id))?;
+            }
+        }
+        if let Some(b) = owner.iter().position(Option::is_none) {
+            return Err(format!("block {b} is neither free nor owned"));
+        }
+        if reserved != self.reserved || reserved > self.free.len() {
+            return Err(format!("reserved {} (recount {reserved}) vs {} free", self.reserved, self.free.len()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

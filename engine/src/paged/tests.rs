@@ -1,0 +1,93 @@
+//! The pool's invariants under admission, growth and release, and the page format's round trip.
+
+use super::*;
+
+fn layout(block_size: usize) -> KvLayout {
+    KvLayout { n_layers: 2, n_kv_heads: 2, head_dim: 4, block_size }
+}
+
+/// Fills every row of `id` with values derived from (layer, position), as a forward pass would.
+fn fill(kv: &mut PagedKv, id: SeqId) {
+    for layer in 0..2 {
+        for p in 0..kv.len(id).unwrap() {
+            let (k, v) = kv.row_mut(id, layer, p);
+            k.iter_mut().enumerate().for_each(|(i, x)| *x = (layer * 1000 + p * 10 + i) as f32);
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = -((layer * 1000 + p * 10 + i) as f32));
+        }
+    }
+}
+
+#[test]
+fn reservations_gate_admission_and_growth_never_fails_within_them() {
+    let mut kv = PagedKv::new(layout(4), 10);
+    let a = kv.add_sequence(17).unwrap(); // 5 blocks promised
+    assert_eq!(kv.available_blocks(), 5);
+    assert!(kv.can_admit(20) && !kv.can_admit(21));
+    let err = kv.add_sequence(24).unwrap_err();
+    assert_eq!(err.error_type(), "kv_capacity");
+    let b = kv.add_sequence(8).unwrap();
+    kv.check().unwrap();
+    for len in 1..=17 {
+        kv.grow(a, len).unwrap();
+        kv.check().unwrap();
+    }
+    assert_eq!(kv.available_blocks(), 3);
+    // Past its reservation a sequence draws on unreserved blocks, and fails cleanly without them.
+    kv.grow(a, 28).unwrap();
+    assert_eq!(kv.available_blocks(), 1);
+    assert_eq!(kv.grow(a, 40).unwrap_err().error_type(), "kv_capacity");
+    assert_eq!(kv.len(a).unwrap(), 28);
+    kv.check().unwrap();
+    kv.release(a);
+    kv.grow(b, 8).unwrap();
+    kv.check().unwrap();
+    kv.release(b);
+    kv.check().unwrap();
+    assert_eq!(kv.available_blocks(), 10);
+    assert_eq!(kv.n_sequences(), 0);
+}
+
+#[test]
+fn pages_round_trip_between_pools_with_different_block_sizes() {
+    let mut src = PagedKv::new(layout(4), 8);
+    let id = src.add_sequence(0).unwrap();
+    src.grow(id, 11).unwrap();
+    fill(&mut src, id);
+    let bytes = src.export(id).unwrap();
+    assert_eq!(bytes.len(), PageHeader::byte_len(src.layout(), 11));
+    let h = PageHeader::parse(&bytes).unwrap();
+    assert_eq!((h.len, h.layout), (11, *src.layout()));
+
+    let mut dst = PagedKv::new(layout(3), 20);
+    let other = dst.add_sequence(5).unwrap(); // so the import does not start at block 0
+    let got = dst.import(&bytes, 30).unwrap();
+    dst.check().unwrap();
+    assert_eq!(dst.len(got).unwrap(), 11);
+    assert_eq!(dst.available_blocks(), 20 - 2 - 10);
+    let mut want = PagedKv::new(layout(3), 4);
+    let w = want.add_sequence(0).unwrap();
+    want.grow(w, 11).unwrap();
+    fill(&mut want, w);
+    assert_eq!(dst.export(got).unwrap(), want.export(w).unwrap());
+    dst.release(other);
+    dst.release(got);
+    dst.check().unwrap();
+}
+
+#[test]
+fn bad_pages_are_rejected_before_any_block_is_taken() {
+    let mut src = PagedKv::new(layout(4), 4);
+    let id = src.add_sequence(6).unwrap();
+    src.grow(id, 6).unwrap();
+    let bytes = src.export(id).unwrap();
+    let mut dst = PagedKv::new(layout(4), 4);
+    for bad in [&bytes[..bytes.len() - 4], &bytes[..10]] {
+        assert_eq!(dst.import(bad, 0).unwrap_err().error_type(), "kv_cache");
+    }
+    let mut wrong = PagedKv::new(KvLayout { n_kv_heads: 1, ..layout(4) }, 4);
+    assert_eq!(wrong.import(&bytes, 0).unwrap_err().error_type(), "kv_cache");
+    let mut small = PagedKv::new(layout(4), 1);
+    assert_eq!(small.import(&bytes, 0).unwrap_err().error_type(), "kv_capacity");
+    assert_eq!((dst.available_blocks(), small.available_blocks()), (4, 1));
+    dst.check().unwrap();
+}
