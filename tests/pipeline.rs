@@ -100,9 +100,13 @@ async fn direct_queue_producer_gets_rows(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(requests, 4, "one request row per direct message, forwarded or not");
-    // The unparseable message is also in the dead-letter queue.
-    let dead = h.broker.queue_depth(&h.broker.topology.dead()).await.unwrap();
-    assert_eq!(dead, 1);
+    // The unparseable message is also in the dead-letter queue (rejected just after its row commits).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while h.broker.queue_depth(&h.broker.topology.dead()).await.unwrap() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the unparseable message never reached the dead-letter queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.broker.queue_depth(&h.broker.topology.dead()).await.unwrap(), 1);
     h.finish().await;
 }
 
@@ -121,7 +125,8 @@ async fn a_message_delivered_twice_is_written_once(pool: PgPool) {
         .publish(&Outgoing { exchange: h.broker.topology.prefill_exchange(), key: "any".into(), body, meta })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.wait_queue_drained(&h.broker.topology.prefill_any_queue()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let job_row = h.store.job(job).await.unwrap();
     assert_eq!((job_row.total, job_row.completed), (1, 1), "counters unchanged by the redelivery");
     assert_eq!(h.results(job).await.len(), 1);
@@ -213,9 +218,9 @@ async fn cancel_accounts_for_every_line(pool: PgPool) {
     assert!(h.store.cancel_job(job).await.is_err(), "a finished job cannot be cancelled again");
     // Workers that now pick the messages up find the rows and skip them.
     h.start_cluster().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let depth = h.broker.queue_depth(&h.broker.topology.prefill_any_queue()).await.unwrap();
-    assert_eq!(depth, 0, "the cancelled messages were consumed");
+    h.wait_queue_drained(&h.broker.topology.prefill_any_queue()).await;
+    // Give the workers time to act on what they took (they must only ack it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let row = h.store.job(job).await.unwrap();
     assert_eq!((row.completed, row.cancelled), (0, 10));
     assert!(h.results(job).await.iter().all(|r| r.status == "cancelled" && r.code() == "cancelled"));

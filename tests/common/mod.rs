@@ -166,6 +166,15 @@ impl Harness {
         }
     }
 
+    /// Polls until `queue` has no ready messages (consumers took them all).
+    pub async fn wait_queue_drained(&self, queue: &str) {
+        let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+        while self.broker.queue_depth(queue).await.unwrap() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {queue} to drain");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn finish(mut self) {
         if let Some(c) = self.cluster.take() {
             c.shutdown().await.expect("clean drain");
