@@ -13,6 +13,8 @@
 //! move a sequence's pages).
 
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod forward;
 mod generation;
