@@ -1,6 +1,7 @@
 //! Whole-model check and timing of the GPU forward, for `scripts/gpu-check.sh` on a lent GPU.
 //!
-//! `gpu_check OUT_DIR [--skip-timing]`
+//! `gpu_check OUT_DIR [--skip-timing]` (checkpoints are written to `$PDQ_GPU_CHECK_MODELS`,
+//! default a folder under the system temp dir)
 //! 1. Models: the tiny model, a random `qwen2.5-0.5b` (qkv biases) and a random `llama-3.2-1b`
 //!    (Llama 3 RoPE scaling, tied embeddings). For three short prompts, prefill as one packed
 //!    GPU batch, then two greedy decode steps as a batch; every step's last-position logits are
@@ -57,7 +58,10 @@ fn run(out: &Path, skip_timing: bool) -> Res<bool> {
     std::fs::create_dir_all(out)?;
     let cuda = CudaBackend::new(0)?;
     println!("device: {}", cuda.describe());
-    let models = out.join("models");
+    // Checkpoints go to a scratch folder, never under OUT_DIR (which is fetched back).
+    let models = std::env::var_os("PDQ_GPU_CHECK_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("pdq-gpu-check-models"));
     let tiny = models.join("tiny");
     pdq_engine::tiny::write(&tiny)?;
     let mut pass = true;
