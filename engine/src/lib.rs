@@ -15,6 +15,7 @@
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod device;
 mod error;
 mod forward;
 mod generation;
@@ -31,6 +32,7 @@ pub mod random;
 pub mod tiny;
 
 pub use config::{Architecture, ModelConfig};
+pub use device::{cuda_built, select_device, DeviceChoice};
 pub use error::EngineError;
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use kv::KvCache;
