@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Compiles every CUDA kernel (kernels/cuda/*.cu) with NVRTC for sm_90 (compute_90) and checks
-# that each exports its f32 and bf16 entry points. Needs no GPU and no driver: NVRTC is a
-# compiler library, installed here from NVIDIA's pip wheel (once, under the cargo target dir).
-# Extra arguments go to cargo test.
+# that each exports its f32 and bf16 entry points, then type-checks the GPU-only Rust code (the
+# engine's GPU forward and gpu_check example, the root package's `cuda` build) so it cannot rot
+# where CI has no GPU. Needs no GPU and no driver: NVRTC is a compiler library, installed here
+# from NVIDIA's pip wheel (once, under the cargo target dir). Extra arguments go to cargo test.
 #
 #   NVRTC_WHEEL   pip requirement (default: NVRTC of CUDA 13.0, what the GPU machines run)
+#   PDQ_NVRTC_CHECK_ROOT=0   skip `cargo check --features cuda` of the root package
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,4 +20,8 @@ if [[ ! -e $lib/libnvrtc.so.13 || "$(cat "$dir/.requirement" 2>/dev/null)" != "$
     echo "$wheel" >"$dir/.requirement"
 fi
 export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-exec cargo test -p pdq-kernels --features cuda nvrtc "$@"
+cargo test -p pdq-kernels --features cuda nvrtc "$@"
+cargo check -p pdq-engine --features cuda --all-targets
+if [[ ${PDQ_NVRTC_CHECK_ROOT:-1} != 0 ]]; then
+    cargo check -p pdq --features cuda
+fi
