@@ -196,7 +196,9 @@ impl GpuModel {
         let n = p.ids.len();
         let (n_dec, n_pre_rows) = (p.n_dec, n - p.n_dec);
 
-        let htod_i32 = |v: &[i32]| s.clone_htod(v).map_err(dev_err);
+        // A zero-byte device allocation is an error: an empty list (no decode or no prefill
+        // items) goes up as one unused 0 and is never passed to a launcher.
+        let htod_i32 = |v: &[i32]| s.clone_htod(if v.is_empty() { &[0][..] } else { v }).map_err(dev_err);
         let ids = s.clone_htod(&p.ids).map_err(dev_err)?;
         let positions = htod_i32(&p.positions)?;
         let slots = s.clone_htod(&p.slots).map_err(dev_err)?;
