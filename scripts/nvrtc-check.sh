@@ -24,6 +24,8 @@ fi
 export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cargo test -p pdq-kernels --features cuda nvrtc "$@"
 cargo check -p pdq-engine --features cuda --all-targets
+# The GPU forward's host-side packing, which needs no GPU.
+cargo test -p pdq-engine --features cuda --lib cuda::
 if [[ ${PDQ_NVRTC_CHECK_ROOT:-0} != 0 ]]; then
     cargo check -p pdq --features cuda
 fi

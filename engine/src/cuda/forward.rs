@@ -58,19 +58,20 @@ impl GpuKv {
 }
 
 /// Host inputs of one step, packed in device order (decode items, then prefill items).
-struct StepPlan {
-    ids: Vec<u32>,
-    positions: Vec<i32>,
-    slots: Vec<i64>,
+#[derive(Debug)]
+pub(crate) struct StepPlan {
+    pub ids: Vec<u32>,
+    pub positions: Vec<i32>,
+    pub slots: Vec<i64>,
     /// Per batch item (batch order), its last row in the packed order.
-    last_rows: Vec<i32>,
-    n_dec: usize,
-    dec_tables: BlockTables,
-    dec_ctx: Vec<i32>,
-    pre_tables: BlockTables,
-    pre_ctx: Vec<i32>,
-    pre_cu: Vec<i32>,
-    pre_max_q: usize,
+    pub last_rows: Vec<i32>,
+    pub n_dec: usize,
+    pub dec_tables: BlockTables,
+    pub dec_ctx: Vec<i32>,
+    pub pre_tables: BlockTables,
+    pub pre_ctx: Vec<i32>,
+    pub pre_cu: Vec<i32>,
+    pub pre_max_q: usize,
 }
 
 impl GpuModel {
@@ -130,62 +131,9 @@ impl GpuModel {
         Ok(ids.into_iter().map(|t| t as u32).collect())
     }
 
-    fn plan(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<StepPlan, EngineError> {
-        self.model.check_batch(kv, batch)?;
-        let bs = kv.layout().block_size;
-        let mut starts = Vec::with_capacity(batch.len());
-        for &(id, tokens) in batch {
-            let start = kv.len(id)?;
-            starts.push(start);
-            kv.grow(id, start + tokens.len())?;
-        }
-        // Decode items (one token after a non-empty context) first, prefill chunks after.
-        let is_dec = |i: usize| batch[i].1.len() == 1 && starts[i] > 0;
-        let order: Vec<usize> =
-            (0..batch.len()).filter(|&i| is_dec(i)).chain((0..batch.len()).filter(|&i| !is_dec(i))).collect();
-        let n_dec = order.iter().filter(|&&i| is_dec(i)).count();
-        let mut p = StepPlan {
-            ids: Vec::new(),
-            positions: Vec::new(),
-            slots: Vec::new(),
-            last_rows: vec![0; batch.len()],
-            n_dec,
-            dec_tables: BlockTables::new(&[]),
-            dec_ctx: Vec::new(),
-            pre_tables: BlockTables::new(&[]),
-            pre_ctx: Vec::new(),
-            pre_cu: Vec::new(),
-            pre_max_q: 0,
-        };
-        let (mut dec_t, mut pre_t, mut pre_lens) = (Vec::new(), Vec::new(), Vec::new());
-        for &i in &order {
-            let (id, tokens) = batch[i];
-            let (start, n) = (starts[i], tokens.len());
-            let table = kv.block_table(id)?.to_vec();
-            p.ids.extend_from_slice(tokens);
-            p.positions.extend((start..start + n).map(|x| x as i32));
-            p.slots.extend(slot_mapping(&table, start, n, bs));
-            p.last_rows[i] = (p.ids.len() - 1) as i32;
-            let ctx = (start + n) as i32;
-            if is_dec(i) {
-                dec_t.push(table);
-                p.dec_ctx.push(ctx);
-            } else {
-                pre_t.push(table);
-                p.pre_ctx.push(ctx);
-                pre_lens.push(n);
-                p.pre_max_q = p.pre_max_q.max(n);
-            }
-        }
-        p.dec_tables = BlockTables::new(&dec_t);
-        p.pre_tables = BlockTables::new(&pre_t);
-        p.pre_cu = cu_seqlens(&pre_lens);
-        Ok(p)
-    }
-
     /// The step; returns bf16 logits `[batch.len(), vocab]` on the device, in batch order.
     fn step(&self, kv: &mut GpuKv, batch: &[(SeqId, &[u32])]) -> Result<CudaSlice<bf16>, EngineError> {
-        let p = self.plan(&mut kv.tables, batch)?;
+        let p = plan(&self.model, &mut kv.tables, batch)?;
         let c = &self.model.config;
         let (h, hd, inter, vocab) = (c.hidden_size, c.head_dim, c.intermediate_size, c.vocab_size);
         let shape = AttnShape { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: hd };
@@ -307,4 +255,59 @@ impl GpuModel {
         cu.matmul(&last.as_view(), &self.w.lm_head().as_view(), None, h, &mut logits.as_view_mut())?;
         Ok(logits)
     }
+}
+
+/// Validates the batch, grows each sequence, and packs the host inputs of one step. Pure host
+/// work (tested without a GPU in `tests.rs`).
+pub(crate) fn plan(model: &Model, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<StepPlan, EngineError> {
+    model.check_batch(kv, batch)?;
+    let bs = kv.layout().block_size;
+    let mut starts = Vec::with_capacity(batch.len());
+    for &(id, tokens) in batch {
+        let start = kv.len(id)?;
+        starts.push(start);
+        kv.grow(id, start + tokens.len())?;
+    }
+    // Decode items (one token after a non-empty context) first, prefill chunks after.
+    let is_dec = |i: usize| batch[i].1.len() == 1 && starts[i] > 0;
+    let order: Vec<usize> =
+        (0..batch.len()).filter(|&i| is_dec(i)).chain((0..batch.len()).filter(|&i| !is_dec(i))).collect();
+    let n_dec = order.iter().filter(|&&i| is_dec(i)).count();
+    let mut p = StepPlan {
+        ids: Vec::new(),
+        positions: Vec::new(),
+        slots: Vec::new(),
+        last_rows: vec![0; batch.len()],
+        n_dec,
+        dec_tables: BlockTables::new(&[]),
+        dec_ctx: Vec::new(),
+        pre_tables: BlockTables::new(&[]),
+        pre_ctx: Vec::new(),
+        pre_cu: Vec::new(),
+        pre_max_q: 0,
+    };
+    let (mut dec_t, mut pre_t, mut pre_lens) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in &order {
+        let (id, tokens) = batch[i];
+        let (start, n) = (starts[i], tokens.len());
+        let table = kv.block_table(id)?.to_vec();
+        p.ids.extend_from_slice(tokens);
+        p.positions.extend((start..start + n).map(|x| x as i32));
+        p.slots.extend(slot_mapping(&table, start, n, bs));
+        p.last_rows[i] = (p.ids.len() - 1) as i32;
+        let ctx = (start + n) as i32;
+        if is_dec(i) {
+            dec_t.push(table);
+            p.dec_ctx.push(ctx);
+        } else {
+            pre_t.push(table);
+            p.pre_ctx.push(ctx);
+            pre_lens.push(n);
+            p.pre_max_q = p.pre_max_q.max(n);
+        }
+    }
+    p.dec_tables = BlockTables::new(&dec_t);
+    p.pre_tables = BlockTables::new(&pre_t);
+    p.pre_cu = cu_seqlens(&pre_lens);
+    Ok(p)
 }

@@ -15,6 +15,8 @@
 
 mod forward;
 mod pages;
+#[cfg(test)]
+mod tests;
 mod weights;
 
 pub use forward::{GpuKv, GpuModel};

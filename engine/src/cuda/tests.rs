@@ -1,0 +1,36 @@
+//! Host-side parts of the GPU forward that need no GPU: how a mixed batch is packed.
+
+use pdq_kernels::paged::BlockTables;
+
+use super::forward::plan;
+use crate::model::Model;
+use crate::paged::{PagedKv, DEFAULT_BLOCK_SIZE};
+
+fn tiny() -> Model {
+    let dir = crate::tiny::cached_in(&std::env::temp_dir().join("pdq-engine-unit")).expect("tiny model");
+    Model::load(&dir).expect("load tiny model")
+}
+
+#[test]
+fn decode_rows_are_packed_first_and_logits_rows_follow_batch_order() {
+    let m = tiny();
+    let mut kv = PagedKv::tables_only(m.kv_layout(DEFAULT_BLOCK_SIZE), 16);
+    let (a, b) = (kv.add_sequence(40).unwrap(), kv.add_sequence(40).unwrap());
+    // a: 20-token prompt (prefill), then one token (decode); b: 3-token prompt in the same step.
+    let p0 = plan(&m, &mut kv, &[(a, &[5; 20])]).unwrap();
+    assert_eq!((p0.n_dec, p0.pre_cu.clone(), p0.pre_max_q, p0.last_rows.clone()), (0, vec![0, 20], 20, vec![19]));
+    assert_eq!(p0.slots[16], kv.block_table(a).unwrap()[1] as i64 * 16, "position 16 opens a's second block");
+    let p = plan(&m, &mut kv, &[(b, &[7, 8, 9]), (a, &[6])]).unwrap();
+    assert_eq!(p.n_dec, 1);
+    assert_eq!(p.ids, vec![6, 7, 8, 9], "a's decode row first, then b's chunk");
+    assert_eq!(p.positions, vec![20, 0, 1, 2]);
+    assert_eq!(p.last_rows, vec![3, 0], "batch order: b's last row is 3, a's is 0");
+    assert_eq!((p.dec_ctx.clone(), p.pre_ctx.clone(), p.pre_cu.clone()), (vec![21], vec![3], vec![0, 3]));
+    let ta: Vec<Vec<u32>> = vec![kv.block_table(a).unwrap().to_vec()];
+    assert_eq!(p.dec_tables, BlockTables::new(&ta));
+    assert_eq!(p.slots[0], ta[0][1] as i64 * 16 + 4);
+    // A rejected batch changes nothing.
+    let before = (kv.len(a).unwrap(), kv.available_blocks());
+    assert!(plan(&m, &mut kv, &[(a, &[1]), (a, &[2])]).is_err());
+    assert_eq!((kv.len(a).unwrap(), kv.available_blocks()), before);
+}
