@@ -11,7 +11,7 @@ use half::bf16;
 
 use super::forward::{dev_err, GpuKv, GpuModel};
 use crate::error::EngineError;
-use crate::paged::{PageHeader, SeqId};
+use crate::paged::{KvLayout, PageHeader, SeqId, HEADER_LEN};
 
 impl GpuModel {
     /// `id`'s KV as pages (header and layout as [`crate::PagedKv::export`]).
@@ -37,17 +37,7 @@ impl GpuModel {
             }
         }
         let host = s.clone_dtoh(&staging).map_err(dev_err)?;
-        for b in 0..nb {
-            let rows = bs.min(len - b * bs);
-            for layer in 0..layout.n_layers {
-                for kv_i in 0..2 {
-                    let at = ((layer * 2 + kv_i) * nb + b) * be;
-                    for x in &host[at..at + rows * row] {
-                        out.extend_from_slice(&x.to_f32().to_le_bytes());
-                    }
-                }
-            }
-        }
+        write_rows(&layout, len, nb, &host, &mut out);
         Ok(out)
     }
 
@@ -70,25 +60,7 @@ impl GpuModel {
             return Ok(id);
         }
         let be = bs * row;
-        // Re-slot into this pool's block size: position p goes to block p / bs, slot p % bs.
-        let mut host = vec![bf16::ZERO; mine.n_layers * 2 * nb * be];
-        let mut floats = bytes[crate::paged::HEADER_LEN..]
-            .chunks_exact(4)
-            .map(|c| bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-        for tb in 0..theirs.blocks_for(h.len) {
-            let first = tb * theirs.block_size;
-            let rows = theirs.block_size.min(h.len - first);
-            for layer in 0..mine.n_layers {
-                for kv_i in 0..2 {
-                    for pos in first..first + rows {
-                        let at = ((layer * 2 + kv_i) * nb + pos / bs) * be + (pos % bs) * row;
-                        for (d, x) in host[at..at + row].iter_mut().zip(floats.by_ref().take(row)) {
-                            *d = x;
-                        }
-                    }
-                }
-            }
-        }
+        let host = staging_from_pages(&mine, &h, bytes, nb);
         let s = self.backend().stream();
         let ids = s.clone_htod(&table).map_err(dev_err)?;
         let staging = s.clone_htod(&host).map_err(dev_err)?;
@@ -106,4 +78,49 @@ impl GpuModel {
         }
         Ok(id)
     }
+}
+
+/// Appends the filled rows of a staging copy (`[layer][k|v][block][slot][row]`, `nb` blocks) to
+/// `out` in page order: per block, per layer, K rows then V rows.
+pub(crate) fn write_rows(layout: &KvLayout, len: usize, nb: usize, host: &[bf16], out: &mut Vec<u8>) {
+    let (row, bs) = (layout.row(), layout.block_size);
+    let be = bs * row;
+    for b in 0..nb {
+        let rows = bs.min(len - b * bs);
+        for layer in 0..layout.n_layers {
+            for kv_i in 0..2 {
+                let at = ((layer * 2 + kv_i) * nb + b) * be;
+                for x in &host[at..at + rows * row] {
+                    out.extend_from_slice(&x.to_f32().to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// The staging copy for `nb` blocks of `mine` (block size included) holding validated pages
+/// `bytes` (header `h`, any sender block size): position `p` goes to block `p / bs`, slot
+/// `p % bs`; unfilled slots are zero.
+pub(crate) fn staging_from_pages(mine: &KvLayout, h: &PageHeader, bytes: &[u8], nb: usize) -> Vec<bf16> {
+    let (row, bs) = (mine.row(), mine.block_size);
+    let be = bs * row;
+    let theirs = h.layout;
+    let mut host = vec![bf16::ZERO; mine.n_layers * 2 * nb * be];
+    let mut floats =
+        bytes[HEADER_LEN..].chunks_exact(4).map(|c| bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    for tb in 0..theirs.blocks_for(h.len) {
+        let first = tb * theirs.block_size;
+        let rows = theirs.block_size.min(h.len - first);
+        for layer in 0..mine.n_layers {
+            for kv_i in 0..2 {
+                for pos in first..first + rows {
+                    let at = ((layer * 2 + kv_i) * nb + pos / bs) * be + (pos % bs) * row;
+                    for (d, x) in host[at..at + row].iter_mut().zip(floats.by_ref().take(row)) {
+                        *d = x;
+                    }
+                }
+            }
+        }
+    }
+    host
 }

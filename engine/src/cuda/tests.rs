@@ -34,3 +34,42 @@ fn decode_rows_are_packed_first_and_logits_rows_follow_batch_order() {
     assert!(plan(&m, &mut kv, &[(a, &[1]), (a, &[2])]).is_err());
     assert_eq!((kv.len(a).unwrap(), kv.available_blocks()), before);
 }
+
+/// Staging <-> pages on the host, against the CPU pool's own export: same bytes for the same
+/// block size, and re-slotted rows for pages from a pool with another block size.
+#[test]
+fn staging_copies_round_trip_the_page_format() {
+    use super::pages::{staging_from_pages, write_rows};
+    use crate::paged::{KvLayout, PageHeader};
+
+    let layout = |block_size| KvLayout { n_layers: 2, n_kv_heads: 2, head_dim: 4, block_size };
+    let len = 21;
+    // Values exact in bf16 (small integers), distinct per (layer, k|v, position, element).
+    let fill = |kv: &mut PagedKv, id| {
+        for layer in 0..2 {
+            for p in 0..len {
+                let (k, v) = kv.row_mut(id, layer, p);
+                k.iter_mut().enumerate().for_each(|(i, x)| *x = (layer * 100 + p * 4 + i) as f32);
+                v.iter_mut().enumerate().for_each(|(i, x)| *x = -((layer * 100 + p * 4 + i) as f32));
+            }
+        }
+    };
+    for sender_bs in [16, 4] {
+        let mut cpu = PagedKv::new(layout(sender_bs), 8);
+        let id = cpu.add_sequence(len).unwrap();
+        cpu.grow(id, len).unwrap();
+        fill(&mut cpu, id);
+        let pages = cpu.export(id).unwrap();
+        let h = PageHeader::parse(&pages).unwrap();
+        let mine = layout(16);
+        let nb = mine.blocks_for(len);
+        let staging = staging_from_pages(&mine, &h, &pages, nb);
+        let mut out = Vec::new();
+        PageHeader { layout: mine, len }.write(&mut out);
+        write_rows(&mine, len, nb, &staging, &mut out);
+        // What a block-size-16 CPU pool exports after importing the same pages.
+        let mut reference = PagedKv::new(mine, 8);
+        let rid = reference.import(&pages, 0).unwrap();
+        assert_eq!(out, reference.export(rid).unwrap(), "sender block size {sender_bs}");
+    }
+}
