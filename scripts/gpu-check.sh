@@ -2,11 +2,16 @@
 # GPU checks of the CUDA backend, for the lent GPU machine, which has CUDA 13 and a driver but
 # no Rust: the test binary is built here and carried there.
 #
-#   scripts/gpu-check.sh --bundle     (here) build the pdq-kernels test binary with
+#   scripts/gpu-check.sh --bundle     (here) build the pdq-kernels test binary and the
+#                                     engine's gpu_check example (release, stripped) with
 #                                     `--features cuda` into target/gpu-bundle/
-#   scripts/gpu-check.sh LOG_DIR      (there) find libcuda, libnvrtc and libcublas, run every
-#                                     kernel check (CPU oracle vs CUDA, f32 and bf16), write full
-#                                     logs to LOG_DIR, print a table last
+#   scripts/gpu-check.sh LOG_DIR      (there) find libcuda, libnvrtc and libcublas, then
+#                                     1. every kernel check (CPU oracle vs CUDA, f32 and bf16);
+#                                     2. the whole model: GPU vs CPU forward logits and greedy
+#                                        tokens (tiny, qwen2.5-0.5b, llama-3.2-1b random weights);
+#                                     3. timing: copy bandwidth and bf16 GEMM peak, decode tok/s at
+#                                        batch 1/8/64/256, prefill tok/s for 1k-token prompts;
+#                                     full logs to LOG_DIR, a table last
 #
 # Exit: 0 all checks passed; 1 a check failed or was skipped; 2 this machine cannot run them
 # (no driver, no libraries, no bundle), said in one line.
@@ -32,8 +37,11 @@ for l in sys.stdin:
     [[ -n $exe ]] || die "cargo built no pdq-kernels test binary"
     cp "$exe" "$bundle/pdq-kernels-tests"
     strip --strip-debug "$bundle/pdq-kernels-tests" 2>/dev/null || true
+    cargo build --release -p pdq-engine --features cuda --example gpu_check
+    cp "${CARGO_TARGET_DIR:-target}/release/examples/gpu_check" "$bundle/gpu_check"
+    strip "$bundle/gpu_check" 2>/dev/null || true
     git rev-parse HEAD >"$bundle/commit"
-    echo "gpu-check: bundle $bundle ($(du -h "$bundle/pdq-kernels-tests" | cut -f1)); carry it and run: bash scripts/gpu-check.sh \$OUT"
+    echo "gpu-check: bundle $bundle ($(du -sh "$bundle" | cut -f1)); carry it and run: bash scripts/gpu-check.sh \$OUT"
     exit 0
 fi
 
@@ -57,6 +65,7 @@ cuda_dir=$(find_lib libcuda.so.1) || die "no CUDA driver on this machine (libcud
 nvrtc_dir=$(find_lib libnvrtc.so.13) || die "libnvrtc.so.13 not found (CUDA 13 NVRTC)"
 cublas_dir=$(find_lib libcublas.so.13) || die "libcublas.so.13 not found (CUDA 13 cuBLAS)"
 [[ -x $bundle/pdq-kernels-tests ]] || die "no test binary at $bundle/pdq-kernels-tests: run scripts/gpu-check.sh --bundle first and carry $bundle"
+[[ -x $bundle/gpu_check ]] || die "no gpu_check binary at $bundle/gpu_check: run scripts/gpu-check.sh --bundle first and carry $bundle"
 export LD_LIBRARY_PATH=$cuda_dir:$nvrtc_dir:$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 {
@@ -70,15 +79,13 @@ export LD_LIBRARY_PATH=$cuda_dir:$nvrtc_dir:$cublas_dir${LD_LIBRARY_PATH:+:$LD_L
 # Kernel checks: every gpu_* test (they are #[ignore]d elsewhere), one at a time so the CHECK
 # lines stay in order. Debug assertions are on in this build: each launch is synchronized and
 # a fault is reported by the op that caused it.
-timeout 300 "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
+timeout 180 "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
 rc=$?
 
-# TODO(issue 4, after the engine rewrite): whole-model check. Run the tiny model's forward pass
-# on `--device cpu` and `--device cuda` with the same prompts, compare logits (rel. error per
-# dtype) and greedy tokens; log to $out/model.log and add rows to the table below.
-# TODO(issue 4): timing against the H100 roofline. Measure the two ceilings once (device copy
-# bandwidth, bf16 GEMM rate), time each kernel and a decode step with events (warm-up, median of
-# many, rotating inputs), and report measured / floor per kernel in $out/timing.log.
+# Whole model (step 2) and timing (step 3), from the release build: MODEL and TIME lines are the
+# summary rows. The CPU side of the 1B check is a few short prompts (seconds on 16 cores).
+timeout 360 "$bundle/gpu_check" "$out" >"$out/model.log" 2>&1
+model_rc=$?
 
 checks=$(grep -c '^CHECK ' "$out/kernels.log")
 failed=$(grep -c '^CHECK .* FAIL$' "$out/kernels.log")
@@ -87,10 +94,14 @@ skipped=$(grep -c 'SKIPPED: no CUDA driver' "$out/kernels.log")
     printf '%-28s %-5s %-18s %-10s %s\n' op dtype rel_err tol result
     grep '^CHECK ' "$out/kernels.log" | awk '{ printf "%-28s %-5s %-18s %-10s %s\n", $2, $3, $4, $5, $6 }'
     grep '^test result:' "$out/kernels.log"
+    grep -E '^(device:|MODEL |TIME |gpu_check:)' "$out/model.log"
     [[ $rc -eq 0 ]] || grep -E -A2 "^thread '.*' .*panicked" "$out/kernels.log" | grep -v should_panic | head -n 20
 } | tee "$out/summary.txt"
-if [[ $rc -ne 0 || $failed -ne 0 || $skipped -ne 0 || $checks -eq 0 ]]; then
-    echo "gpu-check: FAIL (test exit $rc, $checks checks, $failed failed, $skipped skipped); logs in $out"
+if [[ $model_rc -ne 0 ]]; then
+    tail -n 5 "$out/model.log"
+fi
+if [[ $rc -ne 0 || $failed -ne 0 || $skipped -ne 0 || $checks -eq 0 || $model_rc -ne 0 ]]; then
+    echo "gpu-check: FAIL (test exit $rc, $checks checks, $failed failed, $skipped skipped; gpu_check exit $model_rc); logs in $out"
     exit 1
 fi
 echo "gpu-check: PASS ($checks checks); logs in $out"

@@ -35,6 +35,9 @@ pub struct ModelArg {
     /// HF model directory (config.json, model.safetensors, tokenizer.json); default: the built-in tiny model.
     #[arg(long, env = "PDQ_MODEL")]
     pub model: Option<PathBuf>,
+    /// Compute device: auto (CUDA when this build has it and a GPU is present, else CPU), cpu, cuda.
+    #[arg(long, env = "PDQ_DEVICE", default_value = "auto")]
+    pub device: pdq_engine::DeviceChoice,
 }
 
 #[derive(Args, Debug, Clone)]

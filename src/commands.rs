@@ -155,12 +155,28 @@ pub fn shape(c: &ClusterArgs) -> Result<ClusterShape> {
 }
 
 pub fn load_model(arg: &ModelArg) -> Result<Arc<Model>> {
+    check_device(arg.device)?;
     let dir = match &arg.model {
         Some(dir) => dir.clone(),
         None => pdq_engine::tiny::cached()?,
     };
     let model = Model::load(&dir).with_context(|| format!("invalid model directory {}", dir.display()))?;
     Ok(Arc::new(model))
+}
+
+/// Resolves `--device` before anything loads. The GPU forward (`pdq_engine::cuda`) is built and
+/// checked by `scripts/gpu-check.sh`, but the worker engine loop still runs the CPU forward: an
+/// explicit `cuda` says so instead of silently running on the CPU, and `auto` warns.
+fn check_device(choice: pdq_engine::DeviceChoice) -> Result<()> {
+    let backend = pdq_engine::select_device(choice)?;
+    match (backend.name(), choice) {
+        ("cpu", _) => tracing::info!(device = "cpu", "compute device"),
+        (_, pdq_engine::DeviceChoice::Cuda) => anyhow::bail!(
+            "`--device cuda`: the engine loop does not run the GPU forward yet (scripts/gpu-check.sh checks it); use --device cpu"
+        ),
+        _ => tracing::warn!("a GPU is present but the engine loop runs the CPU forward in this version"),
+    }
+    Ok(())
 }
 
 pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {

@@ -29,6 +29,10 @@ pub enum EngineError {
     KvCache(String),
     #[error("KV pool has {available} free blocks, {needed} needed")]
     KvCapacity { needed: usize, available: usize },
+    /// A device op failed (CUDA driver, cuBLAS, a kernel that did not compile), or the device
+    /// asked for is not available in this build or on this machine.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl EngineError {
@@ -45,6 +49,7 @@ impl EngineError {
             EngineError::ContextLength { .. } => "context_length",
             EngineError::KvCache(_) => "kv_cache",
             EngineError::KvCapacity { .. } => "kv_capacity",
+            EngineError::Device(_) => "device",
         }
     }
 
@@ -54,6 +59,12 @@ impl EngineError {
 }
 
 /// Reads a file, turning "not found" into [`EngineError::MissingFile`] naming it.
+impl From<pdq_kernels::KernelError> for EngineError {
+    fn from(e: pdq_kernels::KernelError) -> EngineError {
+        EngineError::Device(e.to_string())
+    }
+}
+
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, EngineError> {
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => EngineError::MissingFile { path: path.to_path_buf() },

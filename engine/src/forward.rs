@@ -45,7 +45,7 @@ impl Model {
     }
 
     /// Validates the whole batch before touching `kv`, so a rejected call changes nothing.
-    fn check_batch(&self, kv: &PagedKv, batch: &[(SeqId, &[u32])]) -> Result<(), EngineError> {
+    pub(crate) fn check_batch(&self, kv: &PagedKv, batch: &[(SeqId, &[u32])]) -> Result<(), EngineError> {
         let (want, have) = (self.kv_layout(kv.layout().block_size), *kv.layout());
         if want != have {
             return Err(EngineError::KvCache(format!("pool layout {have:?} does not fit this model ({want:?})")));
@@ -78,6 +78,11 @@ impl Model {
     /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
     /// logits of each item's last token, in batch order.
     pub fn forward_batch(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if !kv.has_host_data() {
+            return Err(EngineError::KvCache(
+                "the CPU forward needs a pool with host rows, got a tables-only pool".into(),
+            ));
+        }
         self.check_batch(kv, batch)?;
         let c = &self.config;
         let (h, hd) = (c.hidden_size, c.head_dim);

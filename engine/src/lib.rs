@@ -13,6 +13,9 @@
 //! move a sequence's pages).
 
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device;
 mod error;
 mod forward;
 mod generation;
@@ -29,6 +32,7 @@ pub mod random;
 pub mod tiny;
 
 pub use config::{Architecture, ModelConfig};
+pub use device::{cuda_built, select_device, DeviceChoice};
 pub use error::EngineError;
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use kv::KvCache;

@@ -16,6 +16,7 @@ mod pages;
 use std::collections::HashMap;
 
 pub use pages::PageHeader;
+pub(crate) use pages::HEADER_LEN;
 
 use crate::error::EngineError;
 
@@ -70,7 +71,10 @@ impl Seq {
 #[derive(Debug, Clone)]
 pub struct PagedKv {
     layout: KvLayout,
+    /// Empty in a tables-only pool (its rows live on a device); see [`PagedKv::tables_only`].
     data: Vec<f32>,
+    host_data: bool,
+    n_blocks: usize,
     free: Vec<u32>,
     seqs: HashMap<SeqId, Seq>,
     reserved: usize,
@@ -81,10 +85,35 @@ impl PagedKv {
     /// A pool of `n_blocks` zeroed blocks.
     pub fn new(layout: KvLayout, n_blocks: usize) -> PagedKv {
         assert!(layout.block_size > 0 && layout.row() > 0 && layout.n_layers > 0, "empty KV layout {layout:?}");
-        let mut kv =
-            PagedKv { layout, data: Vec::new(), free: Vec::new(), seqs: HashMap::new(), reserved: 0, next_id: 0 };
+        Self::with_storage(layout, n_blocks, true)
+    }
+
+    /// A pool that keeps only the bookkeeping (free list, block tables, reservations) for
+    /// `n_blocks` blocks whose rows live elsewhere (the CUDA KV cache). Row access, export and
+    /// import panic on it; `forward_batch` on the CPU must not be given one.
+    pub fn tables_only(layout: KvLayout, n_blocks: usize) -> PagedKv {
+        Self::with_storage(layout, n_blocks, false)
+    }
+
+    fn with_storage(layout: KvLayout, n_blocks: usize, host_data: bool) -> PagedKv {
+        assert!(layout.block_size > 0 && layout.row() > 0 && layout.n_layers > 0, "empty KV layout {layout:?}");
+        let mut kv = PagedKv {
+            layout,
+            data: Vec::new(),
+            host_data,
+            n_blocks: 0,
+            free: Vec::new(),
+            seqs: HashMap::new(),
+            reserved: 0,
+            next_id: 0,
+        };
         kv.add_blocks(n_blocks);
         kv
+    }
+
+    /// Whether the rows live in this pool (false for [`PagedKv::tables_only`]).
+    pub fn has_host_data(&self) -> bool {
+        self.host_data
     }
 
     pub fn layout(&self) -> &KvLayout {
@@ -92,7 +121,7 @@ impl PagedKv {
     }
 
     pub fn n_blocks(&self) -> usize {
-        self.data.len() / self.layout.block_floats()
+        self.n_blocks
     }
 
     /// Free blocks not promised to a running sequence: what admission may hand out.
@@ -108,7 +137,10 @@ impl PagedKv {
     /// Grows the pool (a private, single-sequence cache grows on demand; engine pools do not).
     pub(crate) fn add_blocks(&mut self, n: usize) {
         let first = self.n_blocks() as u32;
-        if self.data.is_empty() {
+        self.n_blocks += n;
+        if !self.host_data {
+            // Bookkeeping only.
+        } else if self.data.is_empty() {
             // Zeroed allocation: the OS commits a big pool's pages only as blocks are written.
             self.data = vec![0f32; n * self.layout.block_floats()];
         } else {
@@ -185,6 +217,11 @@ impl PagedKv {
         Ok(())
     }
 
+    /// The block ids of `id`, in position order.
+    pub fn block_table(&self, id: SeqId) -> Result<&[u32], EngineError> {
+        Ok(&self.seq(id)?.blocks)
+    }
+
     /// Offset of (block, layer, k or v, slot) in `data`.
     fn offset(&self, block: u32, layer: usize, v: bool, slot: usize) -> usize {
         let l = &self.layout;
@@ -194,6 +231,7 @@ impl PagedKv {
 
     /// The K and V rows of `position` in `layer`, for writing. The position must be below `len`.
     pub(crate) fn row_mut(&mut self, id: SeqId, layer: usize, position: usize) -> (&mut [f32], &mut [f32]) {
+        assert!(self.host_data, "row access on a tables-only pool");
         let seq = &self.seqs[&id];
         debug_assert!(position < seq.len, "row {position} past the sequence's {} tokens", seq.len);
         let bs = self.layout.block_size;

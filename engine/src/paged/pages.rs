@@ -83,7 +83,7 @@ impl PageHeader {
         Ok(PageHeader { layout, len: len as usize })
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let l = &self.layout;
         out.extend_from_slice(MAGIC);
         for v in [VERSION, l.n_layers as u32, l.n_kv_heads as u32, l.head_dim as u32] {
@@ -99,6 +99,9 @@ impl PagedKv {
     /// Serializes `id`'s blocks as pages (see the module note).
     pub fn export(&self, id: SeqId) -> Result<Vec<u8>, EngineError> {
         let len = self.len(id)?;
+        if !self.host_data {
+            return Err(EngineError::KvCache("export from a tables-only pool: its rows live on the device".into()));
+        }
         let layout = self.layout;
         let mut out = Vec::with_capacity(PageHeader::byte_len(&layout, len));
         PageHeader { layout, len }.write(&mut out);
@@ -121,6 +124,9 @@ impl PagedKv {
     /// tokens (at least the pages' own length). Validates everything before allocating.
     pub fn import(&mut self, bytes: &[u8], max_len: usize) -> Result<SeqId, EngineError> {
         let h = PageHeader::parse(bytes)?;
+        if !self.host_data {
+            return Err(EngineError::KvCache("import into a tables-only pool: its rows live on the device".into()));
+        }
         let (mine, theirs) = (self.layout, h.layout);
         if (mine.n_layers, mine.n_kv_heads, mine.head_dim) != (theirs.n_layers, theirs.n_kv_heads, theirs.head_dim) {
             return Err(EngineError::KvCache(format!(

@@ -91,3 +91,24 @@ fn bad_pages_are_rejected_before_any_block_is_taken() {
     assert_eq!((dst.available_blocks(), small.available_blocks()), (4, 1));
     dst.check().unwrap();
 }
+
+/// The GPU cache keeps its tables in a tables-only pool: same allocator and block tables as a
+/// host pool, no host rows, and a clear error where rows would be needed.
+#[test]
+fn tables_only_pool_allocates_like_a_host_pool_and_refuses_row_access() {
+    let (mut host, mut tables) = (PagedKv::new(layout(4), 6), PagedKv::tables_only(layout(4), 6));
+    assert!(host.has_host_data() && !tables.has_host_data());
+    for kv in [&mut host, &mut tables] {
+        let a = kv.add_sequence(9).unwrap();
+        kv.grow(a, 9).unwrap();
+        kv.check().unwrap();
+    }
+    let (ha, ta) = (host.seqs.keys().next().copied().unwrap(), tables.seqs.keys().next().copied().unwrap());
+    assert_eq!(host.block_table(ha).unwrap(), tables.block_table(ta).unwrap());
+    assert_eq!((tables.n_blocks(), tables.available_blocks()), (6, 3));
+    assert!(tables.data.is_empty());
+    let e = tables.export(ta).unwrap_err().to_string();
+    assert!(e.contains("tables-only"), "{e}");
+    let pages = host.export(ha).unwrap();
+    assert!(tables.import(&pages, 0).unwrap_err().to_string().contains("tables-only"));
+}

@@ -1,0 +1,22 @@
+//! The GPU forward: the batched step of `forward.rs` on one CUDA device, in bf16 with f32
+//! accumulation (cuBLAS GEMMs, the kernels of `kernels/cuda/`).
+//!
+//! Invariants:
+//! - weights are uploaded once ([`GpuModel::new`]) and never leave the device;
+//! - [`GpuKv`] keeps the block tables in a tables-only [`crate::PagedKv`] (same allocator, same
+//!   reservations, same ids as the CPU pool) and the rows on the device, per layer
+//!   `[num_blocks, block_size, n_kv_heads, head_dim]` for K and for V;
+//! - a step is validated by the CPU path's own `check_batch` before anything changes, so a
+//!   rejected batch leaves the pool as it was;
+//! - KV pages leave and enter in the host page format of `paged/pages.rs` (f32 values), so a
+//!   GPU prefill and a CPU decode (or the reverse) exchange KV freely.
+//!
+//! Nothing here has run on a GPU yet: `scripts/gpu-check.sh` checks it against the CPU forward.
+
+mod forward;
+mod pages;
+#[cfg(test)]
+mod tests;
+mod weights;
+
+pub use forward::{GpuKv, GpuModel};

@@ -1,0 +1,126 @@
+//! KV pages to and from the device, in the page format of `paged/pages.rs` (f32 values).
+//!
+//! Export gathers the sequence's blocks of every layer's K and V on the device into one
+//! contiguous staging buffer (`[layer][k|v][block][slot][row]`), copies it to the host once,
+//! and writes pages. Import re-slots the received rows into this pool's block size on the host,
+//! copies once, and scatters the blocks on the device. The host side is plain (pageable)
+//! memory: pinned staging would roughly double the copy rate and is left for later.
+
+use cudarc::driver::CudaSlice;
+use half::bf16;
+
+use super::forward::{dev_err, GpuKv, GpuModel};
+use crate::error::EngineError;
+use crate::paged::{KvLayout, PageHeader, SeqId, HEADER_LEN};
+
+impl GpuModel {
+    /// `id`'s KV as pages (header and layout as [`crate::PagedKv::export`]).
+    pub fn export_pages(&self, kv: &GpuKv, id: SeqId) -> Result<Vec<u8>, EngineError> {
+        let layout = *kv.tables.layout();
+        let len = kv.tables.len(id)?;
+        let table: Vec<i32> = kv.tables.block_table(id)?.iter().map(|&b| b as i32).collect();
+        let (nb, row, bs) = (table.len(), layout.row(), layout.block_size);
+        let be = bs * row;
+        let mut out = Vec::with_capacity(PageHeader::byte_len(&layout, len));
+        PageHeader { layout, len }.write(&mut out);
+        if nb == 0 {
+            return Ok(out);
+        }
+        let s = self.backend().stream();
+        let ids = s.clone_htod(&table).map_err(dev_err)?;
+        let mut staging: CudaSlice<bf16> = s.alloc_zeros(layout.n_layers * 2 * nb * be).map_err(dev_err)?;
+        for layer in 0..layout.n_layers {
+            for (kv_i, cache) in [&kv.k[layer], &kv.v[layer]].into_iter().enumerate() {
+                let at = (layer * 2 + kv_i) * nb * be;
+                let mut dst = staging.slice_mut(at..at + nb * be);
+                self.backend().kv_gather_blocks(&cache.as_view(), &ids.as_view(), be, &mut dst)?;
+            }
+        }
+        let host = s.clone_dtoh(&staging).map_err(dev_err)?;
+        write_rows(&layout, len, nb, &host, &mut out);
+        Ok(out)
+    }
+
+    /// Writes received pages into a new sequence of `kv` reserved for `max_len` tokens (at least
+    /// the pages' length). Validates everything before allocating.
+    pub fn import_pages(&self, kv: &mut GpuKv, bytes: &[u8], max_len: usize) -> Result<SeqId, EngineError> {
+        let h = PageHeader::parse(bytes)?;
+        let (mine, theirs) = (*kv.tables.layout(), h.layout);
+        if (mine.n_layers, mine.n_kv_heads, mine.head_dim) != (theirs.n_layers, theirs.n_kv_heads, theirs.head_dim) {
+            return Err(EngineError::KvCache(format!(
+                "pages have (layers {}, kv heads {}, head_dim {}), this model needs ({}, {}, {})",
+                theirs.n_layers, theirs.n_kv_heads, theirs.head_dim, mine.n_layers, mine.n_kv_heads, mine.head_dim
+            )));
+        }
+        let id = kv.tables.add_sequence(max_len.max(h.len))?;
+        kv.tables.grow(id, h.len).expect("the reservation covers the pages");
+        let table: Vec<i32> = kv.tables.block_table(id)?.iter().map(|&b| b as i32).collect();
+        let (nb, row, bs) = (table.len(), mine.row(), mine.block_size);
+        if nb == 0 {
+            return Ok(id);
+        }
+        let be = bs * row;
+        let host = staging_from_pages(&mine, &h, bytes, nb);
+        let s = self.backend().stream();
+        let ids = s.clone_htod(&table).map_err(dev_err)?;
+        let staging = s.clone_htod(&host).map_err(dev_err)?;
+        for layer in 0..mine.n_layers {
+            for kv_i in 0..2 {
+                let at = (layer * 2 + kv_i) * nb * be;
+                let cache = if kv_i == 0 { &mut kv.k[layer] } else { &mut kv.v[layer] };
+                self.backend().kv_scatter_blocks(
+                    &mut cache.as_view_mut(),
+                    &staging.slice(at..at + nb * be),
+                    &ids.as_view(),
+                    be,
+                )?;
+            }
+        }
+        Ok(id)
+    }
+}
+
+/// Appends the filled rows of a staging copy (`[layer][k|v][block][slot][row]`, `nb` blocks) to
+/// `out` in page order: per block, per layer, K rows then V rows.
+pub(crate) fn write_rows(layout: &KvLayout, len: usize, nb: usize, host: &[bf16], out: &mut Vec<u8>) {
+    let (row, bs) = (layout.row(), layout.block_size);
+    let be = bs * row;
+    for b in 0..nb {
+        let rows = bs.min(len - b * bs);
+        for layer in 0..layout.n_layers {
+            for kv_i in 0..2 {
+                let at = ((layer * 2 + kv_i) * nb + b) * be;
+                for x in &host[at..at + rows * row] {
+                    out.extend_from_slice(&x.to_f32().to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// The staging copy for `nb` blocks of `mine` (block size included) holding validated pages
+/// `bytes` (header `h`, any sender block size): position `p` goes to block `p / bs`, slot
+/// `p % bs`; unfilled slots are zero.
+pub(crate) fn staging_from_pages(mine: &KvLayout, h: &PageHeader, bytes: &[u8], nb: usize) -> Vec<bf16> {
+    let (row, bs) = (mine.row(), mine.block_size);
+    let be = bs * row;
+    let theirs = h.layout;
+    let mut host = vec![bf16::ZERO; mine.n_layers * 2 * nb * be];
+    let mut floats =
+        bytes[HEADER_LEN..].chunks_exact(4).map(|c| bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    for tb in 0..theirs.blocks_for(h.len) {
+        let first = tb * theirs.block_size;
+        let rows = theirs.block_size.min(h.len - first);
+        for layer in 0..mine.n_layers {
+            for kv_i in 0..2 {
+                for pos in first..first + rows {
+                    let at = ((layer * 2 + kv_i) * nb + pos / bs) * be + (pos % bs) * row;
+                    for (d, x) in host[at..at + row].iter_mut().zip(floats.by_ref().take(row)) {
+                        *d = x;
+                    }
+                }
+            }
+        }
+    }
+    host
+}
