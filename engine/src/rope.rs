@@ -99,36 +99,28 @@ pub(crate) fn resolve(f: RopeFields) -> Result<(f64, Option<RopeScaling>), Strin
 /// HF's default `rope_theta` for Llama, Qwen2 and Mistral.
 pub(crate) const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
-/// RoPE inverse frequencies after scaling, computed in `f64` as HF does and rounded once.
+/// RoPE inverse frequencies after scaling. The tables come from the kernels crate, so the CPU
+/// and CUDA backends and the engine share one definition (computed in `f64`, rounded once).
 pub(crate) fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
-    let d = head_dim as f64;
-    let base = (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / d));
-    let Some(s) = scaling else {
-        return base.map(|f| f as f32).collect();
-    };
+    use pdq_kernels::cpu::{rope_inv_freq, rope_inv_freq_llama3, Llama3RopeScaling};
+    let Some(s) = scaling else { return rope_inv_freq(head_dim, theta) };
     match s.rope_type.as_str() {
-        "linear" => base.map(|f| (f / s.factor) as f32).collect(),
-        "llama3" => {
-            // HF `_compute_llama3_parameters`: long wavelengths are divided by `factor`,
-            // short ones kept, the band between interpolated smoothly.
-            let (lo, hi) = (s.low_freq_factor.unwrap_or(1.0), s.high_freq_factor.unwrap_or(4.0));
-            let old = s.original_max_position_embeddings.unwrap_or(8192) as f64;
-            let (lo_wl, hi_wl) = (old / lo, old / hi);
-            base.map(|f| {
-                let wl = 2.0 * std::f64::consts::PI / f;
-                let v = if wl < hi_wl {
-                    f
-                } else if wl > lo_wl {
-                    f / s.factor
-                } else {
-                    let smooth = (old / wl - lo) / (hi - lo);
-                    (1.0 - smooth) * f / s.factor + smooth * f
-                };
-                v as f32
-            })
-            .collect()
+        // Divided in f64 before rounding, as HF does.
+        "linear" => {
+            let d = head_dim as f64;
+            (0..head_dim / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / d) / s.factor) as f32).collect()
         }
-        _ => base.map(|f| f as f32).collect(),
+        "llama3" => rope_inv_freq_llama3(
+            head_dim,
+            theta,
+            Llama3RopeScaling {
+                factor: s.factor,
+                low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
+                original_max_position_embeddings: s.original_max_position_embeddings.unwrap_or(8192),
+            },
+        ),
+        _ => rope_inv_freq(head_dim, theta),
     }
 }
 
