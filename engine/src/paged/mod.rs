@@ -16,6 +16,7 @@ mod pages;
 use std::collections::HashMap;
 
 pub use pages::PageHeader;
+#[cfg(feature = "cuda")] // the GPU path parses pages itself
 pub(crate) use pages::HEADER_LEN;
 
 use crate::error::EngineError;
