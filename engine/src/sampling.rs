@@ -52,73 +52,21 @@ fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// NaN sorts as the lowest logit so a broken row cannot win.
-fn key(x: f32) -> f32 {
-    if x.is_nan() {
-        f32::NEG_INFINITY
-    } else {
-        x
-    }
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if key(x) > key(logits[best]) {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Picks the next token. `step` is the index of the token being sampled (0 = first output
 /// token, sampled from the prefill logits). Filters apply in order top_k, top_p, min_p, each
-/// on the temperature-scaled softmax over the full vocabulary (as SGLang does).
+/// on the temperature-scaled softmax over the full vocabulary (as SGLang does); the selection
+/// itself is the kernels crate's CPU reference, the same rules the CUDA sampling kernel follows.
 pub fn sample(logits: &[f32], params: &SamplingParams, step: usize) -> u32 {
-    assert!(!logits.is_empty(), "sample: empty logits");
-    if params.temperature <= 0.0 || params.top_k == 1 {
-        return argmax(logits);
-    }
-    let inv_t = 1.0 / params.temperature as f64;
-    let max = logits.iter().map(|&x| key(x)).fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(u32, f64)> =
-        logits.iter().enumerate().map(|(i, &x)| (i as u32, ((key(x) as f64 - max) * inv_t).exp())).collect();
-    let z: f64 = probs.iter().map(|p| p.1).sum();
-    for p in probs.iter_mut() {
-        p.1 /= z;
-    }
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-
-    let mut keep = probs.len();
-    if params.top_k > 0 {
-        keep = keep.min(params.top_k);
-    }
-    if params.top_p < 1.0 {
-        // Keep a token while the mass before it is <= top_p, so the first always stays.
-        let mut before = 0.0;
-        let top_p = params.top_p as f64;
-        let n = probs[..keep].iter().take_while(|p| {
-            let ok = before <= top_p;
-            before += p.1;
-            ok
-        });
-        keep = n.count().max(1);
-    }
-    if params.min_p > 0.0 {
-        let threshold = probs[0].1 * params.min_p as f64;
-        keep = probs[..keep].iter().take_while(|p| p.1 >= threshold).count().max(1);
-    }
-    let kept = &probs[..keep];
-    let total: f64 = kept.iter().map(|p| p.1).sum();
-    let u: f64 = step_rng(params.seed, step).gen::<f64>() * total;
-    let mut acc = 0.0;
-    for p in kept {
-        acc += p.1;
-        if u < acc {
-            return p.0;
-        }
-    }
-    kept[keep - 1].0
+    let filters = pdq_kernels::cpu::SampleParams {
+        temperature: params.temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        min_p: params.min_p,
+    };
+    // Greedy draws nothing, so the RNG is only built when it is used.
+    let greedy = params.temperature <= 0.0 || params.top_k == 1;
+    let u = if greedy { 0.0 } else { step_rng(params.seed, step).gen::<f64>() };
+    pdq_kernels::cpu::sample(logits, &filters, u)
 }
 
 #[cfg(test)]
