@@ -7,9 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
 use pdq_broker::{Broker, MessageMeta, Outgoing};
 use pdq_engine::Model;
 use pdq_producer::WaitMode;
@@ -93,8 +90,7 @@ async fn tokens(store: &Store, job: Uuid) -> Result<i64> {
 /// one by one with the workers' prefetch.
 async fn broker_ceiling(g: &Global, queue: &str, lines: &[Value]) -> Result<f64> {
     let broker = Broker::connect(&g.amqp_url, queue).await?;
-    let ch = broker.channel().await?;
-    ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    broker.declare_scratch_queue(queue).await?;
     let msgs: Vec<Outgoing> = lines
         .iter()
         .map(|l| Outgoing {
@@ -105,17 +101,18 @@ async fn broker_ceiling(g: &Global, queue: &str, lines: &[Value]) -> Result<f64>
         })
         .collect();
     let started = Instant::now();
-    let publisher = broker.publisher().await?;
+    let publisher = broker.publisher();
     for chunk in msgs.chunks(1000) {
         publisher.publish_all(chunk).await?;
     }
-    let (_consumer_ch, mut stream) = broker.consume(&[queue.to_string()], 64, "ceiling").await?;
+    let mut sub = broker.subscribe(&[queue.to_string()], 64, "ceiling").await?;
     for _ in 0..msgs.len() {
-        let d = stream.next().await.ok_or_else(|| anyhow::anyhow!("consumer closed"))??;
-        d.acker.ack(BasicAckOptions::default()).await?;
+        let msg = sub.next().await.ok_or_else(|| anyhow::anyhow!("consumer closed"))??;
+        msg.settlement.ack().await;
     }
     let secs = started.elapsed().as_secs_f64();
-    ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+    sub.cancel().await;
+    broker.delete_queue(queue).await?;
     broker.close().await;
     Ok(msgs.len() as f64 / secs)
 }

@@ -1,6 +1,7 @@
 //! The command line of CONTRACT §1. Every flag also reads an environment variable.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -28,6 +29,50 @@ pub struct Global {
     /// Prefix of every exchange and queue, so several clusters share one broker.
     #[arg(long, env = "PDQ_NAMESPACE", default_value = "pdq", global = true)]
     pub namespace: String,
+    /// AMQP heartbeat: a process silent this long (hung, stopped) loses its connection, and the
+    /// broker hands its unacked messages to other ranks.
+    #[arg(long, env = "PDQ_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub amqp_heartbeat: Duration,
+    /// RabbitMQ queue type: classic, or quorum (replicated, for multi-node broker clusters).
+    /// Every process of a namespace must use the same.
+    #[arg(long, env = "PDQ_QUEUE_TYPE", default_value = "classic", global = true)]
+    pub queue_type: pdq_broker::QueueType,
+    /// A delivery unacked this long makes the broker requeue it (RabbitMQ 3.12+; older
+    /// brokers apply their global consumer_timeout).
+    #[arg(long, env = "PDQ_CONSUMER_TIMEOUT", default_value = "30m", value_parser = parse_duration, global = true)]
+    pub consumer_timeout: Duration,
+    /// Deliveries of one message (it killed or hung each worker it reached) before it is
+    /// recorded as failed (`delivery_limit`) and dead-lettered.
+    #[arg(long, env = "PDQ_MAX_DELIVERIES", default_value_t = pdq_broker::DEFAULT_MAX_DELIVERIES, global = true)]
+    pub max_deliveries: u32,
+}
+
+impl Global {
+    pub fn broker(&self) -> pdq_broker::BrokerOptions {
+        pdq_broker::BrokerOptions {
+            heartbeat: self.amqp_heartbeat,
+            queue_type: self.queue_type,
+            consumer_timeout: self.consumer_timeout,
+            max_deliveries: self.max_deliveries,
+            ..pdq_broker::BrokerOptions::new(&self.amqp_url, &self.namespace)
+        }
+    }
+}
+
+/// `500ms`, `10s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 10s, 5m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown duration unit '{other}' in '{s}' (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -72,6 +117,22 @@ pub struct TuningArgs {
     /// Unacked messages per queue per rank.
     #[arg(long, env = "PDQ_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
+    /// A KV no decoder took in this long is dropped (the request is prefilled again).
+    #[arg(long, env = "PDQ_KV_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub kv_ttl: Duration,
+    /// Shared secret of the KV data plane: peers must prove they hold it. Same on every worker.
+    #[arg(long, env = "PDQ_KV_SECRET", hide_env_values = true)]
+    pub kv_secret: Option<String>,
+    /// Dialing a prefill rank's data plane gives up after this long (then: prefill again).
+    #[arg(long, env = "PDQ_KV_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub kv_connect_timeout: Duration,
+    /// A data-plane peer must start answering within this long (a transfer also gets time for
+    /// its size).
+    #[arg(long, env = "PDQ_KV_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kv_read_timeout: Duration,
+    /// Prompts longer than this fail before tokenization.
+    #[arg(long, env = "PDQ_MAX_PROMPT_BYTES", default_value_t = pdq_workers::DEFAULT_MAX_PROMPT_BYTES)]
+    pub max_prompt_bytes: usize,
 }
 
 #[derive(Subcommand, Debug)]

@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Submit { file, name, wait, policy } => {
             let store = Store::connect(&g.database_url).await?;
-            let broker = Broker::connect(&g.amqp_url, &g.namespace).await?;
+            let broker = Broker::connect_with(g.broker().named(format!("pdq:{}:submit", g.namespace))).await?;
             let shape = pdq_producer::cluster_shape(&store, &g.namespace).await?;
             broker.declare(&shape).await?;
             let report = pdq_producer::submit(&store, &broker, &file, &shape, &SubmitOptions { name, policy }).await?;
@@ -180,7 +180,17 @@ fn check_device(choice: pdq_engine::DeviceChoice) -> Result<()> {
 }
 
 pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {
+    let data_plane = pdq_workers::DataPlaneConfig {
+        secret: t.kv_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        connect_timeout: t.kv_connect_timeout,
+        read_timeout: t.kv_read_timeout,
+        max_kv_bytes: (t.kv_pool_mb as u64) << 20,
+    };
     WorkerConfig {
+        broker: g.broker(),
+        data_plane,
+        kv_ttl: t.kv_ttl,
+        max_prompt_bytes: t.max_prompt_bytes,
         data_plane_bind: t.data_plane_addr,
         advertise_host: t.advertise_host.clone(),
         kv_budget_bytes: t.kv_budget_mb << 20,

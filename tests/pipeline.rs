@@ -56,7 +56,7 @@ async fn disaggregation_does_not_change_answers(pool: PgPool) {
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn direct_queue_producer_gets_rows(pool: PgPool) {
     let h = Harness::start(pool, ClusterShape::disagg(2, 2)).await;
-    let publisher = h.broker.publisher().await.unwrap();
+    let publisher = h.broker.publisher();
     let line = generate_line("direct-1", json!({}));
     let meta = MessageMeta { rank_header: Some(json!("1")), ..Default::default() };
     let msg = |body: Vec<u8>, key: &str, meta: MessageMeta| Outgoing {
@@ -118,7 +118,7 @@ async fn a_message_delivered_twice_is_written_once(pool: PgPool) {
     let request_id: Uuid =
         sqlx::query_scalar("SELECT id FROM requests WHERE custom_id = 'once'").fetch_one(h.store.pool()).await.unwrap();
     // Replay the same message, as the broker would after a lost ack.
-    let publisher = h.broker.publisher().await.unwrap();
+    let publisher = h.broker.publisher();
     let meta = MessageMeta { request_id: Some(request_id), job_id: Some(job), ..Default::default() };
     let body = generate_line("once", json!({})).to_string().into_bytes();
     publisher
@@ -190,7 +190,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
         timings: Default::default(),
         warnings: vec![],
     };
-    let publisher = h.broker.publisher().await.unwrap();
+    let publisher = h.broker.publisher();
     publisher
         .publish(&Outgoing {
             exchange: h.broker.topology.kv_exchange(),

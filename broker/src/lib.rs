@@ -1,14 +1,22 @@
-//! RabbitMQ: the topology of a namespace (CONTRACT §4), confirmed publishing, consuming, and the
-//! AMQP headers that carry pdq's per-message metadata beside the unchanged input line.
+//! RabbitMQ, and the only crate that knows it: the topology of a namespace (CONTRACT §4), a link
+//! that reconnects, confirmed publishing that publishes again what was not confirmed, consuming
+//! across reconnects with a bound on deliveries, and inbound messages that each carry exactly
+//! one settlement. pdq's per-message metadata travels in AMQP headers beside the unchanged
+//! input line.
 
+mod consume;
 mod error;
+mod inbound;
+mod link;
 mod meta;
+mod options;
 mod publish;
 mod topology;
 
+pub use consume::Subscription;
 pub use error::BrokerError;
-pub use lapin::message::Delivery;
-pub use lapin::Consumer;
+pub use inbound::{Inbound, Settlement};
 pub use meta::MessageMeta;
+pub use options::{BrokerOptions, QueueType, DEFAULT_CONSUMER_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_MAX_DELIVERIES};
 pub use publish::{Outgoing, Publisher};
 pub use topology::Broker;

@@ -9,6 +9,7 @@ const REQUEST_ID: &str = "x-pdq-request-id";
 const JOB_ID: &str = "x-pdq-job-id";
 const LINE: &str = "x-pdq-line";
 const ATTEMPT: &str = "x-pdq-attempt";
+const DELIVERIES: &str = "x-pdq-deliveries";
 const ENQUEUED_AT: &str = "x-pdq-enqueued-at";
 const DISPATCH_PREFILL: &str = "x-pdq-prefill-rank";
 const DISPATCH_DECODE: &str = "x-pdq-decode-rank";
@@ -24,6 +25,8 @@ pub struct MessageMeta {
     pub line_no: Option<i64>,
     /// Prefill attempts before this one (0 on first delivery).
     pub attempt: u32,
+    /// Redeliveries counted so far (see `consume.rs`): 0 until a consumer died holding it.
+    pub deliveries: u32,
     pub enqueued_at_ms: Option<i64>,
     /// The dispatcher's choice for a stage the request leaves unpinned.
     pub dispatch_prefill: Option<u32>,
@@ -49,6 +52,9 @@ impl MessageMeta {
             put(LINE, AMQPValue::LongLongInt(n));
         }
         put(ATTEMPT, AMQPValue::LongLongInt(self.attempt as i64));
+        if self.deliveries > 0 {
+            put(DELIVERIES, AMQPValue::LongLongInt(self.deliveries as i64));
+        }
         if let Some(ms) = self.enqueued_at_ms {
             put(ENQUEUED_AT, AMQPValue::LongLongInt(ms));
         }
@@ -78,7 +84,8 @@ impl MessageMeta {
             request_id: uuid(REQUEST_ID),
             job_id: uuid(JOB_ID),
             line_no: int(LINE),
-            attempt: int(ATTEMPT).unwrap_or(0).max(0) as u32,
+            attempt: int(ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+            deliveries: int(DELIVERIES).unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
             enqueued_at_ms: int(ENQUEUED_AT),
             dispatch_prefill: int(DISPATCH_PREFILL).and_then(|v| u32::try_from(v).ok()),
             dispatch_decode: int(DISPATCH_DECODE).and_then(|v| u32::try_from(v).ok()),
@@ -123,6 +130,7 @@ mod tests {
             job_id: Some(Uuid::now_v7()),
             line_no: Some(7),
             attempt: 2,
+            deliveries: 3,
             enqueued_at_ms: Some(1_700_000_000_000),
             dispatch_prefill: Some(1),
             dispatch_decode: None,

@@ -1,9 +1,16 @@
-//! Confirmed publishing. `mandatory` makes a message that matches no queue come back instead of
-//! vanishing, so "published" always means "in a queue someone reads".
+//! Confirmed publishing that survives the broker going away. `mandatory` makes a message that
+//! matches no queue come back instead of vanishing, so "published" always means "in a queue
+//! someone reads". A message whose confirm never came (the connection died first) is published
+//! again on the next connection; consumers absorb the duplicate, since every result row is
+//! written once.
+
+use std::sync::Mutex;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 
+use crate::error::is_permanent;
+use crate::link::Link;
 use crate::{BrokerError, MessageMeta};
 
 /// One message to publish.
@@ -15,45 +22,101 @@ pub struct Outgoing {
     pub meta: MessageMeta,
 }
 
-/// A confirm-mode channel. Clone-free by design: one publisher per task that publishes.
+/// A confirm-mode channel, shared by the tasks of one process and replaced after a reconnect.
 pub struct Publisher {
-    channel: Channel,
+    link: Link,
+    /// The channel and the connection generation it was opened on; never held across `.await`.
+    channel: Mutex<Option<(u64, Channel)>>,
 }
 
 impl Publisher {
-    pub(crate) async fn new(channel: Channel) -> Result<Publisher, BrokerError> {
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel })
+    pub(crate) fn new(link: Link) -> Publisher {
+        Publisher { link, channel: Mutex::new(None) }
     }
 
     pub async fn publish(&self, msg: &Outgoing) -> Result<(), BrokerError> {
         self.publish_all(std::slice::from_ref(msg)).await
     }
 
-    /// Sends every message before waiting for any confirm: a window of in-flight publishes
-    /// instead of one round trip per message.
+    /// Sends every message before waiting for any confirm (a window of in-flight publishes
+    /// instead of one round trip each), and publishes again whatever the broker did not confirm
+    /// until all are confirmed. Returns early only for what retrying cannot fix: a message no
+    /// queue takes, a closed link, or the broker refusing pdq for good.
     pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<(), BrokerError> {
-        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let mut pending = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_headers(m.meta.to_headers());
-            let confirm = self
-                .channel
-                .basic_publish(m.exchange.as_str().into(), m.key.as_str().into(), opts, &m.body, props)
-                .await?;
-            pending.push((m, confirm));
+        let mut pending: Vec<&Outgoing> = msgs.iter().collect();
+        let mut stale = None;
+        loop {
+            let (generation, ch) = match self.channel(stale).await {
+                Ok(c) => c,
+                Err(e) if e.class() == pdq_protocol::ErrorClass::Transient && !self.link.is_closed() => {
+                    tracing::warn!(error = %e, "no channel to publish on; retrying");
+                    stale = None;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let mut confirms = Vec::with_capacity(pending.len());
+            let mut retry = Vec::new();
+            for m in pending {
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_headers(m.meta.to_headers());
+                match ch.basic_publish(m.exchange.as_str().into(), m.key.as_str().into(), opts, &m.body, props).await {
+                    Ok(confirm) => confirms.push((m, confirm)),
+                    Err(e) if is_permanent(&e) => return Err(refused(m, "the broker closed the channel")),
+                    Err(_) => retry.push(m),
+                }
+            }
+            for (m, confirm) in confirms {
+                match confirm.await {
+                    Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
+                    Ok(Confirmation::Ack(Some(_))) => return Err(refused(m, "no queue is bound to this key")),
+                    // A nack means the broker could not take it this time: send it again.
+                    Ok(Confirmation::Nack(_)) | Err(_) => retry.push(m),
+                }
+            }
+            if retry.is_empty() {
+                return Ok(());
+            }
+            if self.link.is_closed() {
+                return Err(BrokerError::Closed);
+            }
+            tracing::warn!(messages = retry.len(), "publishing again what the broker did not confirm");
+            pending = retry;
+            stale = Some(generation);
         }
-        for (m, confirm) in pending {
-            let refused = |reason| BrokerError::Refused { exchange: m.exchange.clone(), key: m.key.clone(), reason };
-            match confirm.await? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Ack(Some(_)) => return Err(refused("no queue is bound to this key")),
-                Confirmation::Nack(_) => return Err(refused("nacked")),
+    }
+
+    /// The cached channel, or a new one when it is missing, broken, or from generation `stale`.
+    async fn channel(&self, stale: Option<u64>) -> Result<(u64, Channel), BrokerError> {
+        if let Some((g, ch)) = self.channel.lock().expect("channel lock").clone() {
+            if Some(g) != stale && ch.status().connected() {
+                return Ok((g, ch));
             }
         }
-        Ok(())
+        let mut stale = stale;
+        loop {
+            let conn = self.link.get(stale).await?;
+            let opened = async {
+                let ch = conn.connection.create_channel().await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                Ok::<_, lapin::Error>(ch)
+            };
+            match opened.await {
+                Ok(ch) => {
+                    *self.channel.lock().expect("channel lock") = Some((conn.generation, ch.clone()));
+                    return Ok((conn.generation, ch));
+                }
+                // The connection died under us: ask for the next one.
+                Err(_) => stale = Some(conn.generation),
+            }
+        }
     }
+}
+
+fn refused(m: &Outgoing, reason: &'static str) -> BrokerError {
+    BrokerError::Refused { exchange: m.exchange.clone(), key: m.key.clone(), reason }
 }

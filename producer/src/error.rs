@@ -20,10 +20,10 @@ pub enum ProducerError {
 }
 
 impl ProducerError {
-    pub fn error_type(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
-            ProducerError::Broker(e) => e.error_type(),
-            ProducerError::Store(e) => e.error_type(),
+            ProducerError::Broker(e) => e.code(),
+            ProducerError::Store(e) => e.code(),
             ProducerError::Io { .. } | ProducerError::Empty(_) => "input",
             ProducerError::Rejected(e) => e.code(),
             ProducerError::NoCluster(_) => "no_cluster",

@@ -131,7 +131,7 @@ pub async fn submit(
     // In progress from the first publish: a fast job may finish before the last one is confirmed.
     store.mark_job_started(job_id).await?;
     let mut dispatcher = dispatcher(broker, shape, opts.policy).await?;
-    let publisher = broker.publisher().await?;
+    let publisher = broker.publisher();
     let enqueued_at_ms = chrono::Utc::now().timestamp_millis();
     for (n, chunk) in plan.publish.chunks(PUBLISH_WINDOW).enumerate() {
         let msgs: Vec<Outgoing> = chunk
@@ -147,6 +147,7 @@ pub async fn submit(
                         job_id: Some(job_id),
                         line_no: Some(p.line_no as i64),
                         attempt: 0,
+                        deliveries: 0,
                         enqueued_at_ms: Some(enqueued_at_ms),
                         dispatch_prefill: a.dispatch_prefill,
                         dispatch_decode: a.dispatch_decode,
@@ -156,6 +157,8 @@ pub async fn submit(
             })
             .collect();
         if let Err(e) = publisher.publish_all(&msgs).await {
+            // The publisher rides out broker outages itself (it publishes again whatever was not
+            // confirmed, on the next connection); only what retrying cannot fix ends up here.
             // Whatever did not reach the broker fails now, so the job can still finish.
             let rest: Vec<(Uuid, Option<String>)> =
                 plan.publish[n * PUBLISH_WINDOW..].iter().map(|p| (p.request_id, p.custom_id.clone())).collect();

@@ -86,3 +86,17 @@ fn truncate(s: &str, n: usize) -> String {
         format!("{}...", s.chars().take(n).collect::<String>())
     }
 }
+
+/// What a failure means for the message that met it. Control flow decides on this; the string
+/// codes exist only for result rows and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying as it is: the broker, the database or a local actor is away for now.
+    Transient,
+    /// The KV the request needs is gone or unreachable: prefill it again, up to a bound.
+    KvLost,
+    /// The request itself cannot succeed: it ends as a failed row.
+    Request,
+    /// The process is misconfigured (credentials, topology): retrying cannot help.
+    Fatal,
+}

@@ -36,3 +36,18 @@ pub struct KvHandle {
     pub timings: Timings,
     pub warnings: Vec<String>,
 }
+
+impl KvHandle {
+    /// Reads a handle off the wire. Beyond parsing, it refuses what no prefill worker writes:
+    /// an empty endpoint or an attempt count of 0.
+    pub fn decode(data: &[u8]) -> Result<KvHandle, String> {
+        let h: KvHandle = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        if h.endpoint.is_empty() {
+            return Err("`endpoint` is empty".into());
+        }
+        if h.attempt == 0 {
+            return Err("`attempt` must be >= 1".into());
+        }
+        Ok(h)
+    }
+}

@@ -14,7 +14,7 @@ pub mod sampling;
 pub mod url;
 pub mod validate;
 
-pub use error::{ErrorBody, ValidationError};
+pub use error::{ErrorBody, ErrorClass, ValidationError};
 pub use handle::KvHandle;
 pub use input::{InputLine, RawLine};
 pub use names::Topology;

@@ -56,6 +56,18 @@ impl Topology {
         format!("{}.unroutable", self.namespace)
     }
 
+    /// What a prefill or colocated rank `p` consumes: its own queue first, then the shared one,
+    /// then the alternate exchange's queue (to record unroutable messages).
+    pub fn request_queues(&self, p: u32) -> Vec<String> {
+        vec![self.prefill_rank_queue(p), self.prefill_any_queue(), self.unroutable()]
+    }
+
+    /// What decode rank `d` consumes: for each prefill rank, the handles pinned to `d`, then the
+    /// handles for any decoder.
+    pub fn decode_queues(&self, prefill_dp: u32, d: u32) -> Vec<String> {
+        (0..prefill_dp).flat_map(|p| [self.kv_pinned_queue(p, d), self.kv_queue(p)]).collect()
+    }
+
     /// Dead-letter exchange (fanout) and its queue share one name.
     pub fn dead(&self) -> String {
         format!("{}.dead", self.namespace)

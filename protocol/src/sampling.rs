@@ -7,15 +7,16 @@ use serde_json::{Map, Value};
 use crate::ValidationError;
 
 /// OpenAI's default for `/v1/completions`.
-pub const DEFAULT_COMPLETION_MAX_TOKENS: u32 = 16;
+pub const DEFAULT_COMPLETION_MAX_TOKENS: u64 = 16;
 /// SGLang's default `max_new_tokens`, used for chat and `/generate` where OpenAI sets none.
-pub const DEFAULT_GENERATE_MAX_TOKENS: u32 = 128;
+pub const DEFAULT_GENERATE_MAX_TOKENS: u64 = 128;
 /// OpenAI allows four stop sequences; SGLang more. Bound it so a line cannot stall the stop scan.
 pub const MAX_STOP_SEQUENCES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
-    pub max_tokens: u32,
+    /// As the user sent it: a limit past the context fails with the number they wrote.
+    pub max_tokens: u64,
     /// 0 means greedy.
     pub temperature: f32,
     pub top_p: f32,
@@ -30,7 +31,7 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    pub fn greedy(max_tokens: u32) -> Self {
+    pub fn greedy(max_tokens: u64) -> Self {
         Sampling {
             max_tokens,
             temperature: 0.0,
@@ -49,7 +50,7 @@ impl Sampling {
     pub fn parse(
         obj: &Map<String, Value>,
         max_names: &[&'static str],
-        default_max: u32,
+        default_max: u64,
         prefix: &str,
     ) -> Result<Sampling, ValidationError> {
         let f = Fields { obj, prefix };
@@ -65,7 +66,7 @@ impl Sampling {
             Some((name, v)) if v < 1 => {
                 return Err(ValidationError::invalid(f.name(name), format!("must be >= 1, got {v}")))
             }
-            Some((_, v)) => u32::try_from(v).unwrap_or(u32::MAX),
+            Some((_, v)) => v as u64,
         };
         let temperature = f.number("temperature")?.unwrap_or(1.0);
         if temperature < 0.0 {

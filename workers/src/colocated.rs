@@ -3,27 +3,25 @@
 
 use std::sync::Arc;
 
-use pdq_broker::Delivery;
+use pdq_broker::Inbound;
 use pdq_protocol::{MetaInfo, Outcome, ResultStatus, Timings};
 
+use crate::context::{now_ms, Ctx};
 use crate::convert::{finish_reason, sampling_params, seed_for};
-use crate::intake::{intake, now_ms, requeue_later, settle_failure, Accepted, Ctx, Intake};
-use crate::writer::Settle;
+use crate::decision::{execute, Decision};
+use crate::intake::{intake, Accepted, Intake};
 use crate::WorkerError;
 
-pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
-    let acker = delivery.acker.clone();
-    let accepted = match intake(&ctx, delivery).await {
-        Ok(Intake::Run(a)) => a,
-        Ok(Intake::Done) => return,
-        Err(e) => return requeue_later(&acker, &e).await,
+pub(crate) async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
+    let decision = match intake(&ctx, &msg).await {
+        Ok(Intake::Run(a)) => run(&ctx, &a).await.unwrap_or_else(|e| Decision::from_error(e, a.failed_row())),
+        Ok(Intake::Decided(d)) => d,
+        Err(e) => Decision::Requeue(e),
     };
-    if let Err(e) = run(&ctx, &accepted).await {
-        settle_failure(&ctx, &accepted, e).await;
-    }
+    execute(&ctx, msg.settlement, decision).await;
 }
 
-async fn run(ctx: &Ctx, a: &Accepted) -> Result<(), WorkerError> {
+async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
     let pre = ctx.engine.prefill(a.tokens.clone(), params.clone()).await?;
@@ -54,5 +52,5 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<(), WorkerError> {
         meta_info,
         error: None,
     };
-    ctx.writer.write(outcome, Settle::Ack(a.acker.clone())).await
+    Ok(Decision::Write { outcome, dead_letter: false })
 }

@@ -1,8 +1,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pdq_broker::BrokerOptions;
 use pdq_protocol::ClusterShape;
 use pdq_store::WorkerRole;
+
+use crate::data_plane::DataPlaneConfig;
 
 /// KV bytes a prefill worker may hold before it waits for decoders to free some.
 pub const DEFAULT_KV_BUDGET_BYTES: usize = 1 << 30;
@@ -21,6 +24,9 @@ pub const DEFAULT_KV_POOL_BYTES: usize = 1 << 30;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping prefill worker keeps serving KV to decoders before it gives up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// A prompt longer than this fails before it is tokenized (a 10 MB prompt takes seconds to
+/// tokenize only to be refused for its length).
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 1 << 20;
 
 /// Everything one worker needs; `pdq worker` and `pdq serve` both build these.
 #[derive(Debug, Clone)]
@@ -28,8 +34,9 @@ pub struct WorkerConfig {
     pub role: WorkerRole,
     pub rank: u32,
     pub shape: ClusterShape,
-    pub namespace: String,
-    pub amqp_url: String,
+    /// The broker URL, namespace, heartbeat, queue type and delivery bound.
+    pub broker: BrokerOptions,
+    pub data_plane: DataPlaneConfig,
     /// Where the data plane listens (prefill only); port 0 picks a free one.
     pub data_plane_bind: SocketAddr,
     /// The host decoders should dial, written into KV handles.
@@ -40,6 +47,7 @@ pub struct WorkerConfig {
     pub max_running: usize,
     pub prefill_token_budget: usize,
     pub kv_pool_bytes: usize,
+    pub max_prompt_bytes: usize,
 }
 
 impl WorkerConfig {
@@ -48,8 +56,8 @@ impl WorkerConfig {
             role,
             rank,
             shape,
-            namespace: namespace.to_string(),
-            amqp_url: amqp_url.to_string(),
+            broker: BrokerOptions::new(amqp_url, namespace),
+            data_plane: DataPlaneConfig::new(None, DEFAULT_KV_POOL_BYTES as u64),
             data_plane_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_host: "127.0.0.1".to_string(),
             kv_budget_bytes: DEFAULT_KV_BUDGET_BYTES,
@@ -58,7 +66,12 @@ impl WorkerConfig {
             max_running: DEFAULT_MAX_RUNNING,
             prefill_token_budget: DEFAULT_PREFILL_TOKEN_BUDGET,
             kv_pool_bytes: DEFAULT_KV_POOL_BYTES,
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
         }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.broker.namespace
     }
 
     pub fn tag(&self) -> String {

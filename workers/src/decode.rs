@@ -1,69 +1,62 @@
-//! A decode rank: consumes KV handles for the prefill ranks it serves, fetches the KV over the
+//! A decode rank: consumes KV handles for the prefill ranks it serves, takes the KV over the
 //! data plane, generates, and writes the result. The prefill rank is resolved as CONTRACT §3 says:
 //! the request's `disagg_prefill_dp_rank`, else the rank the handle names; a handle that disagrees
 //! with an explicit `disagg_prefill_dp_rank` fails the request rather than being used.
+//! A KV that cannot be had (gone, the peer dead, hung or lying) sends the request back to
+//! prefill, up to a bound.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use lapin::Acker;
-use pdq_broker::{Delivery, MessageMeta, Outgoing};
-use pdq_protocol::{ErrorBody, KvHandle, MetaInfo, Outcome, ResultStatus, Timings, Topology};
+use pdq_broker::{Inbound, MessageMeta, Outgoing};
+use pdq_protocol::{ErrorBody, ErrorClass, KvHandle, MetaInfo, Outcome, ResultStatus, Timings, Topology};
 use serde_json::Value;
 
 use crate::config::MAX_PREFILL_ATTEMPTS;
+use crate::context::{now_ms, Ctx};
 use crate::convert::{finish_reason, sampling_params};
-use crate::data_plane;
-use crate::intake::{now_ms, requeue_later, Ctx};
-use crate::writer::Settle;
+use crate::decision::{execute, Decision, FailedRow};
 use crate::WorkerError;
 
-pub async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
-    let acker = delivery.acker.clone();
-    let handle: KvHandle = match serde_json::from_slice(&delivery.data) {
-        Ok(h) => h,
-        Err(e) => return unreadable_handle(&ctx, &delivery.data, acker, e).await,
-    };
-    match run(&ctx, &handle, &acker, delivery.data).await {
-        Ok(()) => {}
-        Err(e) if e.error_type() == "unavailable" => requeue_later(&acker, &e).await,
-        Err(e) => {
-            let error = ErrorBody::new(e.error_type(), e.to_string());
-            fail(&ctx, &handle, error, acker).await;
-            data_plane::free(&handle.endpoint, handle.kv_id).await;
+pub async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
+    let decision = match KvHandle::decode(&msg.body) {
+        Err(e) => unreadable_handle(&msg.body, e),
+        Ok(h) if msg.poisoned => {
+            drop(ctx.kv.lease(&h.endpoint, h.kv_id, h.kv_bytes));
+            failed_row(&h).poisoned(msg.deliveries)
         }
-    }
+        Ok(h) => decide(&ctx, &h, &msg.body).await.unwrap_or_else(|e| Decision::from_error(e, failed_row(&h))),
+    };
+    execute(&ctx, msg.settlement, decision).await;
 }
 
-async fn run(ctx: &Ctx, h: &KvHandle, acker: &Acker, body: Vec<u8>) -> Result<(), WorkerError> {
+async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, WorkerError> {
     let rank = ctx.cfg.rank;
     if let Some(d) = h.decode_rank.filter(|&d| d != rank) {
+        // Pinned elsewhere: the KV stays for the decoder it is meant for.
         let key = Topology::kv_key(h.prefill_dp_rank, Some(d));
         let meta = MessageMeta { request_id: Some(h.request_id), job_id: h.job_id, ..Default::default() };
-        ctx.publisher.publish(&Outgoing { exchange: ctx.topology.kv_exchange(), key, body, meta }).await?;
-        acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
-        return Ok(());
+        let msg = Outgoing { exchange: ctx.topology.kv_exchange(), key, body: body.to_vec(), meta };
+        return Ok(Decision::Publish { msgs: vec![msg], lease: None, failed: Some(failed_row(h)) });
     }
+    // From here on the KV is this decoder's to take or to free (the lease frees it on drop).
+    let kv = ctx.kv.lease(&h.endpoint, h.kv_id, h.kv_bytes);
     if let Some(p) = h.request.routing.disagg_prefill_dp_rank {
         if p != h.prefill_dp_rank as i64 {
             let message = format!(
                 "KV handle names prefill rank {} but the request pins disagg_prefill_dp_rank={p}",
                 h.prefill_dp_rank
             );
-            fail(ctx, h, ErrorBody::new("prefill_rank_mismatch", message), acker.clone()).await;
-            data_plane::free(&h.endpoint, h.kv_id).await;
-            return Ok(());
+            return Ok(failed_row(h).write(ErrorBody::new("prefill_rank_mismatch", message)));
         }
     }
     if ctx.store.has_result(h.request_id).await? {
-        acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
-        data_plane::free(&h.endpoint, h.kv_id).await;
-        return Ok(());
+        return Ok(Decision::Ack);
     }
     let fetch_started = Instant::now();
-    let bytes = match data_plane::fetch(&h.endpoint, h.kv_id).await {
+    let bytes = match kv.take().await {
         Ok(b) => b,
-        Err(e) if e.error_type() == "kv_lost" => return kv_lost(ctx, h, acker, e).await,
+        Err(e) if e.class() == ErrorClass::KvLost => return reprefill(ctx, h, e).await,
         Err(e) => return Err(e),
     };
     let kv_transfer_time = fetch_started.elapsed().as_secs_f64();
@@ -90,9 +83,7 @@ async fn run(ctx: &Ctx, h: &KvHandle, acker: &Acker, body: Vec<u8>) -> Result<()
         meta_info,
         error: None,
     };
-    ctx.writer.write(outcome, Settle::Ack(acker.clone())).await?;
-    data_plane::free(&h.endpoint, h.kv_id).await;
-    Ok(())
+    Ok(Decision::Write { outcome, dead_letter: false })
 }
 
 fn base_meta(h: &KvHandle) -> MetaInfo {
@@ -106,15 +97,23 @@ fn base_meta(h: &KvHandle) -> MetaInfo {
     }
 }
 
-/// The KV is gone (prefill crashed, restarted, or expired it): prefill again, up to a bound.
-async fn kv_lost(ctx: &Ctx, h: &KvHandle, acker: &Acker, e: WorkerError) -> Result<(), WorkerError> {
+fn failed_row(h: &KvHandle) -> FailedRow {
+    FailedRow {
+        request_id: h.request_id,
+        job_id: h.job_id,
+        custom_id: h.request.custom_id.clone(),
+        meta_info: base_meta(h),
+    }
+}
+
+/// The KV is gone or out of reach (prefill crashed, restarted, hung, or expired it): prefill
+/// again, up to a bound.
+async fn reprefill(ctx: &Ctx, h: &KvHandle, e: WorkerError) -> Result<Decision, WorkerError> {
     if h.attempt >= MAX_PREFILL_ATTEMPTS {
         let message = format!("{e}; gave up after {} prefill attempts", h.attempt);
-        fail(ctx, h, ErrorBody::new("kv_lost", message), acker.clone()).await;
-        return Ok(());
+        return Ok(failed_row(h).write(ErrorBody::new("kv_lost", message)));
     }
     tracing::warn!(request_id = %h.request_id, attempt = h.attempt, error = %e, "KV lost; prefilling again");
-    let pins = h.request.pins;
     let meta = MessageMeta {
         request_id: Some(h.request_id),
         job_id: h.job_id,
@@ -126,44 +125,27 @@ async fn kv_lost(ctx: &Ctx, h: &KvHandle, acker: &Acker, e: WorkerError) -> Resu
         rank_header: h.request.routing.routed_dp_rank.map(Value::from),
         ..Default::default()
     };
-    let key = pins.prefill.map(|p| p.to_string()).unwrap_or_else(|| Topology::ANY.to_string());
+    let key = h.request.pins.prefill.map(|p| p.to_string()).unwrap_or_else(|| Topology::ANY.to_string());
     let body = serde_json::to_vec(&h.line).expect("a JSON value serializes");
-    ctx.publisher.publish(&Outgoing { exchange: ctx.topology.prefill_exchange(), key, body, meta }).await?;
     ctx.store.set_attempts(h.request_id, h.attempt + 1).await?;
-    acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
-    Ok(())
-}
-
-async fn fail(ctx: &Ctx, h: &KvHandle, error: ErrorBody, acker: Acker) {
-    let outcome = Outcome::failed(h.request_id, h.job_id, h.request.custom_id.clone(), error, base_meta(h));
-    if let Err(e) = ctx.writer.write(outcome, Settle::Ack(acker)).await {
-        tracing::error!(error = %e, "could not record a failed request");
-    }
+    let msg = Outgoing { exchange: ctx.topology.prefill_exchange(), key, body, meta };
+    Ok(Decision::Publish { msgs: vec![msg], lease: None, failed: Some(failed_row(h)) })
 }
 
 /// A handle no decoder can read. If it still names its request, that request gets a failed row;
 /// either way the message goes to the dead-letter queue for inspection.
-async fn unreadable_handle(ctx: &Ctx, data: &[u8], acker: Acker, e: serde_json::Error) {
-    tracing::error!(error = %e, "unreadable KV handle");
+fn unreadable_handle(data: &[u8], e: String) -> Decision {
     let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
     let id = |k: &str| v.get(k).and_then(Value::as_str).and_then(|s| uuid::Uuid::parse_str(s).ok());
-    match id("request_id") {
-        Some(request_id) => {
-            let meta = MetaInfo { id: request_id.to_string(), ..MetaInfo::default() };
-            let custom_id = v.pointer("/request/custom_id").and_then(Value::as_str).map(str::to_string);
-            let outcome = Outcome::failed(
-                request_id,
-                id("job_id"),
-                custom_id,
-                ErrorBody::new("invalid_handle", format!("unreadable KV handle: {e}")),
-                meta,
-            );
-            if let Err(e) = ctx.writer.write(outcome, Settle::DeadLetter(acker)).await {
-                tracing::error!(error = %e, "could not record an unreadable handle");
-            }
-        }
-        None => {
-            let _ = acker.nack(lapin::options::BasicNackOptions { requeue: false, multiple: false }).await;
-        }
-    }
+    let Some(request_id) = id("request_id") else {
+        return Decision::DeadLetter(format!("unreadable KV handle naming no request: {e}"));
+    };
+    let row = FailedRow {
+        request_id,
+        job_id: id("job_id"),
+        custom_id: v.pointer("/request/custom_id").and_then(Value::as_str).map(str::to_string),
+        meta_info: MetaInfo { id: request_id.to_string(), ..MetaInfo::default() },
+    };
+    let outcome = row.outcome(ErrorBody::new("invalid_handle", format!("unreadable KV handle: {e}")));
+    Decision::Write { outcome, dead_letter: true }
 }

@@ -34,7 +34,7 @@ async fn generate(blocks: usize, prompts: &[Vec<u32>], max_new: usize) -> Vec<Re
         async move {
             let pre = engine.prefill(p.clone(), params(max_new, i as u64)).await.map_err(|e| e.to_string())?;
             let out = engine.decode(pre.pages, pre.first_token, params(max_new, i as u64)).await;
-            out.map(|o| o.output_ids).map_err(|e| e.error_type().to_string())
+            out.map(|o| o.output_ids).map_err(|e| e.code().to_string())
         }
     });
     join_all(runs).await

@@ -1,5 +1,6 @@
 use pdq_broker::BrokerError;
 use pdq_engine::EngineError;
+use pdq_protocol::ErrorClass;
 use pdq_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,24 +13,52 @@ pub enum WorkerError {
     Engine(#[from] EngineError),
     #[error("data plane {endpoint}: {source}")]
     DataPlane { endpoint: String, source: std::io::Error },
+    #[error("data plane {endpoint}: {reason}")]
+    DataPlaneProtocol { endpoint: String, reason: String },
+    #[error("data plane {endpoint}: no answer within {seconds:.1}s")]
+    DataPlaneTimeout { endpoint: String, seconds: f64 },
     #[error("KV {0} is not held by its prefill worker (freed, expired, or the worker restarted)")]
     KvNotFound(uuid::Uuid),
     #[error("the engine loop has stopped")]
     EngineStopped,
+    #[error("the KV store has stopped")]
+    KvStoreStopped,
+    #[error("the result writer has stopped")]
+    WriterStopped,
     #[error("{0}")]
     Config(String),
 }
 
 impl WorkerError {
-    /// The class decides what happens to the message: `unavailable` is requeued and retried,
-    /// `kv_lost` re-prefills, the rest fail the request with a result row.
-    pub fn error_type(&self) -> &'static str {
+    /// Decides what happens to the message: transient errors requeue it, a lost KV re-prefills
+    /// it, request errors end it as a failed row, fatal ones stop the worker.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            WorkerError::Broker(e) => e.error_type(),
-            WorkerError::Store(e) => e.error_type(),
+            WorkerError::Broker(e) => e.class(),
+            WorkerError::Store(e) => e.class(),
+            WorkerError::Engine(_) => ErrorClass::Request,
+            WorkerError::DataPlane { .. }
+            | WorkerError::DataPlaneProtocol { .. }
+            | WorkerError::DataPlaneTimeout { .. }
+            | WorkerError::KvNotFound(_) => ErrorClass::KvLost,
+            WorkerError::EngineStopped | WorkerError::KvStoreStopped | WorkerError::WriterStopped => {
+                ErrorClass::Transient
+            }
+            WorkerError::Config(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// The `error.code` of the failed row this error ends a request with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WorkerError::Broker(e) => e.code(),
+            WorkerError::Store(e) => e.code(),
             WorkerError::Engine(e) => e.error_type(),
-            WorkerError::DataPlane { .. } | WorkerError::KvNotFound(_) => "kv_lost",
-            WorkerError::EngineStopped => "unavailable",
+            WorkerError::DataPlane { .. }
+            | WorkerError::DataPlaneProtocol { .. }
+            | WorkerError::DataPlaneTimeout { .. }
+            | WorkerError::KvNotFound(_) => "kv_lost",
+            WorkerError::EngineStopped | WorkerError::KvStoreStopped | WorkerError::WriterStopped => "unavailable",
             WorkerError::Config(_) => "config",
         }
     }

@@ -3,36 +3,16 @@
 //! record a request row for a message published straight to AMQP, and tokenize.
 //! A request that cannot run ends here with its failed result row.
 
-use std::time::Duration;
-
-use lapin::options::BasicNackOptions;
-use lapin::Acker;
-use pdq_broker::{Delivery, MessageMeta, Outgoing, Publisher};
+use pdq_broker::{Inbound, MessageMeta, Outgoing};
 use pdq_engine::Model;
-use pdq_protocol::{
-    validate, ErrorBody, InputLine, MetaInfo, Outcome, Prompt, RawLine, Topology, ValidRequest, ValidationError,
-};
-use pdq_store::{NewRequest, Store};
+use pdq_protocol::{validate, InputLine, MetaInfo, Prompt, RawLine, Topology, ValidRequest, ValidationError};
+use pdq_store::NewRequest;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::engine_loop::EngineHandle;
-use crate::writer::{ResultWriter, Settle};
-use crate::{WorkerConfig, WorkerError};
-
-/// How long to hold a message before requeueing it after a transient failure, so a broker or
-/// database outage does not turn into a redelivery storm.
-const REQUEUE_DELAY: Duration = Duration::from_secs(1);
-
-/// What one worker's message tasks share.
-pub struct Ctx {
-    pub cfg: WorkerConfig,
-    pub store: Store,
-    pub publisher: Publisher,
-    pub topology: Topology,
-    pub engine: EngineHandle,
-    pub writer: ResultWriter,
-}
+use crate::context::{now_ms, Ctx};
+use crate::decision::{Decision, FailedRow};
+use crate::WorkerError;
 
 /// A request this worker will run.
 pub struct Accepted {
@@ -46,7 +26,6 @@ pub struct Accepted {
     pub decode_rank: Option<u32>,
     pub enqueued_at_ms: i64,
     pub queue_time: f64,
-    pub acker: Acker,
 }
 
 impl Accepted {
@@ -59,32 +38,38 @@ impl Accepted {
             ..MetaInfo::default()
         }
     }
+
+    pub fn failed_row(&self) -> FailedRow {
+        FailedRow {
+            request_id: self.request_id,
+            job_id: self.job_id,
+            custom_id: self.req.custom_id.clone(),
+            meta_info: self.meta_info(),
+        }
+    }
 }
 
 pub enum Intake {
     Run(Box<Accepted>),
-    /// Already settled: forwarded, failed with a row, or answered before.
-    Done,
+    /// Decided without running it: forward, fail with a row, or already answered.
+    Decided(Decision),
 }
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError> {
+pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     let received_ms = now_ms();
-    let mut meta = MessageMeta::from_headers(delivery.properties.headers().as_ref());
+    let mut meta = msg.meta.clone();
     // A message without a job came from a direct producer (or was forwarded from one): it needs
     // its own request row, written idempotently since a forwarded copy arrives with its id.
     let direct = meta.job_id.is_none();
     let fresh = meta.request_id.is_none();
     let request_id = *meta.request_id.get_or_insert_with(Uuid::now_v7);
-    let acker = delivery.acker;
-    let text = String::from_utf8_lossy(&delivery.data).into_owned();
+    let text = String::from_utf8_lossy(&msg.body).into_owned();
     let raw = RawLine { line_no: meta.line_no.unwrap_or(1) as usize, text: &text };
-    let fail = |custom_id: Option<String>, e: ValidationError, warnings: Vec<String>| {
-        let meta_info = MetaInfo { id: request_id.to_string(), warnings, ..MetaInfo::default() };
-        Outcome::failed(request_id, meta.job_id, custom_id, e.to_body(), meta_info)
+    let failed = |custom_id: Option<String>, warnings: Vec<String>| FailedRow {
+        request_id,
+        job_id: meta.job_id,
+        custom_id,
+        meta_info: MetaInfo { id: request_id.to_string(), warnings, ..MetaInfo::default() },
     };
 
     let line = match InputLine::parse(&raw) {
@@ -94,12 +79,18 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
             if direct {
                 ctx.store.insert_request(&direct_row(request_id, None, Value::String(text.clone()))).await?;
             }
-            ctx.writer.write(fail(None, e, Vec::new()), Settle::DeadLetter(acker)).await?;
-            return Ok(Intake::Done);
+            let outcome = failed(None, Vec::new()).outcome(e.to_body());
+            return Ok(Intake::Decided(Decision::Write { outcome, dead_letter: true }));
         }
     };
     let custom_id = line.custom_id().map(str::to_string);
-    let validated = match unroutable_key(ctx, &delivery.routing_key, &delivery.exchange) {
+    if msg.poisoned {
+        if direct {
+            ctx.store.insert_request(&direct_row(request_id, Some(&line), line.to_value())).await?;
+        }
+        return Ok(Intake::Decided(failed(custom_id, Vec::new()).poisoned(msg.deliveries)));
+    }
+    let validated = match unroutable_key(ctx, &msg.routing_key, &msg.exchange) {
         Some(e) => Err(e),
         None => validate(&line, meta.rank_header.as_ref(), &ctx.cfg.shape),
     };
@@ -109,8 +100,7 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
             if direct {
                 ctx.store.insert_request(&direct_row(request_id, Some(&line), line.to_value())).await?;
             }
-            ctx.writer.write(fail(custom_id, e, Vec::new()), Settle::Ack(acker)).await?;
-            return Ok(Intake::Done);
+            return Ok(Intake::Decided(failed(custom_id, Vec::new()).write(e.to_body())));
         }
     };
     if req.routing.used_deprecated_alias {
@@ -128,24 +118,22 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
     // Honour the pins whatever queue the message came from.
     if let Some(p) = req.pins.prefill.or(meta.dispatch_prefill) {
         if p != ctx.cfg.rank {
-            let msg =
-                Outgoing { exchange: ctx.topology.prefill_exchange(), key: p.to_string(), body: delivery.data, meta };
-            ctx.publisher.publish(&msg).await?;
-            acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
-            return Ok(Intake::Done);
+            let msg = Outgoing {
+                exchange: ctx.topology.prefill_exchange(),
+                key: p.to_string(),
+                body: msg.body.to_vec(),
+                meta,
+            };
+            return Ok(Intake::Decided(Decision::Publish { msgs: vec![msg], lease: None, failed: None }));
         }
     }
     if !fresh && ctx.store.has_result(request_id).await? {
         // Redelivered after its result was written, or its job was cancelled.
-        acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
-        return Ok(Intake::Done);
+        return Ok(Intake::Decided(Decision::Ack));
     }
-    let tokens = match tokenize(ctx.engine.model(), &req) {
+    let tokens = match tokenize(ctx.engine.model(), &req, ctx.cfg.max_prompt_bytes) {
         Ok(t) => t,
-        Err(e) => {
-            ctx.writer.write(fail(custom_id, e, req.warnings.clone()), Settle::Ack(acker)).await?;
-            return Ok(Intake::Done);
-        }
+        Err(e) => return Ok(Intake::Decided(failed(custom_id, req.warnings.clone()).write(e.to_body()))),
     };
     let enqueued_at_ms = meta.enqueued_at_ms.unwrap_or(received_ms);
     Ok(Intake::Run(Box::new(Accepted {
@@ -158,21 +146,15 @@ pub async fn intake(ctx: &Ctx, delivery: Delivery) -> Result<Intake, WorkerError
         tokens,
         enqueued_at_ms,
         queue_time: (received_ms - enqueued_at_ms).max(0) as f64 / 1000.0,
-        acker,
     })))
 }
 
 /// A message published to `{ns}.prefill` with a routing key that names no prefill queue (a rank
 /// outside the cluster) reaches us through the exchange's alternate, `{ns}.unroutable`, still
 /// carrying its original exchange and key: it fails rather than vanish.
-fn unroutable_key(
-    ctx: &Ctx,
-    key: &lapin::types::ShortString,
-    exchange: &lapin::types::ShortString,
-) -> Option<ValidationError> {
-    let key = key.as_str();
+fn unroutable_key(ctx: &Ctx, key: &str, exchange: &str) -> Option<ValidationError> {
     let routable = key == Topology::ANY || key.parse::<u32>().is_ok_and(|p| p < ctx.cfg.shape.prefill_dp);
-    if exchange.as_str() != ctx.topology.prefill_exchange() || routable {
+    if exchange != ctx.topology.prefill_exchange() || routable {
         return None;
     }
     Some(ValidationError::Invalid {
@@ -198,8 +180,25 @@ fn direct_row(id: Uuid, line: Option<&InputLine>, body: Value) -> NewRequest {
     }
 }
 
-/// Prompt tokens, checked against the vocabulary and the context length.
-fn tokenize(model: &Model, req: &ValidRequest) -> Result<Vec<u32>, ValidationError> {
+/// Prompt tokens, checked against the byte limit (before any tokenizing), the vocabulary and
+/// the context length.
+fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> Result<Vec<u32>, ValidationError> {
+    let bytes = match &req.prompt {
+        Prompt::Text(text) => text.len(),
+        Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
+        Prompt::Ids(_) => 0,
+    };
+    if bytes > max_bytes {
+        let field = match (&req.prompt, req.endpoint) {
+            (Prompt::Chat(_), _) => "messages",
+            (_, pdq_protocol::Endpoint::Generate) => "text",
+            _ => "prompt",
+        };
+        return Err(ValidationError::Invalid {
+            field: field.into(),
+            reason: format!("is {bytes} bytes, over this cluster's limit of {max_bytes} (--max-prompt-bytes)"),
+        });
+    }
     let tokenize_err = |e: pdq_engine::EngineError| ValidationError::Tokenize(e.to_string());
     let tokens = match &req.prompt {
         Prompt::Text(text) => model.encode(text).map_err(tokenize_err)?,
@@ -225,33 +224,4 @@ fn tokenize(model: &Model, req: &ValidRequest) -> Result<Vec<u32>, ValidationErr
         return Err(ValidationError::ContextLengthExceeded { prompt: tokens.len(), max_tokens, context });
     }
     Ok(tokens)
-}
-
-/// Ends a request that was accepted but could not finish here. A transient failure puts the
-/// message back in its queue; anything else becomes the request's failed row.
-pub async fn settle_failure(ctx: &Ctx, a: &Accepted, e: WorkerError) {
-    if e.error_type() == "unavailable" {
-        tracing::warn!(request_id = %a.request_id, error = %e, "transient failure; requeueing");
-        tokio::time::sleep(REQUEUE_DELAY).await;
-        let _ = a.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
-        return;
-    }
-    tracing::warn!(request_id = %a.request_id, error = %e, "request failed");
-    let outcome = Outcome::failed(
-        a.request_id,
-        a.job_id,
-        a.req.custom_id.clone(),
-        ErrorBody::new(e.error_type(), e.to_string()),
-        a.meta_info(),
-    );
-    if let Err(e) = ctx.writer.write(outcome, Settle::Ack(a.acker.clone())).await {
-        tracing::error!(error = %e, "could not record a failed request");
-    }
-}
-
-/// For errors before a request is accepted (database or broker away): requeue after a pause.
-pub async fn requeue_later(acker: &Acker, e: &WorkerError) {
-    tracing::warn!(error = %e, "could not take a message; requeueing");
-    tokio::time::sleep(REQUEUE_DELAY).await;
-    let _ = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
 }

@@ -17,10 +17,48 @@ use uuid::Uuid;
 use crate::WorkerError;
 
 enum Command {
-    Put { id: Uuid, bytes: Arc<Vec<u8>>, done: oneshot::Sender<()> },
-    Get { id: Uuid, reply: oneshot::Sender<Option<Arc<Vec<u8>>>> },
-    Free { id: Uuid },
-    Stats { reply: oneshot::Sender<KvStats> },
+    Put {
+        id: Uuid,
+        bytes: Arc<Vec<u8>>,
+        done: oneshot::Sender<()>,
+    },
+    Get {
+        id: Uuid,
+        reply: oneshot::Sender<Option<Arc<Vec<u8>>>>,
+    },
+    /// Get and free in one step: a decoder's fetch that ends the lease.
+    Take {
+        id: Uuid,
+        reply: oneshot::Sender<Option<Arc<Vec<u8>>>>,
+    },
+    Free {
+        id: Uuid,
+    },
+    Stats {
+        reply: oneshot::Sender<KvStats>,
+    },
+}
+
+/// A KV this worker holds for a request. Dropping it frees the KV; once its handle is
+/// published, [`KvLease::hand_off`] leaves it to the decoder (who takes it) or to the TTL.
+pub struct KvLease {
+    store: KvStore,
+    id: Uuid,
+    held: bool,
+}
+
+impl KvLease {
+    pub fn hand_off(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for KvLease {
+    fn drop(&mut self) {
+        if self.held {
+            self.store.free(self.id);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,8 +84,20 @@ impl KvStore {
     /// Stores a KV; returns once it is held (waiting for room if the budget is spent).
     pub async fn put(&self, id: Uuid, bytes: Vec<u8>) -> Result<(), WorkerError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Command::Put { id, bytes: Arc::new(bytes), done }).map_err(|_| WorkerError::EngineStopped)?;
-        wait.await.map_err(|_| WorkerError::EngineStopped)
+        self.tx.send(Command::Put { id, bytes: Arc::new(bytes), done }).map_err(|_| WorkerError::KvStoreStopped)?;
+        wait.await.map_err(|_| WorkerError::KvStoreStopped)
+    }
+
+    /// Stores a KV under a lease that frees it when dropped, unless handed off.
+    pub async fn lease(&self, id: Uuid, bytes: Vec<u8>) -> Result<KvLease, WorkerError> {
+        self.put(id, bytes).await?;
+        Ok(KvLease { store: self.clone(), id, held: true })
+    }
+
+    pub async fn take(&self, id: Uuid) -> Option<Arc<Vec<u8>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Take { id, reply }).ok()?;
+        rx.await.ok().flatten()
     }
 
     pub async fn get(&self, id: Uuid) -> Option<Arc<Vec<u8>>> {
@@ -135,6 +185,13 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, budget: usize, ttl: Durat
                     s.expire();
                     let _ = reply.send(s.entries.get(&id).map(|e| e.bytes.clone()));
                 }
+                Some(Command::Take { id, reply }) => {
+                    s.expire();
+                    let taken = s.entries.get(&id).map(|e| e.bytes.clone());
+                    s.remove(&id);
+                    s.admit_waiting();
+                    let _ = reply.send(taken);
+                }
                 Some(Command::Free { id }) => {
                     s.remove(&id);
                     s.admit_waiting();
@@ -163,13 +220,28 @@ mod tests {
         let b = Uuid::now_v7();
         let kv2 = kv.clone();
         let waiter = tokio::spawn(async move { kv2.put(b, vec![1; 8]).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        while kv.stats().await.waiting == 0 {
+            tokio::task::yield_now().await;
+        }
         assert!(!waiter.is_finished(), "second put must wait for room");
         assert_eq!(kv.stats().await, KvStats { entries: 1, used: 8, waiting: 1, expired: 0 });
         kv.free(a);
         waiter.await.unwrap().unwrap();
         assert_eq!(kv.get(b).await.unwrap().as_slice(), &[1; 8]);
         assert!(kv.get(a).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn take_frees_and_a_dropped_lease_frees() {
+        let kv = KvStore::spawn(100, Duration::from_secs(60));
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        kv.put(a, vec![3; 4]).await.unwrap();
+        assert_eq!(kv.take(a).await.unwrap().as_slice(), &[3; 4]);
+        assert!(kv.take(a).await.is_none());
+        drop(kv.lease(b, vec![0; 4]).await.unwrap());
+        assert_eq!(kv.stats().await.entries, 0);
+        kv.lease(b, vec![0; 4]).await.unwrap().hand_off();
+        assert_eq!(kv.stats().await.entries, 1, "a handed-off lease stays until taken or expired");
     }
 
     #[tokio::test]

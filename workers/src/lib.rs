@@ -1,14 +1,17 @@
 //! The workers: prefill, decode and colocated ranks, the engine loop they drive, the KV store and
 //! the TCP data plane KV travels over, and the result writer.
 //!
-//! A request's path: `prefill.rs` (consume, validate, forward if pinned elsewhere, prefill, keep
-//! the KV in `kv_store.rs`, publish a handle) -> `decode.rs` (consume the handle, fetch the KV over
-//! `data_plane.rs`, generate, hand the result to `writer.rs`, ack after commit, free the KV).
-//! `colocated.rs` does both on one rank without the hop.
+//! A request's path: `prefill.rs` (consume, `intake.rs` validates and forwards if pinned
+//! elsewhere, prefill, keep the KV under a lease in `kv_store.rs`, publish a handle) ->
+//! `decode.rs` (consume the handle, take the KV over `data_plane/`, generate, hand the result to
+//! `writer.rs`, ack after commit). `colocated.rs` does both on one rank without the hop.
+//! Each handler returns a `decision.rs` Decision; one executor settles every message.
 
 mod config;
+mod context;
 mod convert;
 mod data_plane;
+mod decision;
 mod decode;
 mod engine_loop;
 mod error;
@@ -21,7 +24,8 @@ mod writer;
 
 pub mod colocated;
 
-pub use config::{WorkerConfig, DEFAULT_KV_BUDGET_BYTES};
+pub use config::{WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_MAX_PROMPT_BYTES};
+pub use data_plane::{DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
 pub use error::WorkerError;
 pub use pdq_store::WorkerRole;
 pub use serve::{run_worker, serve, Cluster, ClusterConfig, RunningWorker};

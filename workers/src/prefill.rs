@@ -1,15 +1,18 @@
-//! A prefill rank: runs prompts, holds their KV in the store, and publishes a KV handle to
-//! `{ns}.kv` under `{p}` (any decoder) or `{p}.{d}` (pinned decoder). The request message is acked
-//! only after the broker confirmed the handle, so a crash in between re-runs the prefill.
+//! A prefill rank: runs prompts, holds their KV under a lease in the store, and publishes a KV
+//! handle to `{ns}.kv` under `{p}` (any decoder) or `{p}.{d}` (pinned decoder). The request
+//! message is acked only after the broker confirmed the handle, so a crash in between re-runs
+//! the prefill; a handle that cannot be published frees its KV with the lease.
 
 use std::sync::Arc;
 
-use pdq_broker::{Delivery, Outgoing};
+use pdq_broker::{Inbound, Outgoing};
 use pdq_protocol::{KvHandle, Timings, Topology};
 use uuid::Uuid;
 
+use crate::context::Ctx;
 use crate::convert::{sampling_params, seed_for};
-use crate::intake::{intake, requeue_later, settle_failure, Accepted, Ctx, Intake};
+use crate::decision::{execute, Decision};
+use crate::intake::{intake, Accepted, Intake};
 use crate::kv_store::KvStore;
 use crate::WorkerError;
 
@@ -19,26 +22,23 @@ pub struct PrefillState {
     pub endpoint: String,
 }
 
-pub async fn handle(ctx: Arc<Ctx>, state: Arc<PrefillState>, delivery: Delivery) {
-    let acker = delivery.acker.clone();
-    let accepted = match intake(&ctx, delivery).await {
-        Ok(Intake::Run(a)) => a,
-        Ok(Intake::Done) => return,
-        Err(e) => return requeue_later(&acker, &e).await,
+pub async fn handle(ctx: Arc<Ctx>, state: Arc<PrefillState>, msg: Inbound) {
+    let decision = match intake(&ctx, &msg).await {
+        Ok(Intake::Run(a)) => run(&ctx, &state, &a).await.unwrap_or_else(|e| Decision::from_error(e, a.failed_row())),
+        Ok(Intake::Decided(d)) => d,
+        Err(e) => Decision::Requeue(e),
     };
-    if let Err(e) = run(&ctx, &state, &accepted).await {
-        settle_failure(&ctx, &accepted, e).await;
-    }
+    execute(&ctx, msg.settlement, decision).await;
 }
 
-async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<(), WorkerError> {
+async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
     let out = ctx.engine.prefill(a.tokens.clone(), params).await?;
-    let bytes = out.pages;
-    let kv_bytes = bytes.len() as u64;
+    let kv_bytes = out.pages.len() as u64;
+    // Random, not time-ordered: a KV id is a capability on the data plane.
     let kv_id = Uuid::new_v4();
-    state.kv.put(kv_id, bytes).await?;
+    let lease = state.kv.lease(kv_id, out.pages).await?;
     let rank = ctx.cfg.rank;
     let handle = KvHandle {
         request_id: a.request_id,
@@ -64,10 +64,5 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<(), Worker
         body: serde_json::to_vec(&handle).expect("a KV handle serializes"),
         meta: pdq_broker::MessageMeta { request_id: Some(a.request_id), job_id: a.job_id, ..Default::default() },
     };
-    if let Err(e) = ctx.publisher.publish(&msg).await {
-        state.kv.free(kv_id);
-        return Err(e.into());
-    }
-    a.acker.ack(Default::default()).await.map_err(pdq_broker::BrokerError::from)?;
-    Ok(())
+    Ok(Decision::Publish { msgs: vec![msg], lease: Some(lease), failed: Some(a.failed_row()) })
 }

@@ -16,7 +16,7 @@ pub async fn register(
     let now = chrono::Utc::now();
     store
         .register_worker(&WorkerInfo {
-            namespace: cfg.namespace.clone(),
+            namespace: cfg.namespace().to_string(),
             role: cfg.role.as_str().to_string(),
             dp_rank: cfg.rank as i32,
             prefill_dp: cfg.shape.prefill_dp as i32,
@@ -44,13 +44,13 @@ pub fn spawn_heartbeat(
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = store.heartbeat(&cfg.namespace, cfg.role, cfg.rank).await {
+                    if let Err(e) = store.heartbeat(cfg.namespace(), cfg.role, cfg.rank).await {
                         tracing::warn!(error = %e, "heartbeat failed");
                     }
                 }
             }
         }
-        if let Err(e) = store.deregister_worker(&cfg.namespace, cfg.role, cfg.rank).await {
+        if let Err(e) = store.deregister_worker(cfg.namespace(), cfg.role, cfg.rank).await {
             tracing::warn!(error = %e, "deregistering failed");
         }
     })

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
-use lapin::options::BasicCancelOptions;
 use pdq_broker::Broker;
 use pdq_engine::Model;
 use pdq_protocol::Mode;
@@ -18,8 +16,9 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::DRAIN_TIMEOUT;
+use crate::context::Ctx;
+use crate::data_plane::KvClient;
 use crate::engine_loop::{EngineHandle, EngineLoopConfig};
-use crate::intake::Ctx;
 use crate::kv_store::KvStore;
 use crate::prefill::PrefillState;
 use crate::writer::ResultWriter;
@@ -35,13 +34,14 @@ pub struct RunningWorker {
 impl RunningWorker {
     /// Everything that can fail at start (broker, data plane, registration) fails here.
     pub async fn start(cfg: WorkerConfig, model: Arc<Model>, store: Store) -> Result<RunningWorker, WorkerError> {
-        let broker = Broker::connect(&cfg.amqp_url, &cfg.namespace).await?;
+        let opts = cfg.broker.clone().named(format!("pdq:{}:{}", cfg.namespace(), cfg.tag()));
+        let broker = Broker::connect_with(opts).await?;
         broker.declare(&cfg.shape).await?;
-        let publisher = broker.publisher().await?;
+        let publisher = broker.publisher();
         let (stop, stop_rx) = watch::channel(false);
         let prefill_state = if cfg.role == WorkerRole::Prefill {
             let kv = KvStore::spawn(cfg.kv_budget_bytes, cfg.kv_ttl);
-            let addr = data_plane::serve(cfg.data_plane_bind, kv.clone(), stop_rx.clone())
+            let addr = data_plane::serve(cfg.data_plane_bind, kv.clone(), &cfg.data_plane, stop_rx.clone())
                 .await
                 .map_err(|source| WorkerError::DataPlane { endpoint: cfg.data_plane_bind.to_string(), source })?;
             let endpoint = format!("{}:{}", cfg.advertise_host, addr.port());
@@ -61,46 +61,40 @@ impl RunningWorker {
         );
         let (writer, writer_task) = ResultWriter::spawn(store.clone());
         let t = broker.topology.clone();
-        let queues: Vec<String> = match cfg.role {
-            WorkerRole::Prefill | WorkerRole::Colocated => {
-                vec![t.prefill_rank_queue(cfg.rank), t.prefill_any_queue(), t.unroutable()]
-            }
-            WorkerRole::Decode => {
-                (0..cfg.shape.prefill_dp).flat_map(|p| [t.kv_pinned_queue(p, cfg.rank), t.kv_queue(p)]).collect()
-            }
+        let queues = match cfg.role {
+            WorkerRole::Prefill | WorkerRole::Colocated => t.request_queues(cfg.rank),
+            WorkerRole::Decode => t.decode_queues(cfg.shape.prefill_dp, cfg.rank),
         };
         let tag = format!("{}-{}", cfg.tag(), uuid::Uuid::new_v4().simple());
-        let (channel, deliveries) = broker.consume(&queues, cfg.prefetch, &tag).await?;
-        let tags: Vec<String> = (0..queues.len()).map(|i| format!("{tag}-{i}")).collect();
+        let mut subscription = broker.subscribe(&queues, cfg.prefetch, &tag).await?;
         let heartbeat = registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone());
-        let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer });
+        let kv = KvClient::new(cfg.data_plane.clone());
+        let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv });
         tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
 
         let task = tokio::spawn(async move {
             let mut stop_rx = stop_rx;
-            let mut deliveries = deliveries;
             let mut tasks = JoinSet::new();
             let result = loop {
                 tokio::select! {
                     _ = stop_rx.changed() => break Ok(()),
-                    next = deliveries.next() => match next {
-                        Some(Ok(delivery)) => {
+                    next = subscription.next() => match next {
+                        Some(Ok(msg)) => {
                             let ctx = ctx.clone();
                             match &prefill_state {
-                                Some(state) => tasks.spawn(prefill::handle(ctx, state.clone(), delivery)),
-                                None if ctx.cfg.role == WorkerRole::Decode => tasks.spawn(decode::handle(ctx, delivery)),
-                                None => tasks.spawn(colocated::handle(ctx, delivery)),
+                                Some(state) => tasks.spawn(prefill::handle(ctx, state.clone(), msg)),
+                                None if ctx.cfg.role == WorkerRole::Decode => tasks.spawn(decode::handle(ctx, msg)),
+                                None => tasks.spawn(colocated::handle(ctx, msg)),
                             };
                         }
-                        Some(Err(e)) => break Err(WorkerError::from(pdq_broker::BrokerError::from(e))),
-                        None => break Err(WorkerError::Config("the broker closed the consumer".into())),
+                        // Only what reconnecting cannot fix ends the subscription.
+                        Some(Err(e)) => break Err(WorkerError::from(e)),
+                        None => break Err(WorkerError::Config("the broker subscription ended".into())),
                     },
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
             };
-            for tag in &tags {
-                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
-            }
+            subscription.cancel().await;
             while tasks.join_next().await.is_some() {}
             if let Some(state) = &prefill_state {
                 drain_kv(&state.kv).await;
@@ -108,7 +102,6 @@ impl RunningWorker {
             drop(ctx);
             writer_task.await.ok();
             heartbeat.await.ok();
-            channel.close(200, "drained".into()).await.ok();
             broker.close().await;
             result
         });

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::Acker;
-use pdq_protocol::{ErrorBody, Outcome};
+use pdq_broker::Settlement;
+use pdq_protocol::{ErrorBody, ErrorClass, Outcome};
 use pdq_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,16 +18,11 @@ const MAX_BATCH: usize = 256;
 const LINGER: Duration = Duration::from_millis(5);
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
-/// What to do with a message once its row is committed.
-pub enum Settle {
-    Ack(Acker),
-    /// Reject without requeue: RabbitMQ moves it to `{ns}.dead`.
-    DeadLetter(Acker),
-}
-
 struct Pending {
     outcome: Outcome,
-    settle: Settle,
+    settlement: Settlement,
+    /// Reject without requeue once written: RabbitMQ moves it to `{ns}.dead`.
+    dead_letter: bool,
     done: oneshot::Sender<()>,
 }
 
@@ -46,10 +40,10 @@ impl ResultWriter {
     }
 
     /// Queues a row; resolves once it is committed and its message settled.
-    pub async fn write(&self, outcome: Outcome, settle: Settle) -> Result<(), WorkerError> {
+    pub async fn write(&self, outcome: Outcome, settlement: Settlement, dead_letter: bool) -> Result<(), WorkerError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Pending { outcome, settle, done }).map_err(|_| WorkerError::EngineStopped)?;
-        rx.await.map_err(|_| WorkerError::EngineStopped)
+        self.tx.send(Pending { outcome, settlement, dead_letter, done }).map_err(|_| WorkerError::WriterStopped)?;
+        rx.await.map_err(|_| WorkerError::WriterStopped)
     }
 }
 
@@ -67,16 +61,10 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let outcomes: Vec<Outcome> = batch.iter().map(|p| p.outcome.clone()).collect();
         let rejected = write(&store, &outcomes).await;
         for (i, p) in batch.drain(..).enumerate() {
-            let settle = match p.settle {
-                Settle::Ack(acker) if rejected.contains(&i) => Settle::DeadLetter(acker),
-                other => other,
-            };
-            let settled = match settle {
-                Settle::Ack(acker) => acker.ack(BasicAckOptions::default()).await,
-                Settle::DeadLetter(acker) => acker.nack(BasicNackOptions { requeue: false, multiple: false }).await,
-            };
-            if let Err(e) = settled {
-                tracing::warn!(error = %e, "settling a message after its result was written failed");
+            if p.dead_letter || rejected.contains(&i) {
+                p.settlement.dead_letter().await;
+            } else {
+                p.settlement.ack().await;
             }
             let _ = p.done.send(());
         }
@@ -91,7 +79,7 @@ async fn write(store: &Store, outcomes: &[Outcome]) -> Vec<usize> {
     loop {
         match store.write_results(outcomes).await {
             Ok(_) => return Vec::new(),
-            Err(e) if e.error_type() == "unavailable" => {
+            Err(e) if e.class() == ErrorClass::Transient => {
                 tracing::error!(error = %e, rows = outcomes.len(), "writing results failed; retrying");
                 tokio::time::sleep(RETRY_BACKOFF).await;
             }
@@ -106,7 +94,7 @@ async fn write(store: &Store, outcomes: &[Outcome]) -> Vec<usize> {
         loop {
             match store.write_results(std::slice::from_ref(o)).await {
                 Ok(_) => break,
-                Err(e) if e.error_type() == "unavailable" => tokio::time::sleep(RETRY_BACKOFF).await,
+                Err(e) if e.class() == ErrorClass::Transient => tokio::time::sleep(RETRY_BACKOFF).await,
                 Err(e) => {
                     // Record the request as failed rather than leave its job one row short.
                     let error = ErrorBody::new("result_rejected", format!("the database refused the result: {e}"));

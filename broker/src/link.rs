@@ -1,0 +1,174 @@
+//! The broker link: one task owns the AMQP connection and replaces it when it dies.
+//!
+//! Invariants:
+//! - at most one connection attempt runs at a time: a caller that met a failure on generation
+//!   `g` asks again with `stale = Some(g)`, and every such caller gets the same new connection;
+//! - a new connection has declared the namespace's topology (when a shape was declared) before
+//!   any caller sees it, so consumers and publishers resume against queues that exist;
+//! - only the first connection can fail with `Unreachable`; later ones are retried with backoff
+//!   and jitter until they succeed, the link is closed, or the broker refuses for good
+//!   (credentials, a conflicting topology), which is returned to the caller.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use pdq_protocol::{redact_url, ClusterShape};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::is_permanent;
+use crate::options::BrokerOptions;
+use crate::topology::declare_on;
+use crate::BrokerError;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A live connection and the generation it belongs to.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub generation: u64,
+    pub connection: Arc<Connection>,
+}
+
+struct Get {
+    stale: Option<u64>,
+    reply: oneshot::Sender<Result<Conn, BrokerError>>,
+}
+
+struct Shared {
+    opts: BrokerOptions,
+    reconnects: AtomicU64,
+    /// Set by `declare`; a reconnect declares the same topology again.
+    shape: Mutex<Option<ClusterShape>>,
+    closed: watch::Sender<bool>,
+}
+
+/// A cloneable handle on the connection task.
+#[derive(Clone)]
+pub(crate) struct Link {
+    tx: mpsc::UnboundedSender<Get>,
+    shared: Arc<Shared>,
+}
+
+impl Link {
+    /// Connects once (failing fast, as a command line should when the broker is not there),
+    /// then keeps the connection alive in the background.
+    pub async fn connect(opts: BrokerOptions) -> Result<Link, BrokerError> {
+        let first = open(&opts).await?;
+        let (closed, _) = watch::channel(false);
+        let shared = Arc::new(Shared { opts, reconnects: AtomicU64::new(0), shape: Mutex::new(None), closed });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(shared.clone(), rx, Conn { generation: 1, connection: Arc::new(first) }));
+        Ok(Link { tx, shared })
+    }
+
+    /// The current connection; with `stale`, a newer one than that generation.
+    pub async fn get(&self, stale: Option<u64>) -> Result<Conn, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Get { stale, reply }).map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    pub fn options(&self) -> &BrokerOptions {
+        &self.shared.opts
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn set_shape(&self, shape: ClusterShape) {
+        *self.shared.shape.lock().expect("shape lock") = Some(shape);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
+    /// Stops reconnecting and closes the connection.
+    pub async fn close(&self) {
+        self.shared.closed.send_replace(true);
+        if let Ok(conn) = self.get(None).await {
+            conn.connection.close(200, "bye".into()).await.ok();
+        }
+    }
+}
+
+async fn open(opts: &BrokerOptions) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(opts.connection_name.clone().into());
+    let url = redact_url(&opts.url);
+    Connection::connect(&opts.url_with_heartbeat(), props).await.map_err(|source| {
+        if is_permanent(&source) {
+            BrokerError::AccessRefused { url, source }
+        } else {
+            BrokerError::Unreachable { url, source }
+        }
+    })
+}
+
+async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Get>, mut current: Conn) {
+    while let Some(Get { stale, reply }) = rx.recv().await {
+        let healthy = current.connection.status().connected() && stale != Some(current.generation);
+        if healthy || *shared.closed.borrow() {
+            let _ = reply.send(Ok(current.clone()));
+            continue;
+        }
+        match reconnect(&shared).await {
+            Ok(connection) => {
+                current = Conn { generation: current.generation + 1, connection: Arc::new(connection) };
+                let n = shared.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    connection = %shared.opts.connection_name,
+                    generation = current.generation,
+                    reconnects = n,
+                    "reconnected to the broker"
+                );
+                let _ = reply.send(Ok(current.clone()));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    current.connection.close(200, "link dropped".into()).await.ok();
+}
+
+/// Connects and declares, retrying what can clear up; returns early once the link is closed.
+async fn reconnect(shared: &Shared) -> Result<Connection, BrokerError> {
+    let mut closed = shared.closed.subscribe();
+    let mut delay = BACKOFF_FIRST;
+    for attempt in 1u64.. {
+        let shape = *shared.shape.lock().expect("shape lock");
+        let attempted = async {
+            let connection = open(&shared.opts).await?;
+            if let Some(shape) = shape {
+                declare_on(&connection, &shared.opts, &shape).await?;
+            }
+            Ok::<_, BrokerError>(connection)
+        };
+        match attempted.await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.class() == pdq_protocol::ErrorClass::Fatal => {
+                tracing::error!(error = %e, "the broker refused pdq for good");
+                return Err(e);
+            }
+            Err(e) => tracing::warn!(attempt, error = %e, "broker unavailable; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(delay)) => {}
+            _ = closed.wait_for(|c| *c) => return Err(BrokerError::Closed),
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
+    unreachable!("the retry loop only ends by returning")
+}
+
+/// Between half and all of `d`, so processes that lost the broker together do not come back in
+/// lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let frac = 0.5 + (nanos % 1000) as f64 / 2000.0;
+    d.mul_f64(frac)
+}
