@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (what CI runs): starts RabbitMQ and PostgreSQL if they are not listening,
-# then `cargo test --workspace` and, for the whole suite, the NVRTC compile check of the CUDA
-# kernels (scripts/nvrtc-check.sh). Extra arguments go to cargo test (and skip the NVRTC check), e.g.
+# then `cargo test --workspace`, the broker-restart test alone (it stops the broker), and the
+# NVRTC compile check of the CUDA kernels (scripts/nvrtc-check.sh). Extra arguments go to
+# cargo test (and skip the last two steps), e.g.
 #   scripts/test.sh -p pdq-protocol        scripts/test.sh --test routing -- --nocapture
 #
 #   DATABASE_URL   server that #[sqlx::test] creates a fresh database per test on
@@ -19,6 +20,10 @@ export PDQ_CACHE_DIR=${PDQ_CACHE_DIR:-$PWD/target/pdq-cache}
 
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
+# Tests that stop the whole broker run alone, after every other test is done with it.
+if [[ $# -eq 0 ]]; then
+    cargo test --workspace --test broker_restart -- --ignored || status=$?
+fi
 # The whole suite also compiles every CUDA kernel with NVRTC (no GPU needed), so a kernel that
 # does not compile fails CI on this CPU-only machine.
 if [[ $# -eq 0 ]]; then

@@ -57,7 +57,12 @@ pub async fn run(
 
     // A disaggregated request is two messages through the broker (request, KV handle) and one row.
     let broker_rps = broker_msgs_s / 2.0;
-    println!("pdq bench: {requests} requests x {max_tokens} max tokens, model '{}', {} cores", model.name(), cores());
+    println!(
+        "pdq bench: {requests} requests x {max_tokens} max tokens, model '{}', {} queues, {} cores",
+        model.name(),
+        g.queue_type.as_str(),
+        cores()
+    );
     println!("{:<52} {:>12} {:>8}", "", "per second", "ratio");
     println!("{:<52} {:>12.0}", "broker ceiling: persistent messages, confirm + ack", broker_msgs_s);
     println!("{:<52} {:>12.0}", "  as requests (2 messages per request)", broker_rps);
@@ -89,7 +94,7 @@ async fn tokens(store: &Store, job: Uuid) -> Result<i64> {
 /// Messages/s for the same bodies published persistently with confirms, then consumed and acked
 /// one by one with the workers' prefetch.
 async fn broker_ceiling(g: &Global, queue: &str, lines: &[Value]) -> Result<f64> {
-    let broker = Broker::connect(&g.amqp_url, queue).await?;
+    let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace: queue.to_string(), ..g.broker() }).await?;
     broker.declare_scratch_queue(queue).await?;
     let msgs: Vec<Outgoing> = lines
         .iter()

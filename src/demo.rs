@@ -98,8 +98,10 @@ pub async fn run_batch(
     lines: &[Value],
     wait: WaitMode,
 ) -> Result<BatchRun> {
-    let broker = Broker::connect(&g.amqp_url, namespace).await?;
-    let template = WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url);
+    let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
+    let broker = Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
+    let template =
+        WorkerConfig { broker: opts, ..WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url) };
     let cluster = Cluster::start(&template, model, store.clone()).await?;
     let path = std::env::temp_dir().join(format!("pdq-{namespace}-{}.jsonl", std::process::id()));
     std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>())?;

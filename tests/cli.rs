@@ -4,90 +4,21 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{amqp_url, generate_line};
+use common::generate_line;
+use common::procs::{delete_namespace, stderr, stdout, terminate, wait_for_workers, Env};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-struct Env {
-    database_url: String,
-    namespace: String,
-}
-
-impl Env {
-    async fn new(pool: &PgPool) -> Env {
-        let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.unwrap();
-        let base =
-            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let server = base.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap();
-        Env { database_url: format!("{server}/{db}"), namespace: format!("cli-{}", Uuid::new_v4().simple()) }
-    }
-
-    fn pdq(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pdq"));
-        c.args(args)
-            .env("DATABASE_URL", &self.database_url)
-            .env("PDQ_AMQP_URL", amqp_url())
-            .env("PDQ_NAMESPACE", &self.namespace)
-            .env("PDQ_CACHE_DIR", env!("CARGO_TARGET_TMPDIR"))
-            .env("RUST_LOG", "warn");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.pdq(args).stdin(Stdio::null()).output().expect("pdq runs")
-    }
-
-    fn spawn_worker(&self, role: &str, rank: u32) -> Child {
-        let rank = rank.to_string();
-        self.pdq(&["worker", "--role", role, "--dp-rank", &rank, "--prefill-dp", "1", "--decode-dp", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("worker starts")
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "worker did not drain in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-async fn wait_for_workers(pool: &PgPool, n: i64) {
-    let started = Instant::now();
-    loop {
-        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(pool).await.unwrap_or(0);
-        if live >= n {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "workers did not register");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn ranks_as_processes_serve_a_submitted_job(pool: PgPool) {
     let env = Env::new(&pool).await;
-    let mut workers =
-        vec![env.spawn_worker("prefill", 0), env.spawn_worker("decode", 0), env.spawn_worker("decode", 1)];
+    let mut workers = vec![
+        env.spawn_rank("prefill", 0, 1, 2, &[]),
+        env.spawn_rank("decode", 0, 1, 2, &[]),
+        env.spawn_rank("decode", 1, 1, 2, &[]),
+    ];
     wait_for_workers(&pool, 3).await;
 
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
@@ -135,7 +66,7 @@ async fn ranks_as_processes_serve_a_submitted_job(pool: PgPool) {
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(&pool).await.unwrap();
     assert_eq!(live, 0, "stopped workers deregister");
     std::fs::remove_file(&file).ok();
-    delete_namespace(&env.namespace).await;
+    delete_namespace(&env.namespace, pdq_protocol::ClusterShape::disagg(1, 2)).await;
 }
 
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
@@ -171,10 +102,4 @@ async fn errors_are_one_line_naming_the_service_without_its_password(pool: PgPoo
         assert!(dir.join(f).exists(), "{f}");
     }
     std::fs::remove_dir_all(&dir).ok();
-}
-
-async fn delete_namespace(ns: &str) {
-    let broker = pdq_broker::Broker::connect(&amqp_url(), ns).await.unwrap();
-    broker.delete_namespace(&pdq_protocol::ClusterShape::disagg(1, 2)).await.unwrap();
-    broker.close().await;
 }

@@ -30,11 +30,15 @@ async fn every_bad_line_is_a_failed_row_naming_the_field(pool: PgPool) {
         json!({"custom_id": "too-long", "url": "/v1/completions",
                "body": {"prompt": long_prompt, "max_tokens": 500}})
         .to_string(),
+        json!({"custom_id": "huge-max", "url": "/v1/completions", "body": {"prompt": "x", "max_tokens": 1_000_000_000_000u64}})
+            .to_string(),
+        // 10 MB: refused for its size before the tokenizer sees it.
+        json!({"custom_id": "huge-prompt", "url": "/generate", "body": {"text": "word ".repeat(2_000_000)}}).to_string(),
         json!({"custom_id": "ok", "url": "/v1/completions", "body": {"prompt": "fine", "max_tokens": 2}}).to_string(),
     ];
     let job = h.submit_text(&lines.join("\n"), Policy::Shared).await.unwrap();
     let row = h.wait(job).await;
-    assert_eq!((row.total, row.completed, row.failed, row.cancelled), (11, 1, 10, 0));
+    assert_eq!((row.total, row.completed, row.failed, row.cancelled), (13, 1, 12, 0));
     assert_eq!(row.status, "completed");
     let results = h.results(job).await;
     let by = |cid: Option<&str>| results.iter().find(|r| r.custom_id.as_deref() == cid).expect("row");
@@ -53,6 +57,8 @@ async fn every_bad_line_is_a_failed_row_naming_the_field(pool: PgPool) {
     expect(Some("prefill-range"), "invalid_request", "disagg_prefill_dp_rank=2 out of range [0, 2)");
     expect(Some("bad-header"), "invalid_request", "Invalid X-Data-Parallel-Rank header: must be an integer, got 'abc'");
     expect(Some("too-long"), "context_length_exceeded", "context length");
+    expect(Some("huge-max"), "context_length_exceeded", "`max_tokens` (1000000000000)");
+    expect(Some("huge-prompt"), "invalid_request", "`text` is 10000000 bytes, over this cluster's limit of 1048576");
     assert_eq!(by(Some("ok")).status, "completed");
     // Nothing out of range reached a queue.
     let t = &h.broker.topology;

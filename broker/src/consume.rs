@@ -20,6 +20,7 @@ use lapin::Channel;
 use tokio::sync::{mpsc, watch};
 
 use crate::link::{Conn, Link};
+use crate::options::OP_TIMEOUT;
 use crate::{BrokerError, Inbound, MessageMeta, Outgoing, Publisher, Settlement};
 
 type Deliveries = BoxStream<'static, (usize, Result<Delivery, lapin::Error>)>;
@@ -161,7 +162,12 @@ impl Consuming {
         loop {
             let attempt = async {
                 let conn = self.link.get(stale).await?;
-                let opened = self.open(&conn).await;
+                let opened = match tokio::time::timeout(OP_TIMEOUT, self.open(&conn)).await {
+                    Ok(opened) => opened,
+                    Err(_) => {
+                        Err(BrokerError::Amqp(lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut))))
+                    }
+                };
                 Ok::<_, BrokerError>((conn.generation, opened))
             };
             let (generation, opened) = tokio::select! {

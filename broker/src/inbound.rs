@@ -9,6 +9,7 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Acker, Channel};
 
+use crate::options::OP_TIMEOUT;
 use crate::{MessageMeta, Outgoing, Publisher};
 
 /// A message as a worker sees it: its body, pdq's metadata, and where it came from.
@@ -55,8 +56,10 @@ impl Settlement {
     /// the message; its result row is already written, so the redelivery is a no-op.
     pub async fn ack(mut self) {
         if let Some(acker) = self.acker.take() {
-            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                tracing::debug!(error = %e, "ack lost with its channel; the broker will redeliver");
+            match tokio::time::timeout(OP_TIMEOUT, acker.ack(BasicAckOptions::default())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "ack lost with its channel; the broker will redeliver"),
+                Err(_) => tracing::warn!("ack timed out; the broker will redeliver"),
             }
         }
     }
@@ -64,8 +67,13 @@ impl Settlement {
     /// Rejects without requeue: RabbitMQ moves it to `{ns}.dead`.
     pub async fn dead_letter(mut self) {
         if let Some(acker) = self.acker.take() {
-            if let Err(e) = acker.nack(BasicNackOptions { requeue: false, multiple: false }).await {
-                tracing::debug!(error = %e, "dead-letter lost with its channel; the broker will redeliver");
+            let nack = acker.nack(BasicNackOptions { requeue: false, multiple: false });
+            match tokio::time::timeout(OP_TIMEOUT, nack).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "dead-letter lost with its channel; the broker will redeliver")
+                }
+                Err(_) => tracing::warn!("dead-letter timed out; the broker will redeliver"),
             }
         }
     }
@@ -98,7 +106,8 @@ impl Drop for Settlement {
         tracing::warn!(queue = %self.queue, "a message was dropped unsettled; requeueing it");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                let nack = acker.nack(BasicNackOptions { requeue: true, multiple: false });
+                let _ = tokio::time::timeout(OP_TIMEOUT, nack).await;
             });
         }
     }

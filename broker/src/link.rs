@@ -18,7 +18,7 @@ use pdq_protocol::{redact_url, ClusterShape};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::is_permanent;
-use crate::options::BrokerOptions;
+use crate::options::{BrokerOptions, OP_TIMEOUT};
 use crate::topology::declare_on;
 use crate::BrokerError;
 
@@ -147,6 +147,14 @@ async fn reconnect(shared: &Shared) -> Result<Connection, BrokerError> {
                 declare_on(&connection, &shared.opts, &shape).await?;
             }
             Ok::<_, BrokerError>(connection)
+        };
+        let attempted = async {
+            tokio::time::timeout(OP_TIMEOUT * 2, attempted).await.unwrap_or_else(|_| {
+                Err(BrokerError::Unreachable {
+                    url: redact_url(&shared.opts.url),
+                    source: lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                })
+            })
         };
         match attempted.await {
             Ok(c) => return Ok(c),

@@ -13,6 +13,13 @@ pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// is taken for poison: a failed row and a dead letter instead of another round.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
+/// Every broker operation has a deadline, so a connection that died without lapin noticing yet
+/// costs a retry, never a stuck task. A confirm can legitimately take a while (the broker
+/// throttles publishers under memory pressure); an unconfirmed message is published again, and
+/// the duplicate absorbed.
+pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// RabbitMQ's queue types: classic (one node) or quorum (Raft-replicated over the cluster's
 /// nodes, for clusters that must survive losing a broker node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

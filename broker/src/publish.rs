@@ -11,6 +11,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::error::is_permanent;
 use crate::link::Link;
+use crate::options::{CONFIRM_TIMEOUT, OP_TIMEOUT};
 use crate::{BrokerError, MessageMeta};
 
 /// One message to publish.
@@ -70,12 +71,15 @@ impl Publisher {
                     Err(_) => retry.push(m),
                 }
             }
+            // One deadline for the whole window: confirms arrive in order, so a healthy broker
+            // answers them all together.
+            let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
             for (m, confirm) in confirms {
-                match confirm.await {
-                    Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
-                    Ok(Confirmation::Ack(Some(_))) => return Err(refused(m, "no queue is bound to this key")),
+                match tokio::time::timeout_at(deadline, confirm).await {
+                    Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => return Err(refused(m, "no queue is bound to this key")),
                     // A nack means the broker could not take it this time: send it again.
-                    Ok(Confirmation::Nack(_)) | Err(_) => retry.push(m),
+                    Ok(Ok(Confirmation::Nack(_)) | Err(_)) | Err(_) => retry.push(m),
                 }
             }
             if retry.is_empty() {
@@ -105,13 +109,13 @@ impl Publisher {
                 ch.confirm_select(ConfirmSelectOptions::default()).await?;
                 Ok::<_, lapin::Error>(ch)
             };
-            match opened.await {
-                Ok(ch) => {
+            match tokio::time::timeout(OP_TIMEOUT, opened).await {
+                Ok(Ok(ch)) => {
                     *self.channel.lock().expect("channel lock") = Some((conn.generation, ch.clone()));
                     return Ok((conn.generation, ch));
                 }
                 // The connection died under us: ask for the next one.
-                Err(_) => stale = Some(conn.generation),
+                Ok(Err(_)) | Err(_) => stale = Some(conn.generation),
             }
         }
     }

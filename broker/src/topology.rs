@@ -94,11 +94,16 @@ impl Broker {
         Ok(())
     }
 
-    /// A durable queue outside the namespace's topology (benchmarks measure the bare broker on one).
+    /// A durable queue of the configured type outside the namespace's topology (benchmarks
+    /// measure the bare broker on one).
     pub async fn declare_scratch_queue(&self, queue: &str) -> Result<(), BrokerError> {
         let conn = self.link.get(None).await?;
         let ch = conn.connection.create_channel().await?;
-        ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+        let mut args = FieldTable::default();
+        if self.options().queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        }
+        ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), args).await?;
         ch.close(200, "declared".into()).await.ok();
         Ok(())
     }

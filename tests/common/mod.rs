@@ -2,6 +2,9 @@
 //! namespace of its own, on the fresh database `#[sqlx::test]` gives each test.
 #![allow(dead_code)]
 
+pub mod procs;
+pub mod rabbit;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -22,6 +25,16 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn amqp_url() -> String {
     std::env::var("PDQ_AMQP_URL").unwrap_or_else(|_| AMQP_URL_DEFAULT.to_string())
+}
+
+/// pdq's logs, captured with each test's output (shown when it fails). `RUST_LOG` overrides.
+pub fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,lapin=off,pdq_broker=info".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
 }
 
 /// The tiny model, generated once per test binary under cargo's target tmpdir.
@@ -101,6 +114,7 @@ impl Harness {
 
     /// The namespace declared but no workers running.
     pub async fn idle(pool: PgPool, shape: ClusterShape) -> Harness {
+        init_logs();
         let ns = format!("test-{}", Uuid::new_v4().simple());
         let broker = Broker::connect(&amqp_url(), &ns).await.expect("RabbitMQ on PDQ_AMQP_URL");
         broker.declare(&shape).await.expect("declare");
@@ -108,7 +122,12 @@ impl Harness {
     }
 
     pub async fn start_cluster(&mut self) {
-        let cfg = WorkerConfig::new(WorkerRole::Prefill, 0, self.shape, &self.ns, &amqp_url());
+        self.start_cluster_with(|_| {}).await
+    }
+
+    pub async fn start_cluster_with(&mut self, tweak: impl FnOnce(&mut WorkerConfig)) {
+        let mut cfg = WorkerConfig::new(WorkerRole::Prefill, 0, self.shape, &self.ns, &amqp_url());
+        tweak(&mut cfg);
         self.cluster = Some(Cluster::start(&cfg, model(), self.store.clone()).await.expect("cluster starts"));
     }
 

@@ -24,6 +24,9 @@ pub const DEFAULT_KV_POOL_BYTES: usize = 1 << 30;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping prefill worker keeps serving KV to decoders before it gives up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stopping prefill worker whose KV no decoder touched for this long stops waiting: what it
+/// still holds belongs to handles already answered elsewhere (or that will be re-prefilled).
+pub const DRAIN_IDLE: Duration = Duration::from_secs(10);
 /// A prompt longer than this fails before it is tokenized (a 10 MB prompt takes seconds to
 /// tokenize only to be refused for its length).
 pub const DEFAULT_MAX_PROMPT_BYTES: usize = 1 << 20;

@@ -67,6 +67,8 @@ pub struct KvStats {
     pub used: usize,
     pub waiting: usize,
     pub expired: u64,
+    /// Since a decoder last fetched, took or freed anything.
+    pub idle: Duration,
 }
 
 #[derive(Clone)]
@@ -131,6 +133,7 @@ struct State {
     entries: HashMap<Uuid, Entry>,
     waiting: VecDeque<(Uuid, Arc<Vec<u8>>, oneshot::Sender<()>)>,
     expired: u64,
+    last_served: Instant,
 }
 
 impl State {
@@ -170,7 +173,15 @@ impl State {
 }
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Command>, budget: usize, ttl: Duration) {
-    let mut s = State { budget, ttl, used: 0, entries: HashMap::new(), waiting: VecDeque::new(), expired: 0 };
+    let mut s = State {
+        budget,
+        ttl,
+        used: 0,
+        entries: HashMap::new(),
+        waiting: VecDeque::new(),
+        expired: 0,
+        last_served: Instant::now(),
+    };
     let mut sweep = tokio::time::interval(ttl.min(Duration::from_secs(5)).max(Duration::from_millis(10)));
     loop {
         tokio::select! {
@@ -181,11 +192,13 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, budget: usize, ttl: Durat
                     s.admit_waiting();
                 }
                 Some(Command::Get { id, reply }) => {
+                    s.last_served = Instant::now();
                     // An entry past its TTL is gone even if the sweep has not run yet.
                     s.expire();
                     let _ = reply.send(s.entries.get(&id).map(|e| e.bytes.clone()));
                 }
                 Some(Command::Take { id, reply }) => {
+                    s.last_served = Instant::now();
                     s.expire();
                     let taken = s.entries.get(&id).map(|e| e.bytes.clone());
                     s.remove(&id);
@@ -193,11 +206,18 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, budget: usize, ttl: Durat
                     let _ = reply.send(taken);
                 }
                 Some(Command::Free { id }) => {
+                    s.last_served = Instant::now();
                     s.remove(&id);
                     s.admit_waiting();
                 }
                 Some(Command::Stats { reply }) => {
-                    let _ = reply.send(KvStats { entries: s.entries.len(), used: s.used, waiting: s.waiting.len(), expired: s.expired });
+                    let _ = reply.send(KvStats {
+                        entries: s.entries.len(),
+                        used: s.used,
+                        waiting: s.waiting.len(),
+                        expired: s.expired,
+                        idle: s.last_served.elapsed(),
+                    });
                 }
             },
             _ = sweep.tick() => {
@@ -224,7 +244,8 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(!waiter.is_finished(), "second put must wait for room");
-        assert_eq!(kv.stats().await, KvStats { entries: 1, used: 8, waiting: 1, expired: 0 });
+        let stats = kv.stats().await;
+        assert_eq!((stats.entries, stats.used, stats.waiting, stats.expired), (1, 8, 1, 0));
         kv.free(a);
         waiter.await.unwrap().unwrap();
         assert_eq!(kv.get(b).await.unwrap().as_slice(), &[1; 8]);

@@ -15,7 +15,7 @@ use pdq_store::{Store, WorkerRole};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::DRAIN_TIMEOUT;
+use crate::config::{DRAIN_IDLE, DRAIN_TIMEOUT};
 use crate::context::Ctx;
 use crate::data_plane::KvClient;
 use crate::engine_loop::{EngineHandle, EngineLoopConfig};
@@ -122,12 +122,17 @@ impl RunningWorker {
     }
 }
 
-/// Keeps serving KV until decoders have freed it all, or the drain timeout passes.
+/// Keeps serving KV until decoders have taken it all, stopped asking for it, or the drain
+/// timeout passes.
 async fn drain_kv(kv: &KvStore) {
     let started = Instant::now();
     loop {
         let stats = kv.stats().await;
         if stats.entries == 0 && stats.waiting == 0 {
+            return;
+        }
+        if stats.waiting == 0 && stats.idle > DRAIN_IDLE {
+            tracing::info!(entries = stats.entries, "no decoder asked for KV lately; dropping what is left");
             return;
         }
         if started.elapsed() > DRAIN_TIMEOUT {
