@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::generate_line;
-use common::procs::{delete_namespace, stderr, stdout, terminate, wait_for_workers, Env};
+use common::procs::{delete_namespace, stderr, stdout, terminate, wait_for_workers, Env, Ranks};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,11 +14,11 @@ use uuid::Uuid;
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn ranks_as_processes_serve_a_submitted_job(pool: PgPool) {
     let env = Env::new(&pool).await;
-    let mut workers = vec![
+    let mut workers = Ranks(vec![
         env.spawn_rank("prefill", 0, 1, 2, &[]),
         env.spawn_rank("decode", 0, 1, 2, &[]),
         env.spawn_rank("decode", 1, 1, 2, &[]),
-    ];
+    ]);
     wait_for_workers(&pool, 3).await;
 
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
@@ -60,7 +60,7 @@ async fn ranks_as_processes_serve_a_submitted_job(pool: PgPool) {
     );
     assert!(stdout(&env.run(&["jobs"])).contains(&job));
 
-    for w in &mut workers {
+    for w in workers.iter_mut() {
         assert!(terminate(w).success(), "a worker drains and exits 0 on SIGTERM");
     }
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(&pool).await.unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::procs::{delete_namespace, peak_rss_mib, signal, stderr, stdout, terminate, wait_for_workers, Env};
+use common::procs::{delete_namespace, peak_rss_mib, signal, stderr, stdout, terminate, wait_for_workers, Env, Ranks};
 use common::{generate_line, rabbit, Harness};
 use pdq_broker::{Broker, BrokerOptions, MessageMeta, Outgoing};
 use pdq_producer::Policy;
@@ -46,8 +46,9 @@ async fn assert_exactly_once(pool: &PgPool, job: Uuid, n: usize) {
     assert_eq!((total, done), (n as i32, n as i32), "the job's counters count each row once");
 }
 
+/// Rows so far; a query that meets a connection the test itself terminated counts as none yet.
 async fn results_of(pool: &PgPool, job: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM results WHERE job_id = $1").bind(job).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM results WHERE job_id = $1").bind(job).fetch_one(pool).await.unwrap_or(0)
 }
 
 async fn wait_results(pool: &PgPool, job: Uuid, at_least: i64, within: Duration) -> Duration {
@@ -90,12 +91,12 @@ async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
     const BOUND: Duration = Duration::from_secs(60);
     let env = Env::new(&pool).await;
     let fast = ["--amqp-heartbeat", "2s", "--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"];
-    let mut ranks = vec![
+    let mut ranks = Ranks(vec![
         env.spawn_rank("prefill", 0, 2, 2, &fast),
         env.spawn_rank("prefill", 1, 2, 2, &fast),
         env.spawn_rank("decode", 0, 2, 2, &fast),
         env.spawn_rank("decode", 1, 2, 2, &fast),
-    ];
+    ]);
     wait_for_workers(&pool, 4).await;
     let n = 1500;
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
@@ -113,11 +114,68 @@ async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
     // duplicates must be absorbed. Give it a few heartbeats to do so, then count.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_exactly_once(&pool, job, n).await;
-    for r in &mut ranks {
+    for r in ranks.iter_mut() {
         assert!(terminate(r).success(), "every rank drains and exits 0");
     }
     std::fs::remove_file(&file).ok();
     delete_namespace(&env.namespace, ClusterShape::disagg(2, 2)).await;
+}
+
+/// `kill -9` of a decode rank, then of a prefill rank, mid-batch: the survivors finish it.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn killed_ranks_lose_nothing(pool: PgPool) {
+    let env = Env::new(&pool).await;
+    let fast = ["--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"];
+    let mut ranks = Ranks(vec![
+        env.spawn_rank("prefill", 0, 2, 2, &fast),
+        env.spawn_rank("prefill", 1, 2, 2, &fast),
+        env.spawn_rank("decode", 0, 2, 2, &fast),
+        env.spawn_rank("decode", 1, 2, 2, &fast),
+    ]);
+    wait_for_workers(&pool, 4).await;
+    let n = 1500;
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
+    std::fs::write(&file, batch(n, "k", 16).iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let out = env.run(&["submit", file.to_str().unwrap()]);
+    assert!(out.status.success(), "submit: {}", stderr(&out));
+    let job: Uuid = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
+    wait_results(&pool, job, (n / 5) as i64, Duration::from_secs(120)).await;
+    ranks[3].kill().unwrap();
+    wait_results(&pool, job, (n / 2) as i64, Duration::from_secs(120)).await;
+    ranks[1].kill().unwrap();
+    wait_results(&pool, job, n as i64, Duration::from_secs(120)).await;
+    assert_exactly_once(&pool, job, n).await;
+    for (i, r) in ranks.iter_mut().enumerate() {
+        if i == 1 || i == 3 {
+            r.wait().ok(); // reaped: killed above
+        } else {
+            assert!(terminate(r).success(), "the survivors drain and exit 0");
+        }
+    }
+    std::fs::remove_file(&file).ok();
+    delete_namespace(&env.namespace, ClusterShape::disagg(2, 2)).await;
+}
+
+/// Every PostgreSQL connection of the cluster terminated, three times, mid-batch.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn terminated_database_connections_lose_nothing(pool: PgPool) {
+    let h = Harness::start(pool.clone(), ClusterShape::disagg(2, 2)).await;
+    let n = 2000;
+    let job = h.submit(&batch(n, "d", 16), Policy::Shared).await;
+    for quarter in 1..=3 {
+        wait_results(&pool, job, (n * quarter / 4) as i64, Duration::from_secs(120)).await;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        assert!(!killed.is_empty(), "the cluster holds database connections");
+    }
+    wait_results(&pool, job, n as i64, Duration::from_secs(120)).await;
+    assert_exactly_once(&pool, job, n).await;
+    h.finish().await;
 }
 
 /// A fake data-plane peer that says hello, then `answer`, then hangs.
@@ -320,7 +378,7 @@ async fn a_poison_message_stops_at_the_delivery_bound(pool: PgPool) {
 async fn load_run_20k_requests(pool: PgPool) {
     let env = Env::new(&pool).await;
     let roles = [("prefill", 0), ("prefill", 1), ("decode", 0), ("decode", 1)];
-    let mut ranks: Vec<_> = roles.iter().map(|(r, i)| env.spawn_rank(r, *i, 2, 2, &[])).collect();
+    let mut ranks = Ranks(roles.iter().map(|(r, i)| env.spawn_rank(r, *i, 2, 2, &[])).collect());
     wait_for_workers(&pool, 4).await;
     let n = 20_000;
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
@@ -336,10 +394,10 @@ async fn load_run_20k_requests(pool: PgPool) {
         "load run: {n} requests in {secs:.1}s ({:.0} req/s; results done {took:.1?} after submit)",
         n as f64 / secs
     );
-    for ((role, rank), child) in roles.iter().zip(&ranks) {
+    for ((role, rank), child) in roles.iter().zip(ranks.iter()) {
         eprintln!("  {role} {rank}: peak RSS {:.0} MiB", peak_rss_mib(&child.id().to_string()));
     }
-    for r in &mut ranks {
+    for r in ranks.iter_mut() {
         assert!(terminate(r).success());
     }
     std::fs::remove_file(&file).ok();

@@ -126,7 +126,10 @@ impl Consuming {
                 tokio::select! {
                     _ = stop.changed() => {
                         for i in 0..self.queues.len() {
-                            channel.basic_cancel(self.consumer_tag(i).as_str().into(), BasicCancelOptions::default()).await.ok();
+                            let cancel = channel.basic_cancel(self.consumer_tag(i).as_str().into(), BasicCancelOptions::default());
+                            if tokio::time::timeout(OP_TIMEOUT, cancel).await.is_err() {
+                                tracing::warn!(consumer = %self.tag, "cancelling a consumer timed out");
+                            }
                         }
                         return;
                     }

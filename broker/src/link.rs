@@ -91,7 +91,9 @@ impl Link {
     pub async fn close(&self) {
         self.shared.closed.send_replace(true);
         if let Ok(conn) = self.get(None).await {
-            conn.connection.close(200, "bye".into()).await.ok();
+            if tokio::time::timeout(OP_TIMEOUT, conn.connection.close(200, "bye".into())).await.is_err() {
+                tracing::warn!(connection = %self.shared.opts.connection_name, "closing the connection timed out");
+            }
         }
     }
 }

@@ -46,6 +46,34 @@ impl Env {
     }
 }
 
+/// Ranks started by a test; whatever still runs when the test ends (or panics) is killed, so a
+/// failed test leaves no worker behind holding its database.
+pub struct Ranks(pub Vec<Child>);
+
+impl Drop for Ranks {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if matches!(c.try_wait(), Ok(None)) {
+                c.kill().ok();
+                c.wait().ok();
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Ranks {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ranks {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

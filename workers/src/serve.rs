@@ -72,6 +72,7 @@ impl RunningWorker {
         let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv });
         tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
 
+        let cfg_tag = cfg.tag();
         let task = tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             let mut tasks = JoinSet::new();
@@ -94,15 +95,21 @@ impl RunningWorker {
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
             };
+            let worker = cfg_tag.as_str();
+            tracing::debug!(worker, "draining: consumers cancelled");
             subscription.cancel().await;
+            tracing::debug!(worker, tasks = tasks.len(), "draining: finishing the messages held");
             while tasks.join_next().await.is_some() {}
             if let Some(state) = &prefill_state {
+                tracing::debug!(worker, "draining: serving the KV still held");
                 drain_kv(&state.kv).await;
             }
             drop(ctx);
+            tracing::debug!(worker, "draining: flushing results");
             writer_task.await.ok();
             heartbeat.await.ok();
             broker.close().await;
+            tracing::debug!(worker, "drained");
             result
         });
         Ok(RunningWorker { cfg, stop, task })
