@@ -241,7 +241,7 @@ unsafe fn run_tile(
 
 /// [`dot`]'s combination of its eight lanes and the tail; shared so no kernel can drift from it.
 #[inline(always)]
-fn combine(a: &[f32; 8], tail: f32) -> f32 {
+pub(crate) fn combine(a: &[f32; 8], tail: f32) -> f32 {
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
 }
 

@@ -11,7 +11,7 @@
 mod blocks;
 pub mod random;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 use std::fmt;
 

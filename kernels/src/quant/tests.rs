@@ -144,3 +144,39 @@ fn matmul_quant_is_the_reference_on_dequantized_weights() {
         }
     }
 }
+
+/// Each fused kernel variant on its own (dispatch picks one per CPU and batch size), against
+/// `dot` on the dequantized rows.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_fused_kernel_is_dot_on_dequantized_rows() {
+    use super::x86::{dot_rows, dot_rows4_avx512, fused512_available, fused_available};
+    let mut rng = Lcg(3);
+    let k = 320;
+    for t in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        if !fused_available(t) {
+            eprintln!("SKIPPED fused {t}: no AVX2/F16C");
+            continue;
+        }
+        let bytes = random_blocks(t, 4 * k, &mut rng);
+        let w = QMatrix::new(t, 4, k, &bytes).unwrap();
+        let dense = w.to_f32();
+        let x: Vec<f32> = (0..4 * k).map(|_| rng.next_f32()).collect();
+        let want = |i: usize, j: usize| crate::cpu::dot(&x[i * k..(i + 1) * k], &dense[j * k..(j + 1) * k]).to_bits();
+        let xs = [0, 1, 2, 3].map(|i| x[i * k..].as_ptr());
+        let ws = [0, 1, 2, 3].map(|j| w.row_data(j..j + 1).as_ptr());
+        let mut out = [[f32::NAN; 4]; 4];
+        // SAFETY: features checked above; rows are `k` floats and whole weight rows.
+        unsafe { dot_rows::<1, 4>(t, &xs, &ws, k, &mut out) };
+        assert!((0..4).all(|j| out[0][j].to_bits() == want(0, j)), "{t} 1x4");
+        unsafe { dot_rows::<4, 1>(t, &xs, &ws, k, &mut out) };
+        assert!((0..4).all(|i| out[i][0].to_bits() == want(i, 0)), "{t} 4x1");
+        if fused512_available() {
+            out = [[f32::NAN; 4]; 4];
+            unsafe { dot_rows4_avx512(t, &xs, &ws, k, &mut out) };
+            assert!((0..4).all(|j| out[0][j].to_bits() == want(0, j)), "{t} avx512 1x4");
+        } else {
+            eprintln!("SKIPPED fused avx512 {t}: no AVX-512");
+        }
+    }
+}
