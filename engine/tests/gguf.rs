@@ -57,6 +57,19 @@ fn every_tensor_type_equals_its_dequantized_twin_bit_for_bit() {
 }
 
 #[test]
+fn qwen2_biases_and_unpermuted_rows_equal_the_twin() {
+    let dir = common::scratch("gguf-qwen2");
+    fixture::write_qwen2(QuantType::Q8_0, &dir).unwrap();
+    let gguf = Model::load(&dir.join("model.gguf")).unwrap();
+    let twin = Model::load(&dir.join("hf")).unwrap();
+    assert_eq!(gguf.config.architecture, pdq_engine::Architecture::Qwen2);
+    assert!(gguf.config.qkv_bias && !gguf.config.o_bias);
+    let prompt = [9u32, 200, 31, 4];
+    assert!(trace(&gguf, &prompt) == trace(&twin, &prompt), "Qwen2 GGUF and twin differ");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn text_comes_from_the_metadata() {
     let dir = write_fixture(QuantType::Q8_0);
     let gguf = Model::load(&dir.join("model.gguf")).unwrap();

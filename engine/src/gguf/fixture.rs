@@ -1,4 +1,4 @@
-//! Small random Llama checkpoints written twice: as a GGUF file with every matrix in one tensor
+//! Small random Llama (and Qwen2) checkpoints written twice: as a GGUF file with every matrix in one tensor
 //! type (Q/K rows permuted as llama.cpp's converter stores them), and as an HF directory holding
 //! the same weights dequantized to f32 in HF order. Tests compare the two loads; `scripts/golden.py`
 //! runs transformers on the GGUF file.
@@ -81,9 +81,19 @@ fn tokenizer_metadata(w: &mut GgufWriter, tokenizer_json: &str) -> Result<(), En
     Ok(())
 }
 
-/// Writes `dir/model.gguf` (every matrix in `dtype`, norms in F32) and `dir/hf/` (the same
-/// model as an HF directory, f32 safetensors).
+/// Writes `dir/model.gguf` (a Llama, every matrix in `dtype`, norms in F32) and `dir/hf/` (the
+/// same model as an HF directory, f32 safetensors).
 pub fn write(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
+    write_arch(false, dtype, dir)
+}
+
+/// [`write`] for a Qwen2: q/k/v biases (F32), and no Q/K permutation (llama.cpp stores Qwen2's
+/// rows in HF order, since its RoPE there is the NeoX layout HF uses).
+pub fn write_qwen2(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
+    write_arch(true, dtype, dir)
+}
+
+fn write_arch(qwen2: bool, dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
     let hf = dir.join("hf");
     std::fs::create_dir_all(&hf).map_err(|e| EngineError::io(&hf, e))?;
     let text = write_text_files(&hf, MAX_POSITIONS)?;
@@ -91,7 +101,7 @@ pub fn write(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
     let tok_json = std::fs::read_to_string(hf.join("tokenizer.json")).map_err(|e| EngineError::io(&hf, e))?;
 
     let mut w = GgufWriter::new();
-    let a = "llama";
+    let a = if qwen2 { "qwen2" } else { "llama" };
     w.meta("general.architecture", Value::String(a.into()))
         .meta("general.name", Value::String(format!("pdq fixture {dtype}")))
         .meta(&format!("{a}.context_length"), Value::U32(MAX_POSITIONS as u32))
@@ -112,7 +122,7 @@ pub fn write(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
         let bytes = random_blocks(dtype, rows * cols, &mut rng);
         let mut dense = vec![0f32; rows * cols];
         dtype.dequantize(&bytes, &mut dense);
-        let stored = match heads {
+        let stored = match heads.filter(|_| !qwen2) {
             Some(h) => permute_rows(&bytes, rows, h),
             None => bytes,
         };
@@ -152,6 +162,16 @@ pub fn write(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
             None,
         );
     }
+    if qwen2 {
+        for l in 0..LAYERS {
+            for (g, h, n) in [("attn_q", "q_proj", q), ("attn_k", "k_proj", kv), ("attn_v", "v_proj", kv)] {
+                let v: Vec<f32> = (0..n).map(|_| 0.2 * rng.next_f32()).collect();
+                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                w.tensor(&format!("blk.{l}.{g}.bias"), &[n as u64], QuantType::F32, bytes);
+                hf_tensors.push((format!("model.layers.{l}.self_attn.{h}.bias"), vec![n], v));
+            }
+        }
+    }
     let mut norms = Vec::new();
     for l in 0..LAYERS {
         norms.push((format!("blk.{l}.attn_norm.weight"), format!("model.layers.{l}.input_layernorm.weight")));
@@ -165,8 +185,9 @@ pub fn write(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
     }
     w.write(&dir.join("model.gguf"))?;
 
+    let (class, model_type) = if qwen2 { ("Qwen2ForCausalLM", "qwen2") } else { ("LlamaForCausalLM", "llama") };
     let config = json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "architectures": [class], "model_type": model_type, "hidden_act": "silu", "use_sliding_window": false,
         "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
         "vocab_size": vocab, "max_position_embeddings": MAX_POSITIONS, "rms_norm_eps": EPS,

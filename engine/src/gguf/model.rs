@@ -44,7 +44,7 @@ pub(crate) fn config(f: &GgufFile) -> Result<ModelConfig, EngineError> {
         Some(v) => v,
         None => f.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|t| t.len() as u64).unwrap_or(0),
     };
-    let head_dim = int("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+    let head_dim = int("attention.key_length").unwrap_or(hidden.checked_div(heads).unwrap_or(0));
     if let Some(rot) = int("rope.dimension_count").filter(|&r| r != head_dim) {
         return Err(bad(format!(
             "`{a}.rope.dimension_count` {rot} != head dim {head_dim}: partial RoPE is not supported"
