@@ -43,6 +43,16 @@ impl Weights {
     pub fn lm_head(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+
+    /// Bytes the matrices occupy in memory (norms and biases left out), for the load log.
+    pub fn stored_bytes(&self) -> usize {
+        let layer = |l: &LayerWeights| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|m| m.weight.stored_bytes()).sum::<usize>()
+        };
+        self.embed.stored_bytes()
+            + self.lm_head.as_ref().map_or(0, Matrix::stored_bytes)
+            + self.layers.iter().map(layer).sum::<usize>()
+    }
 }
 
 /// The safetensors files of a model directory, in a stable order.

@@ -107,6 +107,11 @@ pub fn run(path: &Path) {
         t.elapsed().as_secs_f64()
     );
     let (decode, prefill, concurrent) = pdq(&model);
+    // Peak resident memory: mapped weight pages, KV pools and activations (Linux only).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!("pdq peak resident memory (VmHWM): {}", line.trim_start_matches("VmHWM:").trim());
+    }
     let peer = llama_cpp(path, threads);
     println!();
     println!("| | pdq tok/s | llama.cpp tok/s | pdq / llama.cpp |");

@@ -114,7 +114,6 @@ impl Value {
 /// One tensor's entry: dimensions as GGUF lists them (`ne[0]` first: the contiguous one).
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
-    pub name: String,
     pub dims: Vec<u64>,
     /// `Err(id)` for a ggml type pdq does not implement.
     pub dtype: Result<QuantType, u32>,
@@ -271,7 +270,7 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
             }
             range = start as usize..end as usize;
         }
-        if tensors.insert(name.clone(), TensorInfo { name: name.clone(), dims, dtype, range }).is_some() {
+        if tensors.insert(name.clone(), TensorInfo { dims, dtype, range }).is_some() {
             return Err(format!("tensor `{name}` appears twice"));
         }
     }

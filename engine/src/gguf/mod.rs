@@ -41,9 +41,8 @@ impl Model {
             inv_freq.iter_mut().zip(&factors).for_each(|(f, s)| *f = (*f as f64 / *s as f64) as f32);
         }
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let quantized: usize = weights.layers.iter().map(|l| l.q.weight.stored_bytes()).sum();
         tracing::debug!(model = %name, version = f.version, layers = config.num_hidden_layers,
-            embed = %weights.embed.dtype_name(), q_bytes = quantized, "GGUF model loaded");
+            embed = %weights.embed.dtype_name(), weight_bytes = weights.stored_bytes(), "GGUF model loaded");
         Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text })
     }
 }
