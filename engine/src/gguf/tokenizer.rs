@@ -202,6 +202,44 @@ mod tests {
         assert_eq!(pairs, [("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]);
     }
 
+    /// A SentencePiece-style vocabulary: words split on "▁", merges from the scores, BOS
+    /// added, and characters outside the vocabulary falling back to byte tokens.
+    #[test]
+    fn llama_sentencepiece_vocabularies_encode_and_decode() {
+        use super::super::file::Value;
+        use super::super::write::GgufWriter;
+        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+        let mut types = vec![2, 3, 3];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        types.extend([6; 256]);
+        let words = ["\u{2581}", "h", "e", "l", "o", "\u{2581}h", "ll", "\u{2581}he", "llo", "\u{2581}hello"];
+        tokens.extend(words.iter().map(|w| w.to_string()));
+        types.extend([1; 10]);
+        // Longer pieces score higher, so "▁hello" wins over its parts.
+        let scores: Vec<Value> = tokens.iter().map(|t| Value::F32(t.chars().count() as f32)).collect();
+        let mut w = GgufWriter::new();
+        w.meta("tokenizer.ggml.model", Value::String("llama".into()))
+            .meta("tokenizer.ggml.tokens", Value::Array(tokens.iter().cloned().map(Value::String).collect()))
+            .meta("tokenizer.ggml.scores", Value::Array(scores))
+            .meta("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()))
+            .meta("tokenizer.ggml.bos_token_id", Value::U32(1))
+            .meta("tokenizer.ggml.eos_token_id", Value::U32(2))
+            .meta("tokenizer.ggml.unknown_token_id", Value::U32(0));
+        let path = std::env::temp_dir().join(format!("pdq-spm-{}.gguf", std::process::id()));
+        w.write(&path).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let (tok, spec) = build(&f).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!((spec.bos_id, spec.eos_ids.as_slice(), spec.bos_token.as_str()), (Some(1), &[2][..], "<s>"));
+        let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+        let enc = tok.encode("hello", true).unwrap();
+        assert_eq!(enc.get_ids(), [1, id("\u{2581}hello")]);
+        // "x" is not in the vocabulary: its UTF-8 byte comes back as a byte token.
+        let enc = tok.encode("hex", false).unwrap();
+        assert_eq!(enc.get_ids(), [id("\u{2581}he"), id("<0x78>")]);
+        assert_eq!(tok.decode(&[1, id("\u{2581}hello"), id("<0x78>")], true).unwrap(), "hellox");
+    }
+
     #[test]
     fn unknown_pre_tokenizers_are_named() {
         let e = pre_tokenizer("chameleon").unwrap_err();
