@@ -102,6 +102,11 @@ pub(crate) fn build(f: &GgufFile) -> Result<(Tokenizer, TextSpec), EngineError> 
     let id = |key: &str| f.get(key).and_then(|v| v.as_u64()).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
     let bos_id = id("tokenizer.ggml.bos_token_id");
     let eos_id = id("tokenizer.ggml.eos_token_id");
+    // Llama 3 and others end a turn with an end-of-turn token distinct from EOS; both stop.
+    let mut eos_ids: Vec<u32> =
+        [eos_id, id("tokenizer.ggml.eot_token_id"), id("tokenizer.ggml.eom_token_id")].into_iter().flatten().collect();
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
     let add_bos = f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(model == "llama");
 
     let vocab: serde_json::Map<String, Json> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
@@ -137,10 +142,13 @@ pub(crate) fn build(f: &GgufFile) -> Result<(Tokenizer, TextSpec), EngineError> 
             let bpe = json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                 "vocab": vocab, "merges": merges});
-            let normalizer = json!({"type": "Sequence", "normalizers": [
-                {"type": "Prepend", "prepend": "\u{2581}"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
-            ]});
+            // SentencePiece's dummy prefix, unless the file turns it off.
+            let prefix = f.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()).unwrap_or(true);
+            let mut steps = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+            if prefix {
+                steps.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+            }
+            let normalizer = json!({"type": "Sequence", "normalizers": steps});
             let decoder = json!({"type": "Sequence", "decoders": [
                 {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
                 {"type": "ByteFallback"}, {"type": "Fuse"},
@@ -179,13 +187,7 @@ pub(crate) fn build(f: &GgufFile) -> Result<(Tokenizer, TextSpec), EngineError> 
 
     let chat = f.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(|s| (s.to_string(), "the GGUF metadata"));
     let token = |id: Option<u32>| id.map(|i| tokens[i as usize].clone()).unwrap_or_default();
-    let spec = TextSpec {
-        bos_id,
-        bos_token: token(bos_id),
-        eos_token: token(eos_id),
-        eos_ids: eos_id.into_iter().collect(),
-        chat,
-    };
+    let spec = TextSpec { bos_id, bos_token: token(bos_id), eos_token: token(eos_id), eos_ids, chat };
     Ok((tokenizer, spec))
 }
 
