@@ -75,6 +75,9 @@ fn text_comes_from_the_metadata() {
     let gguf = Model::load(&dir.join("model.gguf")).unwrap();
     let twin = Model::load(&dir.join("hf")).unwrap();
     assert_eq!(gguf.name(), "model.gguf");
+    // Found by its magic without the extension, as Ollama stores blobs.
+    std::fs::copy(dir.join("model.gguf"), dir.join("blob")).unwrap();
+    assert_eq!(Model::load(&dir.join("blob")).unwrap().encode("fox").unwrap(), gguf.encode("fox").unwrap());
     let text = "The quick brown fox, 42 times.";
     assert_eq!(gguf.encode(text).unwrap(), twin.encode(text).unwrap());
     let ids = gguf.encode(text).unwrap();

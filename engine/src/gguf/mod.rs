@@ -21,9 +21,18 @@ use crate::error::EngineError;
 use crate::model::Model;
 use crate::text::TextCodec;
 
-/// Whether `path` names a GGUF file (by extension; the magic is checked on open).
+/// Whether `path` names a GGUF file: a file ending in `.gguf` (a bad magic is then reported on
+/// open), or any file starting with the GGUF magic (Ollama's blobs have no extension).
 pub fn is_gguf(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    use std::io::Read;
+    if !path.is_file() {
+        return false;
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == file::MAGIC
 }
 
 impl Model {
