@@ -1,10 +1,12 @@
 //! Times the quantized matmul per tensor type against the f32 matmul and bare dequantization,
-//! at decode (m = 1) and prefill (m = 64) sizes of a 768 x 1536 matrix:
+//! at decode (m = 1) and prefill (m = 64) sizes of a 768 x 1536 matrix, and the (unwired,
+//! inexact) int8-activation kernel at m = 1:
 //! `cargo run --release -p pdq-kernels --example qmatmul`.
 
 use std::time::Instant;
 
 use pdq_kernels::cpu::{matmul, matmul_quant};
+use pdq_kernels::quant::int8;
 use pdq_kernels::quant::random::{random_blocks, Lcg};
 use pdq_kernels::{QMatrix, QuantType};
 
@@ -21,8 +23,8 @@ fn main() {
     let (k, n) = (768, 1536);
     let mut rng = Lcg(1);
     println!("k {k} x n {n}; microseconds per call");
-    println!("| type | dequantize | m=1 quant | m=1 f32 | m=64 quant | m=64 f32 |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| type | dequantize | m=1 quant | m=1 f32 | m=64 quant | m=64 f32 | m=1 int8 activations |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for t in QuantType::ALL {
         let bytes = random_blocks(t, n * k, &mut rng);
         let w = QMatrix::new(t, n, k, &bytes).unwrap();
@@ -37,6 +39,13 @@ fn main() {
             let q = time(reps, || matmul_quant(&x, &w, None, &mut y));
             let f = time(reps, || matmul(&x, &dense, None, k, &mut y));
             row.push(format!(" {:.0} | {:.0} |", q * 1e6, f * 1e6));
+        }
+        if int8::supported(t) {
+            let x: Vec<f32> = (0..k).map(|_| rng.next_f32()).collect();
+            let mut y = vec![0f32; n];
+            row.push(format!(" {:.0} |", time(200, || int8::matmul_int8(&x, &w, None, &mut y)) * 1e6));
+        } else {
+            row.push(" - |".into());
         }
         println!("{}", row.concat());
     }

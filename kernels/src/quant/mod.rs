@@ -9,6 +9,7 @@
 //! - the matmul on a `QMatrix` equals [`crate::cpu::matmul`] on its dequantized rows bit for bit.
 
 mod blocks;
+pub mod int8;
 pub mod random;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
