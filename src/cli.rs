@@ -77,7 +77,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArg {
-    /// HF model directory (config.json, model.safetensors, tokenizer.json); default: the built-in tiny model.
+    /// HF model directory (config.json, model.safetensors, tokenizer.json) or a `.gguf` file
+    /// (llama/qwen2/mistral; weights stay quantized); default: the built-in tiny model.
     #[arg(long, env = "PDQ_MODEL")]
     pub model: Option<PathBuf>,
     /// Compute device: auto (CUDA when this build has it and a GPU is present, else CPU), cpu, cuda.

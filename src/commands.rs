@@ -160,7 +160,9 @@ pub fn load_model(arg: &ModelArg) -> Result<Arc<Model>> {
         Some(dir) => dir.clone(),
         None => pdq_engine::tiny::cached()?,
     };
-    let model = Model::load(&dir).with_context(|| format!("invalid model directory {}", dir.display()))?;
+    // `Model::load` takes an HF directory or a `.gguf` file alike.
+    let what = if pdq_engine::gguf::is_gguf(&dir) { "GGUF model" } else { "model directory" };
+    let model = Model::load(&dir).with_context(|| format!("invalid {what} {}", dir.display()))?;
     Ok(Arc::new(model))
 }
 

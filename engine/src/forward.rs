@@ -70,9 +70,10 @@ impl Model {
     }
 
     fn linear(&self, x: &[f32], l: &Linear, k: usize, out: &mut Vec<f32>) {
+        debug_assert_eq!(l.weight.cols(), k);
         out.clear();
-        out.resize(x.len() / k * (l.weight.len() / k), 0.0);
-        self.backend.matmul(x, &l.weight, l.bias.as_deref(), k, out);
+        out.resize(x.len() / k * l.weight.rows(), 0.0);
+        l.weight.matmul(&self.backend, x, l.bias.as_deref(), out);
     }
 
     /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
@@ -102,11 +103,10 @@ impl Model {
         }
         let n = rows.len();
         let positions: Vec<usize> = rows.iter().map(|&(_, p)| p).collect();
-        let mut x = Vec::with_capacity(n * h);
-        for &(_, tokens) in batch {
-            for &t in tokens {
-                x.extend_from_slice(&self.weights.embed[t as usize * h..(t as usize + 1) * h]);
-            }
+        let mut x = vec![0f32; n * h];
+        let ids = batch.iter().flat_map(|&(_, tokens)| tokens);
+        for (row, &t) in x.chunks_exact_mut(h).zip(ids) {
+            self.weights.embed.row_into(t as usize, row);
         }
         let mut normed = vec![0f32; n * h];
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
@@ -153,7 +153,7 @@ impl Model {
         let mut last_normed = vec![0f32; last.len()];
         b.rms_norm(&last, &self.weights.norm, eps, &mut last_normed);
         let mut logits = vec![0f32; batch.len() * c.vocab_size];
-        b.matmul(&last_normed, self.weights.lm_head(), None, h, &mut logits);
+        self.weights.lm_head().matmul(b, &last_normed, None, &mut logits);
         Ok(logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect())
     }
 }

@@ -16,17 +16,21 @@ use crate::weights::{self, Weights};
 
 pub struct Model {
     pub config: ModelConfig,
-    name: String,
+    pub(crate) name: String,
     pub(crate) backend: Backend,
     pub(crate) weights: Weights,
     pub(crate) inv_freq: Vec<f32>,
-    text: TextCodec,
+    pub(crate) text: TextCodec,
 }
 
 impl Model {
     /// Loads an HF model directory: `config.json`, `model.safetensors` (or a sharded index),
-    /// `tokenizer.json`, and optionally `tokenizer_config.json` and `generation_config.json`.
+    /// `tokenizer.json`, and optionally `chat_template.jinja`, `tokenizer_config.json` and
+    /// `generation_config.json`; or a `.gguf` file ([`Model::load_gguf`]).
     pub fn load(dir: &Path) -> Result<Model, EngineError> {
+        if crate::gguf::is_gguf(dir) {
+            return Model::load_gguf(dir);
+        }
         if !dir.is_dir() {
             return Err(EngineError::MissingFile { path: dir.to_path_buf() });
         }

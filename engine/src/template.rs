@@ -13,7 +13,8 @@ use crate::error::EngineError;
 
 const NAME: &str = "chat";
 
-pub(crate) fn environment(source: String) -> Result<Environment<'static>, EngineError> {
+/// `origin` names the file the template came from, for the parse error.
+pub(crate) fn environment(source: String, origin: &str) -> Result<Environment<'static>, EngineError> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -21,9 +22,8 @@ pub(crate) fn environment(source: String) -> Result<Environment<'static>, Engine
         Err(Error::new(ErrorKind::InvalidOperation, msg))
     });
     env.set_unknown_method_callback(py_method);
-    env.add_template_owned(NAME, source).map_err(|e| {
-        EngineError::ChatTemplate(format!("`chat_template` in tokenizer_config.json does not parse: {e}"))
-    })?;
+    env.add_template_owned(NAME, source)
+        .map_err(|e| EngineError::ChatTemplate(format!("the chat template in {origin} does not parse: {e}")))?;
     Ok(env)
 }
 
@@ -121,7 +121,7 @@ mod tests {
     use serde_json::json;
 
     fn render_src(src: &str, messages: Json) -> Result<String, EngineError> {
-        render(&environment(src.to_string())?, &messages, "<s>", "</s>")
+        render(&environment(src.to_string(), "test")?, &messages, "<s>", "</s>")
     }
 
     #[test]
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn broken_template_is_reported_at_load() {
-        let err = environment("{% for %}".to_string()).unwrap_err();
-        assert!(err.to_string().contains("chat_template"), "{err}");
+        let err = environment("{% for %}".to_string(), "tokenizer_config.json").unwrap_err();
+        assert!(err.to_string().contains("in tokenizer_config.json does not parse"), "{err}");
     }
 }

@@ -1,4 +1,6 @@
-//! Text side of a model: tokenizer, special tokens and the chat template.
+//! Text side of a model: tokenizer, special tokens and the chat template (from
+//! `chat_template.jinja` when present, else `tokenizer_config.json`, as transformers does; or from
+//! GGUF metadata).
 //!
 //! BOS rule: a sequence the engine encodes starts with at most one BOS. `encode` lets the
 //! tokenizer's post-processor add BOS and drops a second one when the text itself began with
@@ -24,6 +26,26 @@ pub(crate) struct TextCodec {
     chat: Option<minijinja::Environment<'static>>,
     /// Union of the EOS ids from config.json, generation_config.json and tokenizer_config.json.
     pub eos_ids: Vec<u32>,
+}
+
+/// What a model's metadata says about its text, whatever file it came from.
+pub(crate) struct TextSpec {
+    pub bos_id: Option<u32>,
+    pub bos_token: String,
+    pub eos_token: String,
+    pub eos_ids: Vec<u32>,
+    /// The chat template's source and the file it came from (named in parse errors).
+    pub chat: Option<(String, &'static str)>,
+}
+
+/// `chat_template.jinja`, which transformers 5 writes and prefers over tokenizer_config.json.
+fn read_chat_template(dir: &Path) -> Result<Option<(String, &'static str)>, EngineError> {
+    let path = dir.join("chat_template.jinja");
+    match std::fs::read_to_string(&path) {
+        Ok(src) => Ok(Some((src, "chat_template.jinja"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::io(path, e)),
+    }
 }
 
 /// `bos_token` / `eos_token` in tokenizer_config.json: a string or `{"content": ...}`.
@@ -79,6 +101,16 @@ impl TextCodec {
         let eos_token =
             eos_token_tc.or_else(|| eos_ids.first().and_then(|id| tokenizer.id_to_token(*id))).unwrap_or_default();
 
+        let chat = match read_chat_template(dir)? {
+            Some(t) => Some(t),
+            None => chat_template(tc.get("chat_template")).map(|src| (src, "tokenizer_config.json")),
+        };
+        TextCodec::new(tokenizer, TextSpec { bos_id, bos_token, eos_token, eos_ids, chat })
+    }
+
+    /// A codec from a built tokenizer and its special tokens (how GGUF metadata arrives).
+    pub fn new(tokenizer: Tokenizer, spec: TextSpec) -> Result<TextCodec, EngineError> {
+        let TextSpec { bos_id, bos_token, eos_token, eos_ids, chat } = spec;
         let adds_bos = match bos_id {
             Some(b) => {
                 let e = tokenizer.encode("", true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
@@ -86,8 +118,8 @@ impl TextCodec {
             }
             None => false,
         };
-        let chat = match chat_template(tc.get("chat_template")) {
-            Some(src) => Some(template::environment(src)?),
+        let chat = match chat {
+            Some((src, origin)) => Some(template::environment(src, origin)?),
             None => None,
         };
         Ok(TextCodec { tokenizer, bos_id, bos_token, eos_token, adds_bos, chat, eos_ids })
@@ -125,10 +157,8 @@ impl TextCodec {
     }
 
     pub fn render_chat(&self, messages: &Json) -> Result<String, EngineError> {
-        let env = self
-            .chat
-            .as_ref()
-            .ok_or_else(|| EngineError::ChatTemplate("tokenizer_config.json has no `chat_template`".into()))?;
+        let env =
+            self.chat.as_ref().ok_or_else(|| EngineError::ChatTemplate("the model has no chat template".into()))?;
         template::render(env, messages, &self.bos_token, &self.eos_token)
     }
 }

@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::ModelConfig;
 use crate::error::{read_file, EngineError};
+use crate::matrix::Matrix;
 
 /// One decoder layer; `[out, in]` matrices in HF `nn.Linear` layout.
 pub(crate) struct LayerWeights {
@@ -26,21 +27,31 @@ pub(crate) struct LayerWeights {
 }
 
 pub(crate) struct Linear {
-    pub weight: Vec<f32>,
+    pub weight: Matrix,
     pub bias: Option<Vec<f32>>,
 }
 
 pub(crate) struct Weights {
-    pub embed: Vec<f32>,
+    pub embed: Matrix,
     pub layers: Vec<LayerWeights>,
     pub norm: Vec<f32>,
     /// `None` when tied to `embed` (`tie_word_embeddings`), which avoids a second vocab-sized copy.
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<Matrix>,
 }
 
 impl Weights {
-    pub fn lm_head(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+    pub fn lm_head(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Bytes the matrices occupy in memory (norms and biases left out), for the load log.
+    pub fn stored_bytes(&self) -> usize {
+        let layer = |l: &LayerWeights| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|m| m.weight.stored_bytes()).sum::<usize>()
+        };
+        self.embed.stored_bytes()
+            + self.lm_head.as_ref().map_or(0, Matrix::stored_bytes)
+            + self.layers.iter().map(layer).sum::<usize>()
     }
 }
 
@@ -156,7 +167,7 @@ pub(crate) fn load(dir: &Path, c: &ModelConfig) -> Result<Weights, EngineError> 
     }
     let mut t = read_tensors(dir, &wanted)?;
     let linear = |t: &mut HashMap<String, Tensor>, name: String, out: usize, inp: usize, bias: bool| {
-        let weight = take(t, dir, &format!("{name}.weight"), &[out, inp])?;
+        let weight = Matrix::dense(take(t, dir, &format!("{name}.weight"), &[out, inp])?, inp);
         let bias = if bias { Some(take(t, dir, &format!("{name}.bias"), &[out])?) } else { None };
         Ok::<_, EngineError>(Linear { weight, bias })
     };
@@ -176,9 +187,12 @@ pub(crate) fn load(dir: &Path, c: &ModelConfig) -> Result<Weights, EngineError> 
             down: linear(&mut t, format!("{p}.mlp.down_proj"), h, i, mb)?,
         });
     }
-    let embed = take(&mut t, dir, "model.embed_tokens.weight", &[c.vocab_size, h])?;
+    let embed = Matrix::dense(take(&mut t, dir, "model.embed_tokens.weight", &[c.vocab_size, h])?, h);
     let norm = take(&mut t, dir, "model.norm.weight", &[h])?;
-    let lm_head =
-        if c.tie_word_embeddings { None } else { Some(take(&mut t, dir, "lm_head.weight", &[c.vocab_size, h])?) };
+    let lm_head = if c.tie_word_embeddings {
+        None
+    } else {
+        Some(Matrix::dense(take(&mut t, dir, "lm_head.weight", &[c.vocab_size, h])?, h))
+    };
     Ok(Weights { embed, layers, norm, lm_head })
 }

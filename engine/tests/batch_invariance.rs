@@ -1,6 +1,8 @@
 //! A request's tokens depend only on the request: identical alone or in continuous batches of 1,
 //! 7 and 32 mixed-length requests, prefilled together or one by one, and equal to the
 //! single-sequence `Model::prefill` / `decode_step` path. Compared bit for bit, logits included.
+//! The same holds for a GGUF model with quantized weights, whose small batches take the fused
+//! kernel and large ones the dequantized-panel kernel.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -81,9 +83,29 @@ fn run(m: &Model, reqs: &[(Vec<u32>, usize)], max_running: usize, prefill_togeth
     traces
 }
 
+/// The Q4_1 GGUF fixture (Q8_0 would do too: both have fused and panel kernels).
+fn quantized_model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("batch-invariance-gguf-{}", std::process::id()));
+        pdq_engine::gguf::fixture::write(pdq_kernels::QuantType::Q4_1, &dir).expect("GGUF fixture");
+        let m = Model::load(&dir.join("model.gguf")).expect("load GGUF fixture");
+        let _ = std::fs::remove_dir_all(&dir);
+        m
+    })
+}
+
 #[test]
 fn tokens_do_not_depend_on_batch_composition() {
-    let m = model();
+    assert_batch_invariant(model());
+}
+
+#[test]
+fn quantized_tokens_do_not_depend_on_batch_composition() {
+    assert_batch_invariant(quantized_model());
+}
+
+fn assert_batch_invariant(m: &Model) {
     let reqs = requests(m);
     let alone = run(m, &reqs, 1, false);
     for (r, t) in alone.iter().enumerate() {

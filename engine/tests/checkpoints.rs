@@ -163,3 +163,21 @@ fn eos_ids_come_from_generation_config_too() {
     assert!(Model::load(&dir).unwrap().eos_token_ids().contains(&78));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// transformers 5 writes the template to `chat_template.jinja`; it wins over
+/// tokenizer_config.json, and a directory with only the `.jinja` file chats too.
+#[test]
+fn chat_template_jinja_is_read_and_preferred() {
+    let dir = copy_of("tiny", "chat-jinja");
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    std::fs::write(dir.join("chat_template.jinja"), "{% for m in messages %}[{{ m['content'] }}]{% endfor %}").unwrap();
+    assert_eq!(Model::load(&dir).unwrap().render_chat(&messages).unwrap(), "[hi]");
+    edit_json(&dir.join("tokenizer_config.json"), |c| {
+        c.as_object_mut().unwrap().remove("chat_template");
+    });
+    assert_eq!(Model::load(&dir).unwrap().render_chat(&messages).unwrap(), "[hi]");
+    std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+    let err = Model::load(&dir).unwrap().render_chat(&messages).unwrap_err();
+    assert_eq!(err.to_string(), "chat template: the model has no chat template");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,3 +150,28 @@ fn mistral_sharded_window_matches_transformers() {
     assert_eq!((m.config.sliding_window, m.max_context()), (Some(64), 64));
     check(&m, &g);
 }
+
+/// One small random Llama per GGUF tensor type, written by the tests (`gguf::fixture`), against
+/// transformers' GGUF loader on the same file: every block format, the Q/K un-permutation, tied
+/// embeddings and the metadata config. CI runs this for every type.
+#[test]
+fn gguf_every_tensor_type_matches_transformers() {
+    for t in pdq_kernels::QuantType::ALL {
+        let dir = common::scratch(&format!("fidelity-gguf-{t}"));
+        pdq_engine::gguf::fixture::write(t, &dir).unwrap();
+        let m = Model::load(&dir.join("model.gguf")).unwrap_or_else(|e| panic!("{t}: {e}"));
+        check(&m, &golden(&format!("gguf-{t}")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The Qwen2 GGUF fixture: q/k/v biases from the file, rows not permuted.
+#[test]
+fn gguf_qwen2_matches_transformers() {
+    let dir = common::scratch("fidelity-gguf-qwen2");
+    pdq_engine::gguf::fixture::write_qwen2(pdq_kernels::QuantType::Q8_0, &dir).unwrap();
+    let m = Model::load(&dir.join("model.gguf")).unwrap();
+    assert!(m.config.qkv_bias);
+    check(&m, &golden("gguf-qwen2-Q8_0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

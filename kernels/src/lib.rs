@@ -20,10 +20,12 @@ pub mod cuda;
 mod error;
 pub mod launch;
 pub mod paged;
+pub mod quant;
 
 pub use cpu::{AttnShape, CpuBackend};
 pub use cuda::CudaBackend;
 pub use error::KernelError;
+pub use quant::{QMatrix, QuantType};
 
 /// The compute backend. Closed on purpose: adding a device means adding a variant here and a
 /// module beside [`cpu`], not threading `cfg` through the engine.
@@ -101,6 +103,16 @@ impl Backend {
         match self {
             Backend::Cpu(_) => cpu::matmul(x, w, bias, k, y),
             Backend::Cuda(c) => c.host_matmul(x, w, bias, k, y),
+        }
+    }
+
+    /// [`Backend::matmul`] with a weight kept in a ggml block format: on the CPU the blocks are
+    /// dequantized panel by panel, bit-identical to `matmul` on the dequantized matrix. CUDA
+    /// widens the whole matrix per call (correct, slow; GGUF models on CUDA are not a goal yet).
+    pub fn matmul_quant(&self, x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+        match self {
+            Backend::Cpu(_) => cpu::matmul_quant(x, w, bias, y),
+            Backend::Cuda(c) => c.host_matmul(x, &w.to_f32(), bias, w.cols, y),
         }
     }
 

@@ -51,7 +51,10 @@ fn up(cuda: &CudaBackend, x: &[f32]) -> Result<CudaSlice<bf16>, EngineError> {
 }
 
 fn up_linear(cuda: &CudaBackend, l: &Linear) -> Result<DeviceLinear, EngineError> {
-    Ok(DeviceLinear { weight: up(cuda, &l.weight)?, bias: l.bias.as_deref().map(|b| up(cuda, b)).transpose()? })
+    Ok(DeviceLinear {
+        weight: up(cuda, &l.weight.to_f32())?,
+        bias: l.bias.as_deref().map(|b| up(cuda, b)).transpose()?,
+    })
 }
 
 /// Uploads `model`'s weights (converted to bf16 on the host, one tensor at a time).
@@ -79,10 +82,10 @@ pub(crate) fn upload(cuda: &CudaBackend, model: &Model) -> Result<DeviceWeights,
     bytes += (w.norm.len() + w.lm_head().len()) * 2;
     let inv_freq = cuda.stream().clone_htod(&model.inv_freq).map_err(|e| EngineError::Device(e.to_string()))?;
     Ok(DeviceWeights {
-        embed: up(cuda, &w.embed)?,
+        embed: up(cuda, &w.embed.to_f32())?,
         layers,
         norm: up(cuda, &w.norm)?,
-        lm_head: w.lm_head.as_deref().map(|x| up(cuda, x)).transpose()?,
+        lm_head: w.lm_head.as_ref().map(|x| up(cuda, &x.to_f32())).transpose()?,
         inv_freq,
         bytes,
     })

@@ -33,7 +33,7 @@ pub(crate) const END_HEADER: &str = "<|end_header_id|>";
 pub(crate) const EOT: &str = "<|eot_id|>";
 
 /// Llama-3 style; BOS comes from the template, and `encode_chat` does not add a second one.
-const CHAT_TEMPLATE: &str = r#"{{- bos_token }}
+pub(crate) const CHAT_TEMPLATE: &str = r#"{{- bos_token }}
 {%- for message in messages %}
 {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}
 {%- endfor %}

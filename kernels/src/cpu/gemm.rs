@@ -23,15 +23,15 @@ use rayon::prelude::*;
 use super::matmul::dot;
 
 /// Rows of `x` swept against each weight tile while they stay in L2 (64 rows of k = 4096 is 1 MiB).
-const M_BLOCK: usize = 64;
+pub(super) const M_BLOCK: usize = 64;
 /// Below this many multiply-adds a call stays on the calling thread; fanning out costs more.
-const PARALLEL_MIN_WORK: usize = 1 << 18;
+pub(super) const PARALLEL_MIN_WORK: usize = 1 << 18;
 /// Column chunks per thread, so a thread that is descheduled for a moment does not stall the call.
-const CHUNKS_PER_THREAD: usize = 4;
+pub(super) const CHUNKS_PER_THREAD: usize = 4;
 
 /// Which tile kernel this CPU runs. Every variant computes the same bits; only speed differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(crate) enum Kernel {
     /// AVX-512VL: 32 vector registers hold a 4 x 4 tile of accumulators.
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -47,7 +47,7 @@ const NR_MAX: usize = 4;
 impl Kernel {
     /// Every kernel this CPU can run, fastest first.
     #[cfg(test)]
-    fn available() -> Vec<Kernel> {
+    pub(crate) fn available() -> Vec<Kernel> {
         let mut all = vec![Kernel::detect()];
         #[cfg(target_arch = "x86_64")]
         if all[0] == Kernel::Avx512 {
@@ -59,7 +59,7 @@ impl Kernel {
         all
     }
 
-    fn detect() -> Kernel {
+    pub(super) fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
@@ -73,7 +73,7 @@ impl Kernel {
     }
 
     /// (rows of `x`, rows of `w`) per full tile.
-    fn tile(self) -> (usize, usize) {
+    pub(super) fn tile(self) -> (usize, usize) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => (4, 4),
@@ -86,12 +86,12 @@ impl Kernel {
 
 /// Wrapper so worker threads can write disjoint columns of one output buffer.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every task writes a disjoint set of columns of `y`, and `y` outlives the parallel loop.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -142,7 +142,7 @@ pub fn matmul_reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, y:
     }
 }
 
-/// Computes columns `cols` of `y` (every row).
+/// Computes columns `cols` of `y` (every row) from the full weight matrix `w`.
 ///
 /// # Safety
 /// `x` is `m * k`, `w` is `n * k`, `y` points at `m * n` writable floats, and no other thread
@@ -159,16 +159,38 @@ unsafe fn columns(
     cols: Range<usize>,
     y: *mut f32,
 ) {
+    panel(kernel, x, &w[cols.start * k..cols.end * k], bias, k, m, n, cols.start, y)
+}
+
+/// Computes columns `j_base..j_base + w.len() / k` of `y` (every row), where `w` holds exactly
+/// those weight rows: a slice of the full matrix, or a dequantized panel of a quantized one.
+///
+/// # Safety
+/// `x` is `m * k`, `y` points at `m * n` writable floats, the columns are below `n`, and no
+/// other thread writes them meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn panel(
+    kernel: Kernel,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    m: usize,
+    n: usize,
+    j_base: usize,
+    y: *mut f32,
+) {
     let (mr, nr) = kernel.tile();
+    let width = w.len() / k;
     let mut tile = [[0f32; NR_MAX]; 4];
     for m0 in (0..m).step_by(M_BLOCK) {
         let m1 = m.min(m0 + M_BLOCK);
-        for j0 in cols.clone().step_by(nr) {
-            let valid = nr.min(cols.end - j0);
+        for t0 in (0..width).step_by(nr) {
+            let valid = nr.min(width - t0);
             // Past the last column, repeat the last weight row: the extra results are discarded.
             let mut ws = [std::ptr::null::<f32>(); NR_MAX];
             for (t, p) in ws.iter_mut().enumerate().take(nr) {
-                *p = w.as_ptr().add((j0 + t.min(valid - 1)) * k);
+                *p = w.as_ptr().add((t0 + t.min(valid - 1)) * k);
             }
             let mut i = m0;
             while i < m1 {
@@ -180,7 +202,7 @@ unsafe fn columns(
                 run_tile(kernel, rows, &xs, &ws, k, &mut tile);
                 for (r, out) in tile.iter().enumerate().take(rows) {
                     for (t, &v) in out.iter().enumerate().take(valid) {
-                        let j = j0 + t;
+                        let j = j_base + t0 + t;
                         *y.add((i + r) * n + j) = v + bias.map_or(0.0, |b| b[j]);
                     }
                 }
@@ -219,7 +241,7 @@ unsafe fn run_tile(
 
 /// [`dot`]'s combination of its eight lanes and the tail; shared so no kernel can drift from it.
 #[inline(always)]
-fn combine(a: &[f32; 8], tail: f32) -> f32 {
+pub(crate) fn combine(a: &[f32; 8], tail: f32) -> f32 {
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
 }
 

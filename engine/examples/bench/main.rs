@@ -1,5 +1,6 @@
 //! CPU throughput of the batched engine against the memory-bandwidth roofline, in one run:
 //! `cargo run --release -p pdq-engine --example bench`.
+//! With `-- --gguf FILE` it benchmarks that GGUF checkpoint against llama.cpp instead ([`gguf`]).
 //!
 //! Builds a random ~125M-parameter Llama (hidden 768, 12 layers, 12 heads, 4 KV heads,
 //! intermediate 2048, vocab 32000, untied head) in a temp dir, measures the machine's copy
@@ -13,6 +14,8 @@ use std::time::Instant;
 
 use pdq_engine::{tiny, Model, SeqId};
 use rayon::prelude::*;
+
+mod gguf;
 
 const HIDDEN: usize = 768;
 const LAYERS: usize = 12;
@@ -124,6 +127,12 @@ fn copy_bandwidth() -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, path] = &args[..] {
+        if flag == "--gguf" {
+            return gguf::run(Path::new(path));
+        }
+    }
     let dir = std::env::temp_dir().join(format!("pdq-bench-{}", std::process::id()));
     let t = Instant::now();
     let params = write_model(&dir).expect("writing the benchmark model");

@@ -1,0 +1,131 @@
+//! `bench --gguf FILE`: pdq on a GGUF checkpoint beside llama.cpp on the same file, same
+//! threads: batch-1 decode, one 512-token prefill, and pdq with 32 concurrent requests.
+//! llama.cpp runs through llama-cpp-python when `$PDQ_BENCH_PYTHON` (default `python3`) can
+//! import it; otherwise its column says so.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use pdq_engine::{Model, SeqId};
+
+const PROMPT: usize = 32;
+const DECODE_STEPS: usize = 64;
+const PREFILL: usize = 512;
+const CONCURRENT: usize = 32;
+const CONCURRENT_STEPS: usize = 16;
+
+fn argmax(l: &[f32]) -> u32 {
+    l.iter().enumerate().fold(0, |b, (i, &x)| if x > l[b] { i } else { b }) as u32
+}
+
+fn tokens(n: usize, salt: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((salt * 7919 + i * 31) % (vocab - 100) + 50) as u32).collect()
+}
+
+/// (batch-1 decode tok/s, 512-token prefill tok/s, 32-concurrent decode tok/s).
+fn pdq(model: &Model) -> (f64, f64, f64) {
+    let vocab = model.config.vocab_size;
+    let blocks = |len: usize| len.div_ceil(pdq_engine::DEFAULT_BLOCK_SIZE);
+
+    let mut kv = model.new_paged_kv(blocks(PROMPT + DECODE_STEPS + 1) + 2);
+    let seq = kv.add_sequence(PROMPT + DECODE_STEPS + 1).unwrap();
+    let prompt = tokens(PROMPT, 1, vocab);
+    let mut logits = model.forward_batch(&mut kv, &[(seq, &prompt)]).unwrap().pop().unwrap();
+    let t = Instant::now();
+    for _ in 0..DECODE_STEPS {
+        let next = [argmax(&logits)];
+        logits = model.forward_batch(&mut kv, &[(seq, &next)]).unwrap().pop().unwrap();
+    }
+    let decode = DECODE_STEPS as f64 / t.elapsed().as_secs_f64();
+
+    let mut kv = model.new_paged_kv(blocks(PREFILL) + 2);
+    let seq = kv.add_sequence(PREFILL).unwrap();
+    let long = tokens(PREFILL, 2, vocab);
+    let t = Instant::now();
+    model.forward_batch(&mut kv, &[(seq, &long)]).unwrap();
+    let prefill = PREFILL as f64 / t.elapsed().as_secs_f64();
+
+    let len = PROMPT + CONCURRENT_STEPS + 1;
+    let mut kv = model.new_paged_kv(CONCURRENT * blocks(len) + 2);
+    let seqs: Vec<SeqId> = (0..CONCURRENT).map(|_| kv.add_sequence(len).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = (0..CONCURRENT).map(|b| tokens(PROMPT, 10 + b, vocab)).collect();
+    let items: Vec<(SeqId, &[u32])> = seqs.iter().zip(&prompts).map(|(&s, p)| (s, &p[..])).collect();
+    let mut logits = model.forward_batch(&mut kv, &items).unwrap();
+    let t = Instant::now();
+    for _ in 0..CONCURRENT_STEPS {
+        let next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
+        let items: Vec<(SeqId, &[u32])> = seqs.iter().zip(&next).map(|(&s, t)| (s, &t[..])).collect();
+        logits = model.forward_batch(&mut kv, &items).unwrap();
+    }
+    let concurrent = (CONCURRENT * CONCURRENT_STEPS) as f64 / t.elapsed().as_secs_f64();
+    (decode, prefill, concurrent)
+}
+
+const LLAMA_CPP: &str = r#"
+import json, sys, time
+from llama_cpp import Llama
+path, threads, prompt, steps, prefill = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=1024, n_batch=512, verbose=False)
+vocab = llm.n_vocab()
+toks = lambda n, salt: [(salt * 7919 + i * 31) % (vocab - 100) + 50 for i in range(n)]
+llm.reset(); llm.eval(toks(prompt, 1))
+t = time.perf_counter()
+for i in range(steps):
+    llm.eval([toks(1, 100 + i)[0]])
+decode = steps / (time.perf_counter() - t)
+llm.reset(); t = time.perf_counter(); llm.eval(toks(prefill, 2))
+print(json.dumps({"decode": decode, "prefill": prefill / (time.perf_counter() - t)}))
+"#;
+
+/// llama.cpp's (decode, prefill) tok/s, or why it did not run.
+fn llama_cpp(path: &Path, threads: usize) -> Result<(f64, f64), String> {
+    let python = std::env::var("PDQ_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args(["-c", LLAMA_CPP])
+        .arg(path)
+        .args([threads, PROMPT, DECODE_STEPS, PREFILL].map(|n| n.to_string()))
+        .output()
+        .map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok((v["decode"].as_f64().unwrap_or(0.0), v["prefill"].as_f64().unwrap_or(0.0)))
+}
+
+pub fn run(path: &Path) {
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    let model = Model::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    println!(
+        "model: {} ({:.0} MB), loaded in {:.2}s; {threads} threads",
+        model.name(),
+        size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let (decode, prefill, concurrent) = pdq(&model);
+    // Peak resident memory: mapped weight pages, KV pools and activations (Linux only).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!("pdq peak resident memory (VmHWM): {}", line.trim_start_matches("VmHWM:").trim());
+    }
+    let peer = llama_cpp(path, threads);
+    println!();
+    println!("| | pdq tok/s | llama.cpp tok/s | pdq / llama.cpp |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
+        Some(x) => println!("| {name} | {ours:.1} | {x:.1} | {:.2}x |", ours / x),
+        None => println!("| {name} | {ours:.1} | - | - |"),
+    };
+    let p = peer.as_ref().ok();
+    row("batch-1 decode", decode, p.map(|p| p.0));
+    row(&format!("{PREFILL}-token prefill"), prefill, p.map(|p| p.1));
+    // The aim compares pdq's concurrent throughput with llama.cpp's batch-1 decode.
+    row(&format!("{CONCURRENT} concurrent (vs llama.cpp batch 1)"), concurrent, p.map(|p| p.0));
+    if let Err(why) = peer {
+        println!("\nllama.cpp not run: {why}");
+    }
+}

@@ -1,0 +1,149 @@
+//! The matmul on quantized weights: `y[m, n] = x[m, k] · dequant(w)[n, k]^T (+ bias[n])`.
+//!
+//! Invariant (exactness and batch invariance): each thread dequantizes a panel of weight rows
+//! into an f32 scratch buffer and runs [`super::gemm`]'s tile kernels on it, so every output
+//! element is the same float operations as [`super::matmul_reference`] on the dequantized matrix,
+//! bit for bit, whatever `m`, the panel or the thread. The weights stay in their block format;
+//! only one panel per thread is ever widened, and it is reused by all `m` rows of `x`.
+//!
+//! Small batches (decode) of the 32-weight formats take a fused path instead on AVX2: blocks are
+//! dequantized in registers and fed straight into the same eight-lane sums, so the bits are the
+//! same as the panel path's; it only skips writing and re-reading the panel.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::gemm::{panel, Kernel, OutPtr, CHUNKS_PER_THREAD, PARALLEL_MIN_WORK};
+use crate::quant::QMatrix;
+
+/// Floats in one thread's dequantized panel: 32 KiB, so it stays in L1/L2 while `x` streams by.
+const PANEL_FLOATS: usize = 8192;
+/// Below this many rows of `x` the fused path wins: dequantizing per row group costs less than
+/// a panel's store and reload. Measured crossover on AVX2 is near 8.
+const FUSED_MAX_M: usize = 8;
+
+/// `y[m, n] = x[m, k] · w^T (+ bias[n])` with `w` a `[n, k]` quantized matrix; panics on
+/// inconsistent shapes, as [`super::matmul`] does.
+pub fn matmul_quant(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    assert!(k > 0, "matmul_quant: k must be > 0");
+    assert_eq!(x.len() % k, 0, "matmul_quant: x.len() {} not a multiple of k {k}", x.len());
+    let m = x.len() / k;
+    assert_eq!(y.len(), m * n, "matmul_quant: y.len() {} != m {m} * n {n}", y.len());
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul_quant: bias.len() {} != n {n}", b.len());
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m < FUSED_MAX_M && crate::quant::x86::fused_available(w.dtype) {
+        return fused(x, w, bias, y);
+    }
+    matmul_quant_with(Kernel::detect(), x, w, bias, y);
+}
+
+/// The fused small-batch path: threads split output columns; four weight rows against one row
+/// of `x` (four independent sums), or one weight row against four rows of `x`.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn fused(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    use crate::quant::x86::{dot_rows, dot_rows4_avx512, fused512_available};
+    let wide = fused512_available();
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k;
+    let out = OutPtr(y.as_mut_ptr());
+    let run = |cols: Range<usize>| {
+        let mut res = [[0f32; 4]; 4];
+        let mut j = cols.start;
+        while j < cols.end {
+            let nr = if m < 4 && j + 4 <= cols.end { 4 } else { 1 };
+            let mut ws = [std::ptr::null::<u8>(); 4];
+            for (t, p) in ws.iter_mut().enumerate().take(nr) {
+                *p = w.row_data(j + t..j + t + 1).as_ptr();
+            }
+            let mut i = 0;
+            while i < m {
+                let mr = if nr == 1 && i + 4 <= m { 4 } else { 1 };
+                let mut xs = [x.as_ptr(); 4];
+                for (t, p) in xs.iter_mut().enumerate().take(mr) {
+                    *p = x[(i + t) * k..].as_ptr();
+                }
+                // SAFETY: `fused_available` held; each `x` row is `k` floats, each weight row one
+                // row of `w`.
+                unsafe {
+                    match (mr, nr) {
+                        (1, 4) if wide => dot_rows4_avx512(w.dtype, &xs, &ws, k, &mut res),
+                        (1, 4) => dot_rows::<1, 4>(w.dtype, &xs, &ws, k, &mut res),
+                        (4, 1) => dot_rows::<4, 1>(w.dtype, &xs, &ws, k, &mut res),
+                        _ => dot_rows::<1, 1>(w.dtype, &xs, &ws, k, &mut res),
+                    }
+                }
+                for (r, row) in res.iter().enumerate().take(mr) {
+                    for (t, &v) in row.iter().enumerate().take(nr) {
+                        let c = j + t;
+                        // SAFETY: `(i + r) * n + c < m * n`; only this task writes column `c`.
+                        unsafe { *out.get().add((i + r) * n + c) = v + bias.map_or(0.0, |b| b[c]) };
+                    }
+                }
+                i += mr;
+            }
+            j += nr;
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * n * k < PARALLEL_MIN_WORK {
+        return run(0..n);
+    }
+    let chunk = n.div_ceil(threads * CHUNKS_PER_THREAD).next_multiple_of(4);
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| run(c * chunk..n.min((c + 1) * chunk)));
+}
+
+/// [`matmul_quant`] on a given kernel; shapes already checked.
+pub(super) fn matmul_quant_with(kernel: Kernel, x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k;
+    let nr = kernel.tile().1;
+    let panel_rows = (PANEL_FLOATS / k / nr * nr).max(nr);
+    let threads = rayon::current_num_threads();
+    let out = OutPtr(y.as_mut_ptr());
+    if threads <= 1 || m * n * k < PARALLEL_MIN_WORK {
+        // SAFETY: shapes checked by the caller; this call alone writes `y`.
+        unsafe { columns(kernel, x, w, bias, m, 0..n, panel_rows, out.get()) };
+        return;
+    }
+    let chunk = n.div_ceil(threads * CHUNKS_PER_THREAD).next_multiple_of(nr);
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let cols = c * chunk..n.min((c + 1) * chunk);
+        // SAFETY: shapes checked by the caller; chunks are disjoint column ranges of `y`.
+        unsafe { columns(kernel, x, w, bias, m, cols, panel_rows, out.get()) };
+    });
+}
+
+/// Columns `cols` of `y`, one dequantized panel of at most `panel_rows` weight rows at a time.
+///
+/// # Safety
+/// As [`panel`]: `x` is `m * w.cols`, `y` points at `m * w.rows` floats, `cols` are this
+/// caller's alone.
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns(
+    kernel: Kernel,
+    x: &[f32],
+    w: &QMatrix<'_>,
+    bias: Option<&[f32]>,
+    m: usize,
+    cols: Range<usize>,
+    panel_rows: usize,
+    y: *mut f32,
+) {
+    let k = w.cols;
+    let mut buf = vec![0f32; panel_rows.min(cols.len()) * k];
+    let mut j0 = cols.start;
+    while j0 < cols.end {
+        let j1 = cols.end.min(j0 + panel_rows);
+        let wp = &mut buf[..(j1 - j0) * k];
+        w.dequantize_rows(j0..j1, wp);
+        panel(kernel, x, wp, bias, k, m, w.rows, j0, y);
+        j0 = j1;
+    }
+}

@@ -1,0 +1,311 @@
+//! AVX2 dequantization of the 32-weight block formats. Integer to f32 conversion is exact and
+//! the multiplies and adds are the portable path's, unfused and in its order, so the floats are
+//! identical (pinned by `quant::tests`).
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::QuantType;
+
+/// Dequantizes with AVX2 when this CPU has it and the type has a SIMD path; `false` otherwise.
+pub(super) fn dequantize(t: QuantType, bytes: &[u8], out: &mut [f32]) -> bool {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        return false;
+    }
+    // SAFETY: AVX2 is present (F16C checked where used); the caller checked `bytes` holds
+    // exactly `out.len()` weights.
+    unsafe {
+        match t {
+            QuantType::Q4_0 => q4(bytes, out, 18, false),
+            QuantType::Q4_1 => q4(bytes, out, 20, true),
+            QuantType::Q8_0 => q8_0(bytes, out),
+            QuantType::F16 if std::arch::is_x86_feature_detected!("f16c") => f16s(bytes, out),
+            QuantType::BF16 => bf16s(bytes, out),
+            QuantType::F32 => {
+                for (y, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// f16 to f32 eight at a time (exact, as every f16 is an f32).
+///
+/// # Safety
+/// AVX2 and F16C are available; `bytes` is `2 * out.len()` bytes.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16s(bytes: &[u8], out: &mut [f32]) {
+    let main = out.len() / 8 * 8;
+    for i in (0..main).step_by(8) {
+        let h = _mm_loadu_si128(bytes.as_ptr().add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+    }
+    for i in main..out.len() {
+        out[i] = f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
+    }
+}
+
+/// bf16 is the top half of an f32: widen and shift, eight at a time.
+///
+/// # Safety
+/// AVX2 is available; `bytes` is `2 * out.len()` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn bf16s(bytes: &[u8], out: &mut [f32]) {
+    let main = out.len() / 8 * 8;
+    for i in (0..main).step_by(8) {
+        let h = _mm_loadu_si128(bytes.as_ptr().add(2 * i) as *const __m128i);
+        let w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_castsi256_ps(w));
+    }
+    for i in main..out.len() {
+        out[i] = f32::from_bits((u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]) as u32) << 16);
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Q4_0 (`q - 8` times `d`) and Q4_1 (`q * d + m`) blocks of `bb` bytes.
+///
+/// # Safety
+/// AVX2 is available; `bytes` is `out.len() / 32` whole blocks.
+#[target_feature(enable = "avx2")]
+unsafe fn q4(bytes: &[u8], out: &mut [f32], bb: usize, with_min: bool) {
+    let mask = _mm256_set1_epi32(0x0F);
+    let eight = _mm256_set1_epi32(8);
+    let qoff = if with_min { 4 } else { 2 };
+    for (b, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(f16_at(b, 0));
+        let m = _mm256_set1_ps(if with_min { f16_at(b, 2) } else { 0.0 });
+        let qs = b.as_ptr().add(qoff);
+        for h in 0..2 {
+            // Eight bytes widened to eight i32 lanes: weights 8h.. (low nibbles) and 16 + 8h.. (high).
+            let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs.add(8 * h) as *const __m128i));
+            let mut lo = _mm256_and_si256(raw, mask);
+            let mut hi = _mm256_srli_epi32(raw, 4);
+            if !with_min {
+                lo = _mm256_sub_epi32(lo, eight);
+                hi = _mm256_sub_epi32(hi, eight);
+            }
+            let (lo, hi) = (_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi));
+            let (lo, hi) = if with_min {
+                (_mm256_add_ps(_mm256_mul_ps(lo, d), m), _mm256_add_ps(_mm256_mul_ps(hi, d), m))
+            } else {
+                (_mm256_mul_ps(lo, d), _mm256_mul_ps(hi, d))
+            };
+            _mm256_storeu_ps(y.as_mut_ptr().add(8 * h), lo);
+            _mm256_storeu_ps(y.as_mut_ptr().add(16 + 8 * h), hi);
+        }
+    }
+}
+
+/// # Safety
+/// AVX2 is available; `bytes` is `out.len() / 32` whole Q8_0 blocks.
+#[target_feature(enable = "avx2")]
+unsafe fn q8_0(bytes: &[u8], out: &mut [f32]) {
+    for (b, y) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(f16_at(b, 0));
+        for g in 0..4 {
+            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.as_ptr().add(2 + 8 * g) as *const __m128i));
+            _mm256_storeu_ps(y.as_mut_ptr().add(8 * g), _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        }
+    }
+}
+
+/// Whether [`dot_rows`] can run here.
+pub(crate) fn fused_available(t: QuantType) -> bool {
+    matches!(t, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0)
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// f16 to f32 with F16C (exact, so equal to `half`'s conversion).
+#[inline(always)]
+unsafe fn f16c_at(b: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*b, *b.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The `MR x NR` dot products of rows `xs[..MR]` with quantized weight rows `ws[..NR]` (each
+/// `k / 32` blocks of a 32-weight type), dequantizing each block in registers. Each result is
+/// [`crate::cpu::dot`] of the row with the dequantized weights, bit for bit: eight lanes fed in
+/// `k` order, the same unfused multiply and add, the same combination (`k` is a multiple of 32,
+/// so no tail). Several weight rows (or several `x` rows) give independent add chains.
+///
+/// # Safety
+/// [`fused_available`] holds for `t`; `xs[..MR]` point at `k` floats; `ws[..NR]` at one row each.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) unsafe fn dot_rows<const MR: usize, const NR: usize>(
+    t: QuantType,
+    xs: &[*const f32; 4],
+    ws: &[*const u8; 4],
+    k: usize,
+    out: &mut [[f32; 4]; 4],
+) {
+    match t {
+        QuantType::Q4_0 => dot_rows_as::<0, MR, NR>(xs, ws, k, out),
+        QuantType::Q4_1 => dot_rows_as::<1, MR, NR>(xs, ws, k, out),
+        _ => dot_rows_as::<2, MR, NR>(xs, ws, k, out),
+    }
+}
+
+/// `T`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
+#[inline(always)]
+unsafe fn dot_rows_as<const T: u8, const MR: usize, const NR: usize>(
+    xs: &[*const f32; 4],
+    ws: &[*const u8; 4],
+    k: usize,
+    out: &mut [[f32; 4]; 4],
+) {
+    let bb = [18, 20, 34][T as usize];
+    let mask = _mm256_set1_epi32(0x0F);
+    let eight = _mm256_set1_epi32(8);
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    for bi in 0..k / 32 {
+        let (mut d, mut m) = ([0f32; NR], [0f32; NR]);
+        for j in 0..NR {
+            let b = ws[j].add(bi * bb);
+            d[j] = f16c_at(b);
+            if T == 1 {
+                m[j] = f16c_at(b.add(2));
+            }
+        }
+        // Groups of eight weights in `k` order: 0 and 1 are low nibbles of bytes 0..8 and 8..16,
+        // 2 and 3 the high nibbles of the same bytes (Q8_0: bytes 8g..).
+        for g in 0..4 {
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for j in 0..NR {
+                let b = ws[j].add(bi * bb);
+                let q = if T == 2 {
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(2 + 8 * g) as *const __m128i))
+                } else {
+                    let qs = b.add(if T == 1 { 4 } else { 2 });
+                    let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs.add(8 * (g % 2)) as *const __m128i));
+                    let nib = if g < 2 { _mm256_and_si256(raw, mask) } else { _mm256_srli_epi32(raw, 4) };
+                    if T == 0 {
+                        _mm256_sub_epi32(nib, eight)
+                    } else {
+                        nib
+                    }
+                };
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(d[j]));
+                wv[j] = if T == 1 { _mm256_add_ps(v, _mm256_set1_ps(m[j])) } else { v };
+            }
+            let p = bi * 32 + 8 * g;
+            for i in 0..MR {
+                let xv = _mm256_loadu_ps(xs[i].add(p));
+                for j in 0..NR {
+                    acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(xv, wv[j]));
+                }
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..NR {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]);
+            out[i][j] = crate::cpu::combine_lanes(&lanes, 0.0);
+        }
+    }
+}
+
+/// How far ahead of the current block [`dot_rows4_avx512`] prefetches each weight row.
+const PREFETCH_BYTES: usize = 512;
+
+/// Whether [`dot_rows4_avx512`] can run here.
+pub(crate) fn fused512_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
+/// [`dot_rows::<1, 4>`] with two weight rows per 512-bit register: the low eight lanes are row
+/// `2p`'s accumulator, the high eight row `2p + 1`'s, each fed exactly the eight-lane sums of
+/// the AVX2 path (same values, same order), so the bits are the same; half the instructions.
+///
+/// # Safety
+/// [`fused_available`] for `t` and [`fused512_available`] hold; `xs[0]` points at `k` floats;
+/// `ws[..4]` at one weight row each.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl")]
+pub(crate) unsafe fn dot_rows4_avx512(
+    t: QuantType,
+    xs: &[*const f32; 4],
+    ws: &[*const u8; 4],
+    k: usize,
+    out: &mut [[f32; 4]; 4],
+) {
+    match t {
+        QuantType::Q4_0 => dot_rows4_512_as::<0>(xs[0], ws, k, out),
+        QuantType::Q4_1 => dot_rows4_512_as::<1>(xs[0], ws, k, out),
+        _ => dot_rows4_512_as::<2>(xs[0], ws, k, out),
+    }
+}
+
+/// Lane `lo` of `v` into the low eight lanes, lane `hi` into the high eight. (Plain fns, not
+/// closures, so they inline into the caller's target features.)
+#[inline(always)]
+unsafe fn spread(v: __m512, lo: i32, hi: i32) -> __m512 {
+    _mm512_permutexvar_ps(_mm512_setr_epi32(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi), v)
+}
+
+#[inline(always)]
+unsafe fn dot_rows4_512_as<const T: u8>(x: *const f32, ws: &[*const u8; 4], k: usize, out: &mut [[f32; 4]; 4]) {
+    let bb = [18, 20, 34][T as usize];
+    let mask = _mm512_set1_epi32(0x0F);
+    let eight = _mm512_set1_epi32(8);
+    let mut acc = [_mm512_setzero_ps(); 2];
+    for bi in 0..k / 32 {
+        let b = [ws[0].add(bi * bb), ws[1].add(bi * bb), ws[2].add(bi * bb), ws[3].add(bi * bb)];
+        // Every block starts with its f16 scale (Q4_1: then its f16 min): the first four bytes of
+        // the four blocks, widened in one conversion to [d0, m0, d1, m1, d2, m2, d3, m3], then
+        // spread into (row 2p, row 2p + 1) halves. Scalar conversions cost a third of the time.
+        // The four rows are four streams from memory; fetch a few blocks ahead of use.
+        for bj in b {
+            _mm_prefetch::<_MM_HINT_T0>(bj.wrapping_add(PREFETCH_BYTES) as *const i8);
+        }
+        let head = |i: usize| (b[i] as *const i32).read_unaligned();
+        let dm = _mm256_cvtph_ps(_mm_set_epi32(head(3), head(2), head(1), head(0)));
+        let dm = _mm512_castps256_ps512(dm);
+        let d = [spread(dm, 0, 2), spread(dm, 4, 6)];
+        let m = if T == 1 { [spread(dm, 1, 3), spread(dm, 5, 7)] } else { [_mm512_setzero_ps(); 2] };
+        for g in 0..4 {
+            let xv = _mm256_castps_pd(_mm256_loadu_ps(x.add(bi * 32 + 8 * g)));
+            let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(xv));
+            for p in 0..2 {
+                let (lo, hi) = (b[2 * p], b[2 * p + 1]);
+                let off = match T {
+                    2 => 2 + 8 * g,
+                    1 => 4 + 8 * (g % 2),
+                    _ => 2 + 8 * (g % 2),
+                };
+                let bytes = _mm_unpacklo_epi64(
+                    _mm_loadl_epi64(lo.add(off) as *const __m128i),
+                    _mm_loadl_epi64(hi.add(off) as *const __m128i),
+                );
+                let q = if T == 2 {
+                    _mm512_cvtepi8_epi32(bytes)
+                } else {
+                    let raw = _mm512_cvtepu8_epi32(bytes);
+                    let nib = if g < 2 { _mm512_and_si512(raw, mask) } else { _mm512_srli_epi32::<4>(raw) };
+                    if T == 0 {
+                        _mm512_sub_epi32(nib, eight)
+                    } else {
+                        nib
+                    }
+                };
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), d[p]);
+                let v = if T == 1 { _mm512_add_ps(v, m[p]) } else { v };
+                acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(xv, v));
+            }
+        }
+    }
+    for p in 0..2 {
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc[p]);
+        out[0][2 * p] = crate::cpu::combine_lanes(lanes[..8].try_into().expect("8"), 0.0);
+        out[0][2 * p + 1] = crate::cpu::combine_lanes(lanes[8..].try_into().expect("8"), 0.0);
+    }
+}
