@@ -83,6 +83,24 @@ async fn closed_connections_mid_batch_delay_the_batch_but_lose_nothing(pool: PgP
     h.finish().await;
 }
 
+/// 2 prefill x 2 decode `pdq worker` processes, registered: prefill 0, 1, then decode 0, 1.
+async fn start_2x2(env: &Env, pool: &PgPool, extra: &[&str]) -> Ranks {
+    let roles = [("prefill", 0), ("prefill", 1), ("decode", 0), ("decode", 1)];
+    let ranks = Ranks(roles.iter().map(|(role, rank)| env.spawn_rank(role, *rank, 2, 2, extra)).collect());
+    wait_for_workers(pool, 4).await;
+    ranks
+}
+
+/// `pdq submit FILE`, as a user runs it; returns the job id.
+fn submit_file(env: &Env, lines: &[Value]) -> Uuid {
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{}.jsonl", env.namespace, Uuid::new_v4()));
+    std::fs::write(&file, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let out = env.run(&["submit", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).ok();
+    assert!(out.status.success(), "submit: {}", stderr(&out));
+    stdout(&out).lines().next().unwrap().trim().parse().unwrap()
+}
+
 /// A hung rank (SIGSTOP: connected, doing nothing) as its own process: its broker connection
 /// misses heartbeats and its unacked requests go to the other prefill rank; decoders holding
 /// handles for its KV time out and send those requests back to prefill.
@@ -91,19 +109,9 @@ async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
     const BOUND: Duration = Duration::from_secs(60);
     let env = Env::new(&pool).await;
     let fast = ["--amqp-heartbeat", "2s", "--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"];
-    let mut ranks = Ranks(vec![
-        env.spawn_rank("prefill", 0, 2, 2, &fast),
-        env.spawn_rank("prefill", 1, 2, 2, &fast),
-        env.spawn_rank("decode", 0, 2, 2, &fast),
-        env.spawn_rank("decode", 1, 2, 2, &fast),
-    ]);
-    wait_for_workers(&pool, 4).await;
+    let mut ranks = start_2x2(&env, &pool, &fast).await;
     let n = 1500;
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
-    std::fs::write(&file, batch(n, "s", 16).iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
-    let out = env.run(&["submit", file.to_str().unwrap()]);
-    assert!(out.status.success(), "submit: {}", stderr(&out));
-    let job: Uuid = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
+    let job = submit_file(&env, &batch(n, "s", 16));
 
     wait_results(&pool, job, (n / 5) as i64, Duration::from_secs(120)).await;
     signal(&ranks[0], "STOP");
@@ -117,7 +125,6 @@ async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
     for r in ranks.iter_mut() {
         assert!(terminate(r).success(), "every rank drains and exits 0");
     }
-    std::fs::remove_file(&file).ok();
     delete_namespace(&env.namespace, ClusterShape::disagg(2, 2)).await;
 }
 
@@ -125,20 +132,9 @@ async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn killed_ranks_lose_nothing(pool: PgPool) {
     let env = Env::new(&pool).await;
-    let fast = ["--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"];
-    let mut ranks = Ranks(vec![
-        env.spawn_rank("prefill", 0, 2, 2, &fast),
-        env.spawn_rank("prefill", 1, 2, 2, &fast),
-        env.spawn_rank("decode", 0, 2, 2, &fast),
-        env.spawn_rank("decode", 1, 2, 2, &fast),
-    ]);
-    wait_for_workers(&pool, 4).await;
+    let mut ranks = start_2x2(&env, &pool, &["--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"]).await;
     let n = 1500;
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
-    std::fs::write(&file, batch(n, "k", 16).iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
-    let out = env.run(&["submit", file.to_str().unwrap()]);
-    assert!(out.status.success(), "submit: {}", stderr(&out));
-    let job: Uuid = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
+    let job = submit_file(&env, &batch(n, "k", 16));
     wait_results(&pool, job, (n / 5) as i64, Duration::from_secs(120)).await;
     ranks[3].kill().unwrap();
     wait_results(&pool, job, (n / 2) as i64, Duration::from_secs(120)).await;
@@ -152,7 +148,6 @@ async fn killed_ranks_lose_nothing(pool: PgPool) {
             assert!(terminate(r).success(), "the survivors drain and exit 0");
         }
     }
-    std::fs::remove_file(&file).ok();
     delete_namespace(&env.namespace, ClusterShape::disagg(2, 2)).await;
 }
 
@@ -377,16 +372,11 @@ async fn a_poison_message_stops_at_the_delivery_bound(pool: PgPool) {
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn load_run_20k_requests(pool: PgPool) {
     let env = Env::new(&pool).await;
-    let roles = [("prefill", 0), ("prefill", 1), ("decode", 0), ("decode", 1)];
-    let mut ranks = Ranks(roles.iter().map(|(r, i)| env.spawn_rank(r, *i, 2, 2, &[])).collect());
-    wait_for_workers(&pool, 4).await;
+    let mut ranks = start_2x2(&env, &pool, &[]).await;
     let n = 20_000;
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", env.namespace));
-    std::fs::write(&file, batch(n, "l", 16).iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let lines = batch(n, "l", 16);
     let started = Instant::now();
-    let out = env.run(&["submit", file.to_str().unwrap()]);
-    assert!(out.status.success(), "submit: {}", stderr(&out));
-    let job: Uuid = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
+    let job = submit_file(&env, &lines);
     let took = wait_results(&pool, job, n as i64, Duration::from_secs(1800)).await;
     let secs = started.elapsed().as_secs_f64();
     assert_exactly_once(&pool, job, n).await;
@@ -394,12 +384,11 @@ async fn load_run_20k_requests(pool: PgPool) {
         "load run: {n} requests in {secs:.1}s ({:.0} req/s; results done {took:.1?} after submit)",
         n as f64 / secs
     );
-    for ((role, rank), child) in roles.iter().zip(ranks.iter()) {
-        eprintln!("  {role} {rank}: peak RSS {:.0} MiB", peak_rss_mib(&child.id().to_string()));
+    for (name, child) in ["prefill 0", "prefill 1", "decode 0", "decode 1"].iter().zip(ranks.iter()) {
+        eprintln!("  {name}: peak RSS {:.0} MiB", peak_rss_mib(&child.id().to_string()));
     }
     for r in ranks.iter_mut() {
         assert!(terminate(r).success());
     }
-    std::fs::remove_file(&file).ok();
     delete_namespace(&env.namespace, ClusterShape::disagg(2, 2)).await;
 }
