@@ -40,9 +40,9 @@ pub fn demo_line(i: usize, shape: &ClusterShape, max_tokens: u32) -> Value {
     let url = ["/v1/completions", "/v1/chat/completions", "/generate"][i % 3];
     // Every other request is pinned, as an external router would: decode rank, and for some a
     // different prefill rank that holds the KV.
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         body["routed_dp_rank"] = json!((i / 2) as u32 % shape.decode_dp);
-        if shape.mode == Mode::Disagg && i % 4 == 0 {
+        if shape.mode == Mode::Disagg && i.is_multiple_of(4) {
             body["disagg_prefill_dp_rank"] = json!((i / 4) as u32 % shape.prefill_dp);
         }
     }

@@ -87,9 +87,12 @@ impl Sampling {
         if !(0.0..=1.0).contains(&min_p) {
             return Err(ValidationError::invalid(f.name("min_p"), format!("must be in [0, 1], got {min_p}")));
         }
-        let seed = match f.int("seed")?.or(f.int("sampling_seed")?) {
-            None => None,
-            Some(s) => Some(s as u64),
+        let seed_field = if f.get("seed").is_some() { "seed" } else { "sampling_seed" };
+        let seed = match f.int(seed_field)? {
+            Some(s) if s < 0 => {
+                return Err(ValidationError::invalid(f.name(seed_field), format!("must be >= 0, got {s}")))
+            }
+            s => s.map(|s| s as u64),
         };
         if let Some(n) = f.int("n")? {
             if n != 1 {
@@ -212,6 +215,15 @@ mod tests {
         assert_eq!(s.max_tokens, 5);
         let s = parse(json!({"stop": "\n", "top_k": -1, "seed": 7, "ignore_eos": true})).unwrap();
         assert_eq!((s.stop, s.top_k, s.seed, s.ignore_eos), (vec!["\n".to_string()], 0, Some(7), true));
+    }
+
+    #[test]
+    fn a_negative_seed_is_refused_not_wrapped() {
+        let obj = serde_json::json!({"seed": -1}).as_object().unwrap().clone();
+        let e = Sampling::parse(&obj, &["max_tokens"], 16, "").unwrap_err();
+        assert_eq!(e.to_string(), "`seed` must be >= 0, got -1");
+        let obj = serde_json::json!({"max_tokens": 1_000_000_000_000u64}).as_object().unwrap().clone();
+        assert_eq!(Sampling::parse(&obj, &["max_tokens"], 16, "").unwrap().max_tokens, 1_000_000_000_000);
     }
 
     #[test]

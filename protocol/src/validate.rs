@@ -161,7 +161,9 @@ fn generate_sampling(body: &Map<String, Value>) -> Result<Sampling, ValidationEr
     if sampling.seed.is_none() {
         if let Some(v) = body.get("sampling_seed").or(body.get("seed")).filter(|v| !v.is_null()) {
             let seed = v.as_i64().ok_or_else(|| ValidationError::wrong_type("sampling_seed", "an integer", v))?;
-            sampling.seed = Some(seed as u64);
+            let seed = u64::try_from(seed)
+                .map_err(|_| ValidationError::invalid("sampling_seed", format!("must be >= 0, got {seed}")))?;
+            sampling.seed = Some(seed);
         }
     }
     Ok(sampling)

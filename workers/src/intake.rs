@@ -49,6 +49,8 @@ impl Accepted {
     }
 }
 
+// Short-lived and moved once: boxing the decision would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Intake {
     Run(Box<Accepted>),
     /// Decided without running it: forward, fail with a row, or already answered.
