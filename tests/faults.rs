@@ -314,22 +314,23 @@ async fn with_a_secret_strangers_get_no_kv_and_the_cluster_still_works(pool: PgP
     h.finish().await;
 }
 
-/// A message that kills every worker it reaches: here the test plays those workers with pdq's
-/// own consumer, dropping the message unsettled each time (what a crash looks like to the
-/// broker). Past the bound, a real worker records it and dead-letters it.
-#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
-async fn a_poison_message_stops_at_the_delivery_bound(pool: PgPool) {
-    const BOUND: u32 = 3;
-    let shape = ClusterShape::disagg(1, 1);
-    let mut h = Harness::idle(pool.clone(), shape).await;
-    let opts = BrokerOptions { max_deliveries: BOUND, ..BrokerOptions::new(&common::amqp_url(), &h.ns) };
+/// Plays a worker that crashes holding a message: publishes `line` with `key`, then takes it
+/// from `queue` with pdq's own consumer and drops it unsettled while `again` says so. Returns
+/// the delivery counts seen.
+async fn crash_while(
+    h: &Harness,
+    bound: u32,
+    key: &str,
+    queue: &str,
+    line: &Value,
+    again: impl Fn(&pdq_broker::Inbound) -> bool,
+) -> Vec<u32> {
+    let opts = BrokerOptions { max_deliveries: bound, ..BrokerOptions::new(&common::amqp_url(), &h.ns) };
     let crasher = Broker::connect_with(opts.named(format!("pdq:{}:crasher", h.ns))).await.unwrap();
-    let queue = format!("{}.prefill.any", h.ns);
-    let mut sub = crasher.subscribe(std::slice::from_ref(&queue), 1, "crasher").await.unwrap();
-    let line = generate_line("poison", json!({}));
+    let mut sub = crasher.subscribe(&[queue.to_string()], 1, "crasher").await.unwrap();
     let msg = Outgoing {
         exchange: format!("{}.prefill", h.ns),
-        key: "any".into(),
+        key: key.into(),
         body: line.to_string().into_bytes(),
         meta: MessageMeta::default(),
     };
@@ -338,16 +339,46 @@ async fn a_poison_message_stops_at_the_delivery_bound(pool: PgPool) {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(30), sub.next()).await.unwrap().unwrap().unwrap();
         seen.push(m.deliveries);
-        let poisoned = m.poisoned;
+        let more = again(&m);
         drop(m); // "crash": the message goes back unsettled
-        if poisoned {
+        if !more {
             break;
         }
     }
-    assert_eq!(seen, vec![1, 2, 3, 4], "each crash counts once, and the bound is seen");
     sub.cancel().await;
     crasher.close().await;
+    seen
+}
 
+/// A message published with a key that names no prefill queue keeps that verdict after pdq
+/// publishes it again (a counted redelivery arrives through the default exchange).
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_redelivered_message_keeps_its_route(pool: PgPool) {
+    let mut h = Harness::idle(pool.clone(), ClusterShape::disagg(1, 1)).await;
+    let line = generate_line("lost-key", json!({}));
+    let queue = format!("{}.unroutable", h.ns);
+    let seen = crash_while(&h, 5, "7", &queue, &line, |m| m.deliveries < 2).await;
+    assert_eq!(seen, vec![1, 2]);
+    h.start_cluster().await;
+    h.wait_count("SELECT count(*) FROM results WHERE custom_id = 'lost-key'", 1).await;
+    let message: String = sqlx::query_scalar("SELECT error->>'message' FROM results WHERE custom_id = 'lost-key'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(message.contains("'7' names no prefill queue"), "{message}");
+    h.finish().await;
+}
+
+/// A message that kills every worker it reaches: here the test plays those workers with pdq's
+/// own consumer, dropping the message unsettled each time (what a crash looks like to the
+/// broker). Past the bound, a real worker records it and dead-letters it.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_poison_message_stops_at_the_delivery_bound(pool: PgPool) {
+    const BOUND: u32 = 3;
+    let mut h = Harness::idle(pool.clone(), ClusterShape::disagg(1, 1)).await;
+    let line = generate_line("poison", json!({}));
+    let seen = crash_while(&h, BOUND, "any", &format!("{}.prefill.any", h.ns), &line, |m| !m.poisoned).await;
+    assert_eq!(seen, vec![1, 2, 3, 4], "each crash counts once, and the bound is seen");
     h.start_cluster_with(|c| c.broker.max_deliveries = BOUND).await;
     h.wait_count("SELECT count(*) FROM results WHERE custom_id = 'poison'", 1).await;
     let (status, code): (String, Option<String>) =

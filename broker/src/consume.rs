@@ -192,6 +192,8 @@ impl Consuming {
     async fn inbound(&self, i: usize, d: Delivery, channel: &Channel) -> Option<Inbound> {
         let queue = self.queues[i].clone();
         let mut meta = MessageMeta::from_headers(d.properties.headers().as_ref());
+        let route = (d.exchange.as_str().to_string(), d.routing_key.as_str().to_string());
+        meta.first_route.get_or_insert(route);
         let body: Arc<[u8]> = d.data.into();
         let deliveries = meta.deliveries + 1 + u32::from(d.redelivered);
         let poisoned = deliveries > self.link.options().max_deliveries;
@@ -201,7 +203,7 @@ impl Consuming {
             let copy = Outgoing { exchange: String::new(), key: queue.clone(), body: body.to_vec(), meta };
             match self.republisher.publish(&copy).await {
                 Ok(()) => {
-                    let _ = d.acker.ack(Default::default()).await;
+                    let _ = tokio::time::timeout(OP_TIMEOUT, d.acker.ack(Default::default())).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "could not count a redelivery; the broker keeps it"),
             }
@@ -215,15 +217,8 @@ impl Consuming {
             meta.clone(),
             self.republisher.clone(),
         );
-        Some(Inbound {
-            body,
-            meta,
-            exchange: d.exchange.as_str().to_string(),
-            routing_key: d.routing_key.as_str().to_string(),
-            queue,
-            deliveries,
-            poisoned,
-            settlement,
-        })
+        // Handlers see the original route; the header only carries it across pdq's own copies.
+        let (exchange, routing_key) = meta.first_route.clone().unwrap_or_default();
+        Some(Inbound { body, meta, exchange, routing_key, queue, deliveries, poisoned, settlement })
     }
 }

@@ -16,7 +16,8 @@ use crate::{MessageMeta, Outgoing, Publisher};
 pub struct Inbound {
     pub body: Arc<[u8]>,
     pub meta: MessageMeta,
-    /// The exchange and routing key it was published with (kept by an alternate exchange).
+    /// The exchange and routing key it was first published with (kept by an alternate exchange,
+    /// and across pdq's own requeues).
     pub exchange: String,
     pub routing_key: String,
     /// The queue it was consumed from.

@@ -10,6 +10,8 @@ const JOB_ID: &str = "x-pdq-job-id";
 const LINE: &str = "x-pdq-line";
 const ATTEMPT: &str = "x-pdq-attempt";
 const DELIVERIES: &str = "x-pdq-deliveries";
+const FIRST_EXCHANGE: &str = "x-pdq-first-exchange";
+const FIRST_KEY: &str = "x-pdq-first-routing-key";
 const ENQUEUED_AT: &str = "x-pdq-enqueued-at";
 const DISPATCH_PREFILL: &str = "x-pdq-prefill-rank";
 const DISPATCH_DECODE: &str = "x-pdq-decode-rank";
@@ -33,6 +35,10 @@ pub struct MessageMeta {
     pub dispatch_decode: Option<u32>,
     /// `x-data-parallel-rank`, as a JSON value (string or integer) for `validate`.
     pub rank_header: Option<Value>,
+    /// Where the message was first published (exchange, routing key), kept when pdq publishes
+    /// it again to its queue (a requeue, a counted redelivery), since the copy arrives through
+    /// the default exchange.
+    pub first_route: Option<(String, String)>,
 }
 
 impl MessageMeta {
@@ -64,6 +70,10 @@ impl MessageMeta {
         if let Some(d) = self.dispatch_decode {
             put(DISPATCH_DECODE, AMQPValue::LongLongInt(d as i64));
         }
+        if let Some((exchange, key)) = &self.first_route {
+            put(FIRST_EXCHANGE, text(exchange.clone()));
+            put(FIRST_KEY, text(key.clone()));
+        }
         match &self.rank_header {
             Some(Value::String(s)) => put(DATA_PARALLEL_RANK, text(s.clone())),
             Some(Value::Number(n)) if n.is_i64() => {
@@ -93,6 +103,7 @@ impl MessageMeta {
                 Some(n) => Value::from(n),
                 None => Value::String(as_text(v).unwrap_or_default()),
             }),
+            first_route: get(FIRST_EXCHANGE).and_then(as_text).zip(get(FIRST_KEY).and_then(as_text)),
         }
     }
 }
@@ -135,6 +146,7 @@ mod tests {
             dispatch_prefill: Some(1),
             dispatch_decode: None,
             rank_header: Some(Value::String("abc".into())),
+            first_route: Some(("ns.prefill".into(), "7".into())),
         };
         assert_eq!(MessageMeta::from_headers(Some(&meta.to_headers())), meta);
         assert_eq!(MessageMeta::from_headers(None), MessageMeta::default());

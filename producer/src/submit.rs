@@ -152,6 +152,7 @@ pub async fn submit(
                         dispatch_prefill: a.dispatch_prefill,
                         dispatch_decode: a.dispatch_decode,
                         rank_header: None,
+                        first_route: None,
                     },
                 }
             })

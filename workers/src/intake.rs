@@ -120,6 +120,8 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     // Honour the pins whatever queue the message came from.
     if let Some(p) = req.pins.prefill.or(meta.dispatch_prefill) {
         if p != ctx.cfg.rank {
+            // A forward is a publish of its own, through the route it names.
+            meta.first_route = None;
             let msg = Outgoing {
                 exchange: ctx.topology.prefill_exchange(),
                 key: p.to_string(),
