@@ -34,11 +34,17 @@ async fn every_bad_line_is_a_failed_row_naming_the_field(pool: PgPool) {
             .to_string(),
         // 10 MB: refused for its size before the tokenizer sees it.
         json!({"custom_id": "huge-prompt", "url": "/generate", "body": {"text": "word ".repeat(2_000_000)}}).to_string(),
+        json!({"custom_id": "best-of", "url": "/v1/completions", "body": {"prompt": "x", "best_of": 2}}).to_string(),
+        json!({"custom_id": "typo", "url": "/v1/chat/completions",
+               "body": {"messages": [{"role": "user", "content": "x"}], "temprature": 0}})
+        .to_string(),
+        json!({"custom_id": "stream", "url": "/v1/completions", "body": {"prompt": "x", "max_tokens": 2, "stream": true}})
+            .to_string(),
         json!({"custom_id": "ok", "url": "/v1/completions", "body": {"prompt": "fine", "max_tokens": 2}}).to_string(),
     ];
     let job = h.submit_text(&lines.join("\n"), Policy::Shared).await.unwrap();
     let row = h.wait(job).await;
-    assert_eq!((row.total, row.completed, row.failed, row.cancelled), (13, 1, 12, 0));
+    assert_eq!((row.total, row.completed, row.failed, row.cancelled), (16, 2, 14, 0));
     assert_eq!(row.status, "completed");
     let results = h.results(job).await;
     let by = |cid: Option<&str>| results.iter().find(|r| r.custom_id.as_deref() == cid).expect("row");
@@ -59,7 +65,12 @@ async fn every_bad_line_is_a_failed_row_naming_the_field(pool: PgPool) {
     expect(Some("too-long"), "context_length_exceeded", "context length");
     expect(Some("huge-max"), "context_length_exceeded", "`max_tokens` (1000000000000)");
     expect(Some("huge-prompt"), "invalid_request", "`text` is 10000000 bytes, over this cluster's limit of 1048576");
+    expect(Some("best-of"), "invalid_request", "`best_of` is not supported by pdq");
+    expect(Some("typo"), "invalid_request", "`temprature` is not a parameter of /v1/chat/completions");
     assert_eq!(by(Some("ok")).status, "completed");
+    let stream = by(Some("stream"));
+    assert_eq!(stream.status, "completed");
+    assert_eq!(stream.warnings(), vec![pdq_protocol::unsupported::STREAM_WARNING.to_string()]);
     // Nothing out of range reached a queue.
     let t = &h.broker.topology;
     assert_eq!(h.broker.queue_depth(&t.prefill_any_queue()).await.unwrap(), 0);

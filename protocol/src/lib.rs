@@ -11,6 +11,7 @@ pub mod names;
 pub mod result;
 pub mod routing;
 pub mod sampling;
+pub mod unsupported;
 pub mod url;
 pub mod validate;
 

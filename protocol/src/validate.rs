@@ -111,10 +111,12 @@ pub fn validate(
         ),
         Endpoint::Generate => (generate_prompt(body)?, generate_sampling(body)?),
     };
+    let ignored = crate::unsupported::check(endpoint, body)?;
     let header = line.header("X-Data-Parallel-Rank").or(amqp_rank_header);
     let routing = Routing::from_body(body, header)?;
     let pins = routing.pins(shape)?;
-    let warnings = routing.warnings();
+    let mut warnings = routing.warnings();
+    warnings.extend(ignored);
     Ok(ValidRequest { custom_id, endpoint, model, prompt, sampling, routing, pins, warnings })
 }
 

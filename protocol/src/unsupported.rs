@@ -1,0 +1,152 @@
+//! Nothing silently ignored (CONTRACT §7): a parameter pdq does not implement is refused by
+//! name. One at its neutral value (a penalty of 0, `best_of` 1, `logprobs` off, an empty
+//! `logit_bias`, `response_format` text, no tools) changes nothing and is accepted; so are
+//! `user`, `metadata` and `store`, which never change an answer. `stream` is accepted and
+//! ignored, with a warning in `meta_info.warnings`. A name pdq does not know at all is refused
+//! too, as OpenAI refuses an unrecognized argument: a typo (`temprature`) must not pass as the
+//! default.
+
+use serde_json::{Map, Value};
+
+use crate::{Endpoint, ValidationError};
+
+pub const STREAM_WARNING: &str = "`stream` is ignored: a batch job's results are written whole, not streamed";
+
+/// Read by `validate` (prompt, sampling, routing) or without effect on the answer.
+const COMMON: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "n",
+    "user",
+    "metadata",
+    "store",
+    "stream",
+    "routed_dp_rank",
+    "disagg_prefill_dp_rank",
+    "data_parallel_rank",
+];
+const COMPLETIONS: &[&str] = &["prompt"];
+const CHAT: &[&str] = &["messages", "max_completion_tokens"];
+const GENERATE: &[&str] = &[
+    "text",
+    "input_ids",
+    "sampling_params",
+    "sampling_seed",
+    "seed",
+    "rid",
+    "stream",
+    "model",
+    "routed_dp_rank",
+    "disagg_prefill_dp_rank",
+    "data_parallel_rank",
+];
+const SAMPLING_PARAMS: &[&str] = &[
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "n",
+    "seed",
+    "sampling_seed",
+];
+
+/// Known parameters pdq does not implement, accepted only at their neutral value.
+fn neutral(name: &str, v: &Value) -> Option<bool> {
+    let off = v.is_null() || *v == Value::Bool(false);
+    let zero = v.is_null() || v.as_f64() == Some(0.0);
+    let empty = v.is_null() || v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty);
+    Some(match name {
+        "presence_penalty" | "frequency_penalty" => zero,
+        "repetition_penalty" => v.is_null() || v.as_f64() == Some(1.0),
+        "best_of" => v.is_null() || v.as_i64() == Some(1),
+        "logit_bias" | "tools" | "functions" | "stream_options" => empty,
+        "logprobs" | "echo" | "return_logprob" | "parallel_tool_calls" => off,
+        "top_logprobs" | "top_logprobs_num" => v.is_null() || v.as_i64() == Some(0),
+        "suffix" => v.is_null() || v.as_str() == Some(""),
+        "response_format" => v.is_null() || v.get("type").and_then(Value::as_str) == Some("text"),
+        "tool_choice" | "function_call" => v.is_null() || v.as_str() == Some("none"),
+        "service_tier" => v.is_null() || matches!(v.as_str(), Some("auto" | "default")),
+        "modalities" => v.is_null() || *v == serde_json::json!(["text"]),
+        "min_new_tokens" => v.is_null() || v.as_i64() == Some(0),
+        "audio" | "prediction" | "reasoning_effort" | "json_schema" | "regex" | "ebnf" | "logprob_start_len"
+        | "image_data" | "lora_path" => v.is_null(),
+        _ => return None,
+    })
+}
+
+fn check_fields(obj: &Map<String, Value>, known: &[&[&str]], prefix: &str, url: &str) -> Result<(), ValidationError> {
+    for (name, v) in obj {
+        if known.iter().any(|k| k.contains(&name.as_str())) {
+            continue;
+        }
+        let field = format!("{prefix}{name}");
+        match neutral(name, v) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(ValidationError::invalid(field, "is not supported by pdq; leave it out or at its default"))
+            }
+            None => return Err(ValidationError::invalid(field, format!("is not a parameter of {url}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what pdq does not implement; returns the warnings to record for what it ignores.
+pub fn check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Vec<String>, ValidationError> {
+    let url = endpoint.path();
+    match endpoint {
+        Endpoint::Completions => check_fields(body, &[COMMON, COMPLETIONS], "", url)?,
+        Endpoint::ChatCompletions => check_fields(body, &[COMMON, CHAT], "", url)?,
+        Endpoint::Generate => {
+            check_fields(body, &[GENERATE], "", url)?;
+            if let Some(Value::Object(params)) = body.get("sampling_params") {
+                check_fields(params, &[SAMPLING_PARAMS], "sampling_params.", url)?;
+            }
+        }
+    }
+    let streaming = body.get("stream").is_some_and(|v| *v == Value::Bool(true));
+    Ok(if streaming { vec![STREAM_WARNING.to_string()] } else { Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(endpoint: Endpoint, body: Value) -> Result<Vec<String>, String> {
+        check(endpoint, body.as_object().unwrap()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unsupported_parameters_are_named() {
+        let e = run(Endpoint::Completions, json!({"prompt": "x", "best_of": 3})).unwrap_err();
+        assert_eq!(e, "`best_of` is not supported by pdq; leave it out or at its default");
+        let e = run(Endpoint::ChatCompletions, json!({"messages": [], "tools": [{"type": "function"}]})).unwrap_err();
+        assert!(e.starts_with("`tools` is not supported"), "{e}");
+        let e = run(Endpoint::Generate, json!({"text": "x", "sampling_params": {"regex": "a+"}})).unwrap_err();
+        assert!(e.starts_with("`sampling_params.regex` is not supported"), "{e}");
+        let e = run(Endpoint::Completions, json!({"prompt": "x", "temprature": 0})).unwrap_err();
+        assert_eq!(e, "`temprature` is not a parameter of /v1/completions");
+    }
+
+    #[test]
+    fn neutral_values_pass_and_stream_warns() {
+        let body = json!({"prompt": "x", "presence_penalty": 0, "best_of": 1, "logit_bias": {}, "logprobs": null,
+                          "echo": false, "user": "u1"});
+        assert_eq!(run(Endpoint::Completions, body).unwrap(), Vec::<String>::new());
+        let chat = json!({"messages": [], "response_format": {"type": "text"}, "tools": [], "stream": true});
+        assert_eq!(run(Endpoint::ChatCompletions, chat).unwrap(), vec![STREAM_WARNING.to_string()]);
+    }
+}
