@@ -51,6 +51,14 @@ pub async fn run(
     let d =
         run_batch(&store, g, &format!("{}-bench-d-{tag}", g.namespace), disagg, model.clone(), &lines, WaitMode::Quiet)
             .await?;
+    // The bench's namespaces are its own: leave no queues behind.
+    for (ns, shape) in
+        [(format!("{}-bench-c-{tag}", g.namespace), colocated), (format!("{}-bench-d-{tag}", g.namespace), disagg)]
+    {
+        let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace: ns, ..g.broker() }).await?;
+        broker.delete_namespace(&shape).await?;
+        broker.close().await;
+    }
     let rate = |r: &crate::demo::BatchRun| r.job.completed as f64 / r.wall_s;
     let (c_rps, d_rps) = (rate(&c), rate(&d));
     anyhow::ensure!(c.job.failed == 0 && d.job.failed == 0, "bench requests failed");
