@@ -113,8 +113,14 @@ async fn open(opts: &BrokerOptions) -> Result<Connection, BrokerError> {
 async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Get>, mut current: Conn) {
     while let Some(Get { stale, reply }) = rx.recv().await {
         let healthy = current.connection.status().connected() && stale != Some(current.generation);
-        if healthy || *shared.closed.borrow() {
+        if healthy {
             let _ = reply.send(Ok(current.clone()));
+            continue;
+        }
+        if *shared.closed.borrow() {
+            // No new connection once closed: a caller asking for one would only spin.
+            let answer = if stale.is_none() { Ok(current.clone()) } else { Err(BrokerError::Closed) };
+            let _ = reply.send(answer);
             continue;
         }
         match reconnect(&shared).await {
