@@ -20,7 +20,7 @@ CREATE TABLE file_chunks (
 );
 
 -- One row per `POST /v1/batches`; its id is the job's. A batch refused at validation (a duplicate
--- `custom_id`) has `errors` and no job.
+-- `custom_id`) has `errors` and no job; one whose window passed has `expired_at`.
 CREATE TABLE batches (
     id                 uuid PRIMARY KEY,
     input_file_id      uuid NOT NULL,
@@ -31,5 +31,6 @@ CREATE TABLE batches (
     created_at         timestamptz NOT NULL DEFAULT now(),
     expires_at         timestamptz NOT NULL,
     cancelling_at      timestamptz,
+    expired_at         timestamptz,
     failed_at          timestamptz
 );

@@ -19,6 +19,7 @@ pub async fn run(g: &Global, a: ApiArgs) -> Result<()> {
         max_file_bytes: a.max_file_bytes,
         max_file_lines: a.max_file_lines,
         policy: a.policy,
+        ..ApiConfig::default()
     };
     tracing::info!(addr = %listener.local_addr()?, auth = config.api_key.is_some(), "serving the OpenAI Batch API at /v1");
     let state = ApiState::new(store, broker.clone(), config);

@@ -377,3 +377,37 @@ async fn a_duplicate_custom_id_is_a_failed_batch_with_errors(pool: PgPool) {
     api.stop().await;
     h.finish().await;
 }
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_batch_past_its_window_expires(pool: PgPool) {
+    // A registered cluster that consumes nothing, so the requests are still waiting when the
+    // window passes.
+    let h = Harness::idle(pool, ClusterShape::disagg(1, 1)).await;
+    sqlx::query(
+        "INSERT INTO workers (namespace, role, dp_rank, prefill_dp, decode_dp, mode, host, pid, model)
+         VALUES ($1, 'prefill', 0, 1, 1, 'disagg', 'test', 0, 'tiny')",
+    )
+    .bind(&h.ns)
+    .execute(h.store.pool())
+    .await
+    .unwrap();
+    let api = Api::start(&h, ApiConfig { expiry_every: Duration::from_millis(50), ..ApiConfig::default() }).await;
+    let (_, file) = api.upload(&lines(&[completion("e0"), completion("e1")])).await;
+    let body = json!({"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "1h"});
+    let (status, batch) = api.post("/batches", body).await;
+    assert_eq!((status, &batch["status"]), (StatusCode::OK, &json!("in_progress")), "{batch}");
+    assert_eq!(batch["expires_at"].as_i64().unwrap() - batch["created_at"].as_i64().unwrap(), 3600);
+    // The hour passes.
+    sqlx::query("UPDATE batches SET expires_at = now() - interval '1 second'").execute(h.store.pool()).await.unwrap();
+    let batch = api.wait(&batch["id"]).await;
+    assert_eq!(batch["status"], "expired", "{batch}");
+    assert!(batch["expired_at"].is_i64() && batch["cancelled_at"].is_null(), "{batch}");
+    assert_eq!(batch["request_counts"], json!({"total": 2, "completed": 0, "failed": 2}));
+    let errors = parse_lines(&api.text(&format!("/files/{}/content", batch["error_file_id"].as_str().unwrap())).await);
+    assert_eq!(errors.iter().map(|l| l["error"]["code"].as_str().unwrap()).collect::<Vec<_>>(), ["batch_expired"; 2]);
+    // The job ended like a cancelled one, so `pdq status` and SQL add up.
+    let job = h.store.job(batch["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
+    assert_eq!((job.status.as_str(), job.cancelled, job.total), ("cancelled", 2, 2));
+    api.stop().await;
+    h.finish().await;
+}

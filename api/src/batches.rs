@@ -202,10 +202,11 @@ async fn found(s: &ApiState, id: Uuid) -> Result<BatchRow, ApiError> {
     s.store.batch(id).await?.ok_or_else(|| ApiError::NotFound { what: "batch", id: id.to_string() })
 }
 
-/// The job's status is the batch's (the names are OpenAI's); without a job, the batch is still
-/// validating, or was refused.
+/// The job's status is the batch's (the names are OpenAI's), but an expired batch's job reads
+/// `cancelled`; without a job, the batch is still validating, or was refused.
 fn status(b: &BatchRow) -> &str {
     match (&b.job_status, &b.errors) {
+        (Some(_), _) if b.expired_at.is_some() => "expired",
         (Some(s), _) => s,
         (None, Some(_)) => "failed",
         (None, None) => "validating",
@@ -236,7 +237,7 @@ pub(crate) fn batch_object(b: &BatchRow) -> Value {
         "finalizing_at": at("completed"),
         "completed_at": at("completed"),
         "failed_at": ts(b.failed_at).or(at("failed")),
-        "expired_at": null,
+        "expired_at": ts(b.expired_at),
         "cancelling_at": ts(b.cancelling_at),
         "cancelled_at": at("cancelled"),
         "request_counts": {"total": b.total.unwrap_or(0), "completed": completed, "failed": failed + cancelled},

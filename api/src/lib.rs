@@ -6,6 +6,7 @@
 mod auth;
 mod batches;
 mod error;
+mod expiry;
 mod files;
 mod ids;
 mod output;
@@ -13,6 +14,7 @@ mod reply;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -26,6 +28,8 @@ pub use error::ApiError;
 /// OpenAI's limits on a batch input file.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
 pub const DEFAULT_MAX_FILE_LINES: u64 = 50_000;
+/// How often batches past their `completion_window` are looked for.
+pub const DEFAULT_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -35,6 +39,7 @@ pub struct ApiConfig {
     pub max_file_lines: u64,
     /// Dispatch policy of the jobs batches create.
     pub policy: Policy,
+    pub expiry_every: Duration,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +49,7 @@ impl Default for ApiConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_file_lines: DEFAULT_MAX_FILE_LINES,
             policy: Policy::Shared,
+            expiry_every: DEFAULT_EXPIRY_EVERY,
         }
     }
 }
@@ -80,11 +86,15 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
+/// Serves, and expires batches past their window, until `shutdown` resolves; then finishes the
+/// requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let sweeper = tokio::spawn(expiry::sweep(state.store.clone(), state.config.expiry_every));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    served
 }

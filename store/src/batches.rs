@@ -1,10 +1,14 @@
 //! Batches of `pdq api`: what OpenAI's batch object holds beyond its job (endpoint, window,
 //! metadata). A batch and its job share one id; a batch refused at validation has no job.
+//! Expiry ends a batch's job the way cancellation does, with OpenAI's `batch_expired` code.
 
 use chrono::{DateTime, Utc};
+use pdq_protocol::{ErrorBody, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::jobs::JobStatus;
+use crate::results::insert_outcomes;
 use crate::{Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -29,6 +33,7 @@ pub struct BatchRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub cancelling_at: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub job_status: Option<String>,
     pub total: Option<i32>,
@@ -40,7 +45,7 @@ pub struct BatchRow {
 }
 
 const BATCH_SELECT: &str = "SELECT b.id, b.input_file_id, b.endpoint, b.completion_window, b.metadata, b.errors,
-        b.created_at, b.expires_at, b.cancelling_at, b.failed_at, j.status AS job_status, j.total, j.completed,
+        b.created_at, b.expires_at, b.cancelling_at, b.expired_at, b.failed_at, j.status AS job_status, j.total, j.completed,
         j.failed, j.cancelled, j.started_at, j.finished_at
     FROM batches b LEFT JOIN jobs j ON j.id = b.id";
 
@@ -97,5 +102,53 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Expires every batch whose completion window has passed and whose job is still running;
+    /// returns their ids. Safe to run from several processes at once (the job row is locked).
+    pub async fn expire_batches(&self) -> Result<Vec<Uuid>, StoreError> {
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT b.id FROM batches b JOIN jobs j ON j.id = b.id
+             WHERE b.expires_at <= now() AND b.expired_at IS NULL
+               AND j.status NOT IN ('completed', 'failed', 'cancelled')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut expired = Vec::new();
+        for id in due {
+            if self.expire_batch(id).await? {
+                expired.push(id);
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn expire_batch(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if status.as_deref().and_then(JobStatus::parse).is_none_or(JobStatus::is_terminal) {
+            return Ok(false);
+        }
+        // `cancelling` makes the last result row end the job `cancelled`, not `completed`.
+        sqlx::query("UPDATE jobs SET status = 'cancelling' WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE batches SET expired_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let pending: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT r.id, r.custom_id FROM requests r LEFT JOIN results s ON s.request_id = r.id
+             WHERE r.job_id = $1 AND s.request_id IS NULL",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = ErrorBody::new("batch_expired", "the batch's completion window passed before this request ran");
+        let outcomes: Vec<Outcome> = pending
+            .into_iter()
+            .map(|(rid, cid)| Outcome { error: Some(expired.clone()), ..Outcome::cancelled(rid, Some(id), cid) })
+            .collect();
+        insert_outcomes(&mut tx, &outcomes).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
