@@ -411,3 +411,27 @@ async fn a_batch_past_its_window_expires(pool: PgPool) {
     api.stop().await;
     h.finish().await;
 }
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn the_default_upload_limit_is_openais_200_mb(pool: PgPool) {
+    let h = Harness::idle(pool, ClusterShape::disagg(1, 1)).await;
+    let api = Api::start(&h, ApiConfig::default()).await;
+    assert_eq!(pdq_api::DEFAULT_MAX_FILE_BYTES, 200 << 20);
+    // One byte over, generated as it is sent: one long line, so only the size limit applies.
+    let total = pdq_api::DEFAULT_MAX_FILE_BYTES + 1;
+    let pieces = (0..=(total >> 20)).map(move |i| {
+        let len = if i == total >> 20 { (total % (1 << 20)) as usize } else { 1 << 20 };
+        Ok::<_, std::io::Error>(vec![b'x'; len])
+    });
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+    let form =
+        Form::new().text("purpose", "batch").part("file", Part::stream_with_length(body, total).file_name("big.jsonl"));
+    let started = std::time::Instant::now();
+    let got = Api::send(api.req(reqwest::Method::POST, "/files").multipart(form)).await;
+    assert_error(&got, StatusCode::PAYLOAD_TOO_LARGE, Some("file_too_large"));
+    eprintln!("200 MB + 1 refused in {:?}", started.elapsed());
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM file_chunks").fetch_one(h.store.pool()).await.unwrap();
+    assert_eq!(chunks, 0, "the refused upload was rolled back");
+    api.stop().await;
+    h.finish().await;
+}
