@@ -355,6 +355,10 @@ async fn bad_uploads_and_requests_are_openai_errors_and_store_nothing(pool: PgPo
     assert_error(&api.post("/batches", body).await, StatusCode::NOT_FOUND, None);
     assert_error(&api.get(&format!("/batches/{}", uuid::Uuid::now_v7())).await, StatusCode::NOT_FOUND, None);
     assert_error(&api.get("/nothing-here").await, StatusCode::NOT_FOUND, Some("unknown_url"));
+    let put = Api::send(api.req(reqwest::Method::PUT, "/batches")).await;
+    assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, None);
+    let long_purpose = Form::new().text("purpose", "b".repeat(2000)).part("file", Part::bytes(b"{}\n".to_vec()));
+    assert_error(&Api::send(api.http.post(&files_url).multipart(long_purpose)).await, StatusCode::BAD_REQUEST, None);
     // No live workers: the batch cannot be validated against a cluster's shape.
     let body = json!({"input_file_id": ok["id"], "endpoint": "/v1/completions", "completion_window": "24h"});
     assert_error(&api.post("/batches", body).await, StatusCode::SERVICE_UNAVAILABLE, Some("no_cluster"));

@@ -5,6 +5,7 @@
 //! `errors`, as at OpenAI.
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::{Duration, Utc};
@@ -143,7 +144,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
             pdq_producer::submit_text(&s.store, &s.broker, &input, &shape, &opts).await
         })
     };
-    let submitted = task.await.map_err(|e| ApiError::Conflict(format!("batch submission stopped: {e}")))?;
+    let submitted = task.await.map_err(|e| ApiError::Internal(format!("batch submission stopped: {e}")))?;
     if let Err(e) = submitted {
         let line = match &e {
             ProducerError::Rejected(pdq_protocol::ValidationError::DuplicateCustomId { line, .. }) => Some(*line),
@@ -169,7 +170,11 @@ pub(crate) struct ListParams {
     after: Option<String>,
 }
 
-pub(crate) async fn list(State(s): State<ApiState>, Query(p): Query<ListParams>) -> Result<Response, ApiError> {
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = query?;
     let limit = reply::limit(p.limit.as_deref(), 20, 100)?;
     let after = match p.after.as_deref() {
         None => None,

@@ -3,6 +3,7 @@
 //! 404 NotFound, 409 Conflict, 5xx InternalServer).
 
 use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pdq_producer::ProducerError;
@@ -29,6 +30,11 @@ pub enum ApiError {
     Multipart { status: StatusCode, message: String },
     #[error("Unknown request URL")]
     NoRoute,
+    #[error("Method not allowed for this URL")]
+    BadMethod,
+    /// A task of the server itself stopped (a panic): a bug, not the request's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -44,6 +50,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::BadMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Invalid { .. } | ApiError::TooManyLines { .. } => StatusCode::BAD_REQUEST,
             ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -102,6 +110,12 @@ impl From<MultipartError> for ApiError {
 impl From<MultipartRejection> for ApiError {
     fn from(e: MultipartRejection) -> Self {
         ApiError::Multipart { status: e.status(), message: e.body_text() }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::Invalid { message: e.body_text(), param: None }
     }
 }
 

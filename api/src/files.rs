@@ -4,6 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,8 @@ use crate::{output, reply, ApiError, ApiState};
 
 const CHUNK_BYTES: usize = 1 << 20;
 const PURPOSES: &[&str] = &["batch"];
+/// Form fields other than the file (`purpose`) are short.
+const MAX_FIELD_BYTES: usize = 1024;
 
 pub(crate) fn file_object(row: &FileRow) -> Value {
     json!({
@@ -92,7 +95,7 @@ pub(crate) async fn upload(
                 }
                 file = Some((upload, filename, count));
             }
-            Some("purpose") => purpose = Some(field.text().await?),
+            Some("purpose") => purpose = Some(short_text(&mut field).await?),
             // Fields pdq does not use (`expires_after[...]`) are read past.
             _ => while field.chunk().await?.is_some() {},
         }
@@ -104,6 +107,22 @@ pub(crate) async fn upload(
     let (upload, filename, count) = file.ok_or_else(|| ApiError::invalid("`file` is required", "file"))?;
     let new = NewFile { filename, purpose, bytes: count.bytes as i64, lines: count.lines() as i32 };
     Ok(reply::ok(&file_object(&upload.finish(&new).await?)))
+}
+
+/// A small text field, refused past [`MAX_FIELD_BYTES`] instead of buffered whole.
+async fn short_text(field: &mut axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or("").to_string();
+    let mut bytes = Vec::new();
+    while let Some(data) = field.chunk().await? {
+        bytes.extend_from_slice(&data);
+        if bytes.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::Invalid {
+                message: format!("`{name}` is over {MAX_FIELD_BYTES} bytes"),
+                param: None,
+            });
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| ApiError::Invalid { message: format!("`{name}` is not UTF-8"), param: None })
 }
 
 pub(crate) async fn retrieve(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -136,7 +155,11 @@ pub(crate) struct ListParams {
     order: Option<String>,
 }
 
-pub(crate) async fn list(State(s): State<ApiState>, Query(p): Query<ListParams>) -> Result<Response, ApiError> {
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = query?;
     let limit = reply::limit(p.limit.as_deref(), 10_000, 10_000)?;
     let order = match p.order.as_deref() {
         None | Some("desc") => ListOrder::Desc,

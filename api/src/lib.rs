@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/batches/{id}", get(batches::retrieve))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::BadMethod })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .with_state(state)
 }
