@@ -193,6 +193,11 @@ pub enum Command {
         #[arg(long, env = "PDQ_ERRORS")]
         errors: bool,
     },
+    /// The OpenAI Batch API over HTTP (files and batches) for this namespace's cluster.
+    Api {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Model utilities.
     Model {
         #[command(subcommand)]
@@ -224,6 +229,25 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArg,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PDQ_API_ADDR", default_value = "127.0.0.1:8000")]
+    pub addr: std::net::SocketAddr,
+    /// When set, every request needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "PDQ_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest file an upload may hold (OpenAI's limit by default).
+    #[arg(long, env = "PDQ_API_MAX_FILE_BYTES", default_value_t = pdq_api::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// Most lines an uploaded file may hold (OpenAI's limit by default).
+    #[arg(long, env = "PDQ_API_MAX_FILE_LINES", default_value_t = pdq_api::DEFAULT_MAX_FILE_LINES)]
+    pub max_file_lines: u64,
+    /// Dispatch policy of the jobs that batches create: shared, round-robin, least-loaded.
+    #[arg(long, env = "PDQ_POLICY", default_value = "shared")]
+    pub policy: pdq_producer::Policy,
 }
 
 #[derive(Args, Debug, Clone)]

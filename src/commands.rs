@@ -108,6 +108,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 _ => {}
             }
         }
+        Command::Api { api } => crate::api::run(g, api).await?,
         Command::Model { command: ModelCommand::Tiny { dir } } => {
             pdq_engine::tiny::write(&dir)?;
             println!("{}", dir.display());

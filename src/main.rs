@@ -1,6 +1,7 @@
 //! `pdq`: one binary for the whole system. Each subcommand is a thin shell over a library crate;
 //! errors end as one line on stderr and a non-zero exit.
 
+mod api;
 mod bench;
 mod cli;
 mod commands;

@@ -12,10 +12,12 @@ pub enum ExportKind {
 }
 
 pub fn export_lines(rows: &[ExportRow], kind: ExportKind) -> Vec<String> {
-    rows.iter()
-        .filter(|r| (r.status == "completed") == (kind == ExportKind::Output))
-        .map(|r| line(r).to_string())
-        .collect()
+    rows.iter().filter(|r| (r.status == "completed") == (kind == ExportKind::Output)).map(export_line).collect()
+}
+
+/// One line of the output file (a completed row) or the error file (any other).
+pub fn export_line(r: &ExportRow) -> String {
+    line(r).to_string()
 }
 
 fn line(r: &ExportRow) -> Value {

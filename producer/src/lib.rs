@@ -10,7 +10,7 @@ mod submit;
 
 pub use dispatch::{Assignment, Dispatcher, Policy};
 pub use error::ProducerError;
-pub use export::{export_lines, ExportKind};
+pub use export::{export_line, export_lines, ExportKind};
 pub use progress::{wait_for_job, WaitMode};
 pub use shape::cluster_shape;
-pub use submit::{parse_batch, submit, BatchPlan, SubmitOptions, SubmitReport};
+pub use submit::{parse_batch, submit, submit_text, BatchInput, BatchPlan, SubmitOptions, SubmitReport};

@@ -2,11 +2,14 @@
 //! `custom_id` rejects the job; any other bad line becomes a failed result row at once, so the job
 //! still accounts for every line. Valid requests are published with confirms; a rank outside the
 //! cluster never reaches a queue, because validation checked it against the live cluster's shape.
+//! `pdq submit` reads a path, `pdq api` an uploaded file's text: both go through [`submit_text`].
 
 use std::collections::HashMap;
 
 use pdq_broker::{Broker, MessageMeta, Outgoing};
-use pdq_protocol::{validate, ClusterShape, InputLine, MetaInfo, Mode, Outcome, Pins, RawLine, ValidationError};
+use pdq_protocol::{
+    validate, ClusterShape, Endpoint, InputLine, MetaInfo, Mode, Outcome, Pins, RawLine, ValidationError,
+};
 use pdq_store::{NewJob, NewRequest, Store};
 use serde_json::Value;
 use uuid::Uuid;
@@ -30,6 +33,17 @@ pub struct SubmitReport {
     pub invalid: usize,
 }
 
+/// A batch's lines and where they came from.
+#[derive(Debug, Clone)]
+pub struct BatchInput<'a> {
+    pub text: &'a str,
+    /// Recorded as the job's `input_file`: a path, or the id of an uploaded file.
+    pub source: String,
+    /// The OpenAI batch's `endpoint`: a line whose `url` is another one fails.
+    pub endpoint: Option<Endpoint>,
+    pub job_id: Uuid,
+}
+
 /// A request line that validated: published as-is.
 #[derive(Debug, Clone)]
 pub struct Publishable {
@@ -49,7 +63,12 @@ pub struct BatchPlan {
 }
 
 /// Validates a batch file's text (blank lines are skipped and not counted).
-pub fn parse_batch(text: &str, job_id: Uuid, shape: &ClusterShape) -> Result<BatchPlan, ProducerError> {
+pub fn parse_batch(
+    text: &str,
+    job_id: Uuid,
+    shape: &ClusterShape,
+    endpoint: Option<Endpoint>,
+) -> Result<BatchPlan, ProducerError> {
     let mut plan = BatchPlan::default();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
@@ -84,6 +103,11 @@ pub fn parse_batch(text: &str, job_id: Uuid, shape: &ClusterShape) -> Result<Bat
                 return Err(ValidationError::Missing { field: "custom_id", context: " in a batch file".into() });
             }
             row.body = line.body().cloned().map(Value::Object).unwrap_or_else(|| line.to_value());
+            if let (Some(endpoint), Some(url)) = (endpoint, line.url()) {
+                if url != endpoint.path() {
+                    return Err(ValidationError::EndpointMismatch { url: url.to_string(), endpoint: endpoint.path() });
+                }
+            }
             validate(&line, None, shape)
         });
         match checked {
@@ -116,16 +140,27 @@ pub async fn submit(
     opts: &SubmitOptions,
 ) -> Result<SubmitReport, ProducerError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProducerError::Io { path: path.to_string(), source })?;
-    let job_id = Uuid::now_v7();
-    let plan = parse_batch(&text, job_id, shape)?;
+    let input = BatchInput { text: &text, source: path.to_string(), endpoint: None, job_id: Uuid::now_v7() };
+    submit_text(store, broker, &input, shape, opts).await
+}
+
+pub async fn submit_text(
+    store: &Store,
+    broker: &Broker,
+    input: &BatchInput<'_>,
+    shape: &ClusterShape,
+    opts: &SubmitOptions,
+) -> Result<SubmitReport, ProducerError> {
+    let job_id = input.job_id;
+    let plan = parse_batch(input.text, job_id, shape, input.endpoint)?;
     if plan.requests.is_empty() {
-        return Err(ProducerError::Empty(path.to_string()));
+        return Err(ProducerError::Empty(input.source.clone()));
     }
     let job = NewJob {
         id: job_id,
         name: opts.name.clone(),
         namespace: broker.topology.namespace.clone(),
-        input_file: Some(path.to_string()),
+        input_file: Some(input.source.clone()),
     };
     store.create_job(&job, &plan.requests, &plan.failed).await?;
     // In progress from the first publish: a fast job may finish before the last one is confirmed.
@@ -201,7 +236,7 @@ mod tests {
             "\n\n",
             r#"{"custom_id":"a","url":"/generate","body":{"text":"y"}}"#,
         );
-        let e = parse_batch(text, Uuid::now_v7(), &SHAPE).unwrap_err();
+        let e = parse_batch(text, Uuid::now_v7(), &SHAPE, None).unwrap_err();
         assert_eq!(e.to_string(), "job rejected: `custom_id` 'a' on line 3 duplicates line 1");
     }
 
@@ -213,7 +248,7 @@ mod tests {
             "\n",
             r#"{"custom_id":"c","url":"/generate","body":{"text":"x","routed_dp_rank":1}}"#,
         );
-        let plan = parse_batch(text, Uuid::now_v7(), &SHAPE).unwrap();
+        let plan = parse_batch(text, Uuid::now_v7(), &SHAPE, None).unwrap();
         assert_eq!(plan.requests.len(), 3);
         assert_eq!(plan.publish.len(), 1);
         let errors: Vec<_> = plan.failed.iter().map(|o| o.error.clone().unwrap()).collect();
@@ -221,5 +256,19 @@ mod tests {
         assert!(errors[0].message.starts_with("line 1:"), "{}", errors[0].message);
         assert_eq!(errors[1].message, "routed_dp_rank=5 out of range [0, 2)");
         assert_eq!(plan.publish[0].pins, Pins { prefill: Some(1), decode: Some(1) });
+    }
+
+    #[test]
+    fn a_line_for_another_endpoint_fails_and_the_rest_are_published() {
+        let text = concat!(
+            r#"{"custom_id":"a","url":"/v1/completions","body":{"prompt":"x"}}"#,
+            "\n",
+            r#"{"custom_id":"b","url":"/generate","body":{"text":"x"}}"#,
+        );
+        let plan = parse_batch(text, Uuid::now_v7(), &SHAPE, Some(Endpoint::Completions)).unwrap();
+        assert_eq!((plan.requests.len(), plan.publish.len()), (2, 1));
+        let e = plan.failed[0].error.clone().unwrap();
+        assert_eq!(e.code, "invalid_request");
+        assert_eq!(e.message, "`url` '/generate' differs from the batch's endpoint '/v1/completions'");
     }
 }

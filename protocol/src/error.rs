@@ -15,6 +15,8 @@ pub enum ValidationError {
     Invalid { field: String, reason: String },
     #[error("`url` must be one of /v1/completions, /v1/chat/completions, /generate, got '{0}'")]
     UnknownUrl(String),
+    #[error("`url` '{url}' differs from the batch's endpoint '{endpoint}'")]
+    EndpointMismatch { url: String, endpoint: &'static str },
     #[error("`method` must be POST, got '{0}'")]
     BadMethod(String),
     #[error("{field}={value} out of range [0, {bound})")]

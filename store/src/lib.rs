@@ -1,15 +1,19 @@
 //! PostgreSQL: the schema users query (CONTRACT §5) and every read and write pdq makes of it.
 //! Queries are checked at run time (`sqlx::query`), so the workspace builds without a database.
 
+mod batches;
 mod connect;
 mod error;
+mod files;
 mod jobs;
 mod requests;
 mod results;
 mod workers;
 
+pub use batches::{BatchRow, NewBatch};
 pub use connect::Store;
 pub use error::StoreError;
+pub use files::{FileRow, FileUpload, ListOrder, NewFile};
 pub use jobs::{JobRow, JobStatus, NewJob};
 pub use requests::NewRequest;
 pub use results::{ExportRow, ResultsWritten};

@@ -101,6 +101,10 @@ pub(crate) fn pg_safe(v: Value) -> Value {
     }
 }
 
+const EXPORT_SELECT: &str = "SELECT s.request_id, s.custom_id, q.line_no, q.url, q.body, s.status, s.text,
+        s.output_ids, s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at
+    FROM results s JOIN requests q ON q.id = s.request_id";
+
 /// One line of `pdq results`: a result with the request it answers.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExportRow {
@@ -131,13 +135,32 @@ impl Store {
 
     /// A job's results in input order.
     pub async fn export_rows(&self, job_id: Uuid) -> Result<Vec<ExportRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ExportRow>(
-            "SELECT s.request_id, s.custom_id, q.line_no, q.url, q.body, s.status, s.text, s.output_ids,
-                    s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at
-             FROM results s JOIN requests q ON q.id = s.request_id
-             WHERE s.job_id = $1 ORDER BY q.line_no, q.id",
-        )
+        Ok(sqlx::query_as::<_, ExportRow>(&format!("{EXPORT_SELECT} WHERE s.job_id = $1 ORDER BY q.line_no, q.id"))
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Up to `limit` of a job's completed results (or the others, when `completed` is false) in
+    /// input order, after the row `after` names: a cursor for streaming the output files.
+    pub async fn export_page(
+        &self,
+        job_id: Uuid,
+        completed: bool,
+        after: Option<(i32, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<ExportRow>, StoreError> {
+        let (line, id) = after.map_or((None, None), |(l, i)| (Some(l), Some(i)));
+        Ok(sqlx::query_as::<_, ExportRow>(&format!(
+            "{EXPORT_SELECT} WHERE s.job_id = $1 AND (s.status = 'completed') = $2
+               AND ($3::int IS NULL OR (COALESCE(q.line_no, 0), q.id) > ($3, $4::uuid))
+             ORDER BY COALESCE(q.line_no, 0), q.id LIMIT $5"
+        ))
         .bind(job_id)
+        .bind(completed)
+        .bind(line)
+        .bind(id)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -1,0 +1,101 @@
+//! `pdq api`: the OpenAI Batch API (CONTRACT §10) over HTTP, so OpenAI's own clients drive pdq.
+//! Files live in PostgreSQL; a batch is a pdq job created by `pdq submit`'s code
+//! (`pdq_producer::submit_text`); output and error files are `pdq results`' lines, streamed from
+//! the results table page by page.
+
+mod auth;
+mod batches;
+mod error;
+mod expiry;
+mod files;
+mod ids;
+mod output;
+mod reply;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use pdq_broker::Broker;
+use pdq_producer::Policy;
+use pdq_store::Store;
+
+pub use error::ApiError;
+
+/// OpenAI's limits on a batch input file.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
+pub const DEFAULT_MAX_FILE_LINES: u64 = 50_000;
+/// How often batches past their `completion_window` are looked for.
+pub const DEFAULT_EXPIRY_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// When set, every request needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    pub max_file_bytes: u64,
+    pub max_file_lines: u64,
+    /// Dispatch policy of the jobs batches create.
+    pub policy: Policy,
+    pub expiry_every: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            api_key: None,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_file_lines: DEFAULT_MAX_FILE_LINES,
+            policy: Policy::Shared,
+            expiry_every: DEFAULT_EXPIRY_EVERY,
+        }
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    store: Store,
+    broker: Arc<Broker>,
+    config: Arc<ApiConfig>,
+    key: Option<auth::KeyDigest>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, broker: Arc<Broker>, config: ApiConfig) -> ApiState {
+        let key = config.api_key.as_deref().map(auth::KeyDigest::of);
+        ApiState { store, broker, config: Arc::new(config), key }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    // Room for the multipart framing around a file of the largest size allowed; the file's own
+    // size is checked as it streams in, for a clearer error.
+    let upload_limit = (state.config.max_file_bytes + (1 << 20)).try_into().unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/files", post(files::upload).layer(DefaultBodyLimit::max(upload_limit)).get(files::list))
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::BadMethod })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .with_state(state)
+}
+
+/// Serves, and expires batches past their window, until `shutdown` resolves; then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = tokio::spawn(expiry::sweep(state.store.clone(), state.config.expiry_every));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    served
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""A whole batch through the official `openai` package against a running `pdq api`: a client
+no one here wrote. Upload, create, retrieve until it ends, output and error files, list, cancel.
+
+    pdq serve &  pdq api &  python3 scripts/openai-sdk.py [BASE_URL]
+
+PDQ_API_KEY is sent as the key when set. Exits non-zero on the first thing that is not as
+OpenAI's clients expect.
+"""
+import io
+import json
+import os
+import sys
+import time
+
+from openai import OpenAI, NotFoundError, ConflictError
+
+base_url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000/v1"
+client = OpenAI(base_url=base_url, api_key=os.environ.get("PDQ_API_KEY", "unused"))
+
+
+def line(i, url="/v1/chat/completions"):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": f"Say {i}"}], "max_tokens": 4}
+    return {"custom_id": f"q-{i}", "method": "POST", "url": url, "body": body}
+
+
+lines = [line(i) for i in range(4)] + [line(99, url="/v1/completions")]
+data = "".join(json.dumps(l) + "\n" for l in lines).encode()
+f = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
+assert f.bytes == len(data) and f.purpose == "batch", f
+assert client.files.retrieve(f.id).id == f.id
+assert client.files.content(f.id).content == data
+
+batch = client.batches.create(
+    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"run": "sdk"}
+)
+while batch.status not in ("completed", "failed", "cancelled", "expired"):
+    time.sleep(0.2)
+    batch = client.batches.retrieve(batch.id)
+assert batch.status == "completed", batch
+assert batch.request_counts.total == 5 and batch.request_counts.completed == 4, batch.request_counts
+assert batch.metadata == {"run": "sdk"}, batch.metadata
+
+out = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
+assert sorted(o["custom_id"] for o in out) == [f"q-{i}" for i in range(4)], out
+assert all(o["response"]["body"]["object"] == "chat.completion" for o in out)
+err = [json.loads(l) for l in client.files.content(batch.error_file_id).text.splitlines()]
+assert [e["custom_id"] for e in err] == ["q-99"] and err[0]["error"]["code"] == "invalid_request", err
+
+assert batch.id in [b.id for b in client.batches.list(limit=10)]
+assert f.id in [x.id for x in client.files.list()]
+try:
+    client.batches.cancel(batch.id)
+    raise AssertionError("a completed batch was cancelled")
+except ConflictError:
+    pass
+assert client.files.delete(f.id).deleted
+try:
+    client.files.retrieve(f.id)
+    raise AssertionError("a deleted file is still there")
+except NotFoundError:
+    pass
+print(f"openai {__import__('openai').__version__}: batch {batch.id} completed, "
+      f"{len(out)} outputs, {len(err)} error; list, cancel and delete as OpenAI's")

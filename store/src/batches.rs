@@ -1,0 +1,154 @@
+//! Batches of `pdq api`: what OpenAI's batch object holds beyond its job (endpoint, window,
+//! metadata). A batch and its job share one id; a batch refused at validation has no job.
+//! Expiry ends a batch's job the way cancellation does, with OpenAI's `batch_expired` code.
+
+use chrono::{DateTime, Utc};
+use pdq_protocol::{ErrorBody, Outcome};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::jobs::JobStatus;
+use crate::results::insert_outcomes;
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub id: Uuid,
+    pub input_file_id: Uuid,
+    pub endpoint: String,
+    pub completion_window: String,
+    pub metadata: Option<Value>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A batch with its job's status and counters (absent while it validates, or when refused).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRow {
+    pub id: Uuid,
+    pub input_file_id: Uuid,
+    pub endpoint: String,
+    pub completion_window: String,
+    pub metadata: Option<Value>,
+    pub errors: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub cancelling_at: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+    pub job_status: Option<String>,
+    pub total: Option<i32>,
+    pub completed: Option<i32>,
+    pub failed: Option<i32>,
+    pub cancelled: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const BATCH_SELECT: &str = "SELECT b.id, b.input_file_id, b.endpoint, b.completion_window, b.metadata, b.errors,
+        b.created_at, b.expires_at, b.cancelling_at, b.expired_at, b.failed_at, j.status AS job_status, j.total, j.completed,
+        j.failed, j.cancelled, j.started_at, j.finished_at
+    FROM batches b LEFT JOIN jobs j ON j.id = b.id";
+
+impl Store {
+    pub async fn create_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO batches (id, input_file_id, endpoint, completion_window, metadata, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(b.id)
+        .bind(b.input_file_id)
+        .bind(&b.endpoint)
+        .bind(&b.completion_window)
+        .bind(&b.metadata)
+        .bind(b.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The batch failed validation as a whole: OpenAI's `errors` object, and no job.
+    pub async fn fail_batch(&self, id: Uuid, errors: &Value) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET errors = $2, failed_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(crate::results::pg_safe(errors.clone()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn batch(&self, id: Uuid) -> Result<Option<BatchRow>, StoreError> {
+        Ok(sqlx::query_as::<_, BatchRow>(&format!("{BATCH_SELECT} WHERE b.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Up to `limit` batches older than `after`, newest first (ids are UUIDv7).
+    pub async fn batches(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<BatchRow>, StoreError> {
+        Ok(sqlx::query_as::<_, BatchRow>(&format!(
+            "{BATCH_SELECT} WHERE ($1::uuid IS NULL OR b.id < $1) ORDER BY b.id DESC LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Cancels the batch's job (see [`Store::cancel_job`]) and records when it was asked.
+    pub async fn cancel_batch(&self, id: Uuid) -> Result<(), StoreError> {
+        self.cancel_job(id).await?;
+        sqlx::query("UPDATE batches SET cancelling_at = COALESCE(cancelling_at, now()) WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Expires every batch whose completion window has passed and whose job is still running;
+    /// returns their ids. Safe to run from several processes at once (the job row is locked).
+    pub async fn expire_batches(&self) -> Result<Vec<Uuid>, StoreError> {
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT b.id FROM batches b JOIN jobs j ON j.id = b.id
+             WHERE b.expires_at <= now() AND b.expired_at IS NULL
+               AND j.status NOT IN ('completed', 'failed', 'cancelled')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut expired = Vec::new();
+        for id in due {
+            if self.expire_batch(id).await? {
+                expired.push(id);
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn expire_batch(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if status.as_deref().and_then(JobStatus::parse).is_none_or(JobStatus::is_terminal) {
+            return Ok(false);
+        }
+        // `cancelling` makes the last result row end the job `cancelled`, not `completed`.
+        sqlx::query("UPDATE jobs SET status = 'cancelling' WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE batches SET expired_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let pending: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT r.id, r.custom_id FROM requests r LEFT JOIN results s ON s.request_id = r.id
+             WHERE r.job_id = $1 AND s.request_id IS NULL",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = ErrorBody::new("batch_expired", "the batch's completion window passed before this request ran");
+        let outcomes: Vec<Outcome> = pending
+            .into_iter()
+            .map(|(rid, cid)| Outcome { error: Some(expired.clone()), ..Outcome::cancelled(rid, Some(id), cid) })
+            .collect();
+        insert_outcomes(&mut tx, &outcomes).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
