@@ -45,6 +45,19 @@ pub struct Global {
     /// recorded as failed (`delivery_limit`) and dead-lettered.
     #[arg(long, env = "PDQ_MAX_DELIVERIES", default_value_t = pdq_broker::DEFAULT_MAX_DELIVERIES, global = true)]
     pub max_deliveries: u32,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (`serve`, `worker` and `api`).
+    #[arg(long, env = "PDQ_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl Global {
+    /// Starts the metrics endpoint when `--metrics-addr` is set.
+    pub async fn serve_metrics(&self) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_addr {
+            pdq_api::serve_metrics(addr).await.map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl Global {

@@ -21,6 +21,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let model = load_model(&model)?;
             let store = Store::connect(&g.database_url).await?;
             let template = worker_config(g, WorkerRole::Prefill, 0, shape, &tuning);
+            g.serve_metrics().await?;
             tracing::info!(?shape, model = model.name(), "serving");
             pdq_workers::serve(&template, model, store, shutdown_signal()).await?;
         }
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let model = load_model(&model)?;
             let store = Store::connect(&g.database_url).await?;
             let cfg = worker_config(g, role, dp_rank, shape, &tuning);
+            g.serve_metrics().await?;
             pdq_workers::run_worker(cfg, model, store, shutdown_signal()).await?;
         }
         Command::Submit { file, name, wait, policy } => {
@@ -108,7 +110,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 _ => {}
             }
         }
-        Command::Api { api } => crate::api::run(g, api).await?,
+        Command::Api { api } => {
+            g.serve_metrics().await?;
+            crate::api::run(g, api).await?
+        }
         Command::Model { command: ModelCommand::Tiny { dir } } => {
             pdq_engine::tiny::write(&dir)?;
             println!("{}", dir.display());

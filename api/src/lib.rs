@@ -9,6 +9,7 @@ mod error;
 mod expiry;
 mod files;
 mod ids;
+mod metrics;
 mod output;
 mod reply;
 
@@ -24,6 +25,7 @@ use pdq_producer::Policy;
 use pdq_store::Store;
 
 pub use error::ApiError;
+pub use metrics::serve_metrics;
 
 /// OpenAI's limits on a batch input file.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;

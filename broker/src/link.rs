@@ -39,7 +39,7 @@ struct Get {
 
 struct Shared {
     opts: BrokerOptions,
-    reconnects: AtomicU64,
+    reconnects: Arc<AtomicU64>,
     /// Set by `declare`; a reconnect declares the same topology again.
     shape: Mutex<Option<ClusterShape>>,
     closed: watch::Sender<bool>,
@@ -58,7 +58,7 @@ impl Link {
     pub async fn connect(opts: BrokerOptions) -> Result<Link, BrokerError> {
         let first = open(&opts).await?;
         let (closed, _) = watch::channel(false);
-        let shared = Arc::new(Shared { opts, reconnects: AtomicU64::new(0), shape: Mutex::new(None), closed });
+        let shared = Arc::new(Shared { opts, reconnects: Arc::default(), shape: Mutex::new(None), closed });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(shared.clone(), rx, Conn { generation: 1, connection: Arc::new(first) }));
         Ok(Link { tx, shared })
@@ -77,6 +77,10 @@ impl Link {
 
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn reconnect_counter(&self) -> Arc<AtomicU64> {
+        self.shared.reconnects.clone()
     }
 
     pub fn set_shape(&self, shape: ClusterShape) {

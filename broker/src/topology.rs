@@ -55,6 +55,11 @@ impl Broker {
         self.link.reconnects()
     }
 
+    /// The same count, for a task that outlives this handle's borrow (metrics).
+    pub fn reconnect_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.link.reconnect_counter()
+    }
+
     pub fn options(&self) -> &BrokerOptions {
         self.link.options()
     }

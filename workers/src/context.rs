@@ -6,6 +6,7 @@ use pdq_store::Store;
 
 use crate::data_plane::KvClient;
 use crate::engine_loop::EngineHandle;
+use crate::metrics::Labels;
 use crate::writer::ResultWriter;
 use crate::WorkerConfig;
 
@@ -18,6 +19,7 @@ pub struct Ctx {
     pub writer: ResultWriter,
     /// Decoders' connections to the prefill ranks' data planes.
     pub kv: KvClient,
+    pub metrics: Labels,
 }
 
 pub fn now_ms() -> i64 {

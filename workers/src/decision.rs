@@ -106,7 +106,9 @@ pub async fn execute(ctx: &Ctx, settlement: Settlement, decision: Decision) {
 }
 
 async fn write(ctx: &Ctx, settlement: Settlement, outcome: Outcome, dead_letter: bool) {
-    if let Err(e) = ctx.writer.write(outcome, settlement, dead_letter).await {
-        tracing::error!(error = %e, "could not record a result; the message goes back to its queue");
+    let observed = outcome.clone();
+    match ctx.writer.write(outcome, settlement, dead_letter).await {
+        Ok(()) => ctx.metrics.outcome(&observed),
+        Err(e) => tracing::error!(error = %e, "could not record a result; the message goes back to its queue"),
     }
 }

@@ -69,12 +69,14 @@ struct Running {
     reply: oneshot::Sender<Result<DecodeOut, EngineError>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineLoopConfig {
     pub max_running: usize,
     pub prefill_token_budget: usize,
     /// Bytes of KV blocks the pool preallocates (lazily committed by the OS).
     pub kv_pool_bytes: usize,
+    /// Whose gauges (running, waiting, KV usage) this loop keeps.
+    pub metrics: crate::metrics::Labels,
 }
 
 /// Cloneable handle to a worker's engine thread; the thread exits when every handle is dropped.
@@ -127,8 +129,14 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
     let mut prefills: VecDeque<PrefillJob> = VecDeque::new();
     let mut waiting: VecDeque<Box<DecodeJob>> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
+    // Gauges are set after every step and before every wait, so an idle engine reads idle.
+    let report = |kv: &PagedKv, running: &[Running], queued: usize| {
+        let used = 1.0 - kv.available_blocks() as f64 / kv.n_blocks() as f64;
+        cfg.metrics.engine(running.len(), queued, used);
+    };
     loop {
         if prefills.is_empty() && waiting.is_empty() && running.is_empty() {
+            report(&kv, &running, 0);
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
@@ -139,8 +147,10 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
         }
         let prefilled = prefill_batch(&model, &cfg, &mut kv, &mut prefills);
         let admitted = admit_decodes(&model, &cfg, &mut kv, &mut waiting, &mut running);
+
         if !prefilled && !admitted && running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
+            report(&kv, &running, prefills.len() + waiting.len());
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
@@ -148,6 +158,7 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
             continue;
         }
         decode_step(&model, &mut kv, &mut running);
+        report(&kv, &running, prefills.len() + waiting.len());
     }
 }
 

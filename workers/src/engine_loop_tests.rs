@@ -27,7 +27,12 @@ fn params(max_new_tokens: usize, seed: u64) -> SamplingParams {
 
 /// Prefills then decodes every prompt concurrently on an engine with `blocks` KV blocks.
 async fn generate(blocks: usize, prompts: &[Vec<u32>], max_new: usize) -> Vec<Result<Vec<u32>, String>> {
-    let cfg = EngineLoopConfig { max_running: 8, prefill_token_budget: 64, kv_pool_bytes: blocks * TINY_BLOCK_BYTES };
+    let cfg = EngineLoopConfig {
+        max_running: 8,
+        prefill_token_budget: 64,
+        kv_pool_bytes: blocks * TINY_BLOCK_BYTES,
+        metrics: crate::metrics::Labels::new("test", 0),
+    };
     let engine = EngineHandle::spawn(model(), cfg, "engine-test".into());
     let runs = prompts.iter().enumerate().map(|(i, p)| {
         let engine = engine.clone();

@@ -1,10 +1,14 @@
 //! Registers a worker in `workers` and keeps its heartbeat fresh, so producers know the
 //! cluster's DP sizes and operators can see who is alive.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use pdq_store::{Store, WorkerInfo};
 use tokio::sync::watch;
 
 use crate::config::HEARTBEAT_EVERY;
+use crate::metrics::Labels;
 use crate::WorkerConfig;
 
 pub async fn register(
@@ -33,17 +37,24 @@ pub async fn register(
 }
 
 /// Beats until `stop` fires, then removes the row.
+/// Also carries the broker's reconnect count into the metrics.
 pub fn spawn_heartbeat(
     store: Store,
     cfg: WorkerConfig,
     mut stop: watch::Receiver<bool>,
+    reconnects: Arc<AtomicU64>,
+    metrics: Labels,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut counted = 0;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
+                    let now = reconnects.load(Ordering::Relaxed);
+                    metrics.reconnects(now - counted);
+                    counted = now;
                     if let Err(e) = store.heartbeat(cfg.namespace(), cfg.role, cfg.rank).await {
                         tracing::warn!(error = %e, "heartbeat failed");
                     }

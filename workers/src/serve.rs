@@ -20,6 +20,7 @@ use crate::context::Ctx;
 use crate::data_plane::KvClient;
 use crate::engine_loop::{EngineHandle, EngineLoopConfig};
 use crate::kv_store::KvStore;
+use crate::metrics::Labels;
 use crate::prefill::PrefillState;
 use crate::writer::ResultWriter;
 use crate::{colocated, data_plane, decode, prefill, registry, WorkerConfig, WorkerError};
@@ -49,6 +50,10 @@ impl RunningWorker {
         } else {
             None
         };
+        let metrics = Labels::new(cfg.role.as_str(), cfg.rank);
+        // Registered at start, so a scrape shows every series before the first request.
+        metrics.engine(0, 0, 0.0);
+        metrics.reconnects(0);
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
         let engine = EngineHandle::spawn(
             model,
@@ -56,6 +61,7 @@ impl RunningWorker {
                 max_running: cfg.max_running,
                 prefill_token_budget: cfg.prefill_token_budget,
                 kv_pool_bytes: cfg.kv_pool_bytes,
+                metrics: metrics.clone(),
             },
             format!("engine-{}", cfg.tag()),
         );
@@ -67,9 +73,11 @@ impl RunningWorker {
         };
         let tag = format!("{}-{}", cfg.tag(), uuid::Uuid::new_v4().simple());
         let mut subscription = broker.subscribe(&queues, cfg.prefetch, &tag).await?;
-        let heartbeat = registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone());
+        let reconnects = broker.reconnect_counter();
+        let heartbeat =
+            registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone(), reconnects, metrics.clone());
         let kv = KvClient::new(cfg.data_plane.clone());
-        let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv });
+        let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv, metrics });
         tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
 
         let cfg_tag = cfg.tag();
