@@ -135,13 +135,7 @@ impl Store {
         // `cancelling` makes the last result row end the job `cancelled`, not `completed`.
         sqlx::query("UPDATE jobs SET status = 'cancelling' WHERE id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("UPDATE batches SET expired_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        let pending: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT r.id, r.custom_id FROM requests r LEFT JOIN results s ON s.request_id = r.id
-             WHERE r.job_id = $1 AND s.request_id IS NULL",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let pending = crate::jobs::unfinished(&mut tx, id).await?;
         let expired = ErrorBody::new("batch_expired", "the batch's completion window passed before this request ran");
         let outcomes: Vec<Outcome> = pending
             .into_iter()

@@ -139,15 +139,11 @@ impl Store {
             return Err(StoreError::NotCancellable { id, status });
         }
         sqlx::query("UPDATE jobs SET status = 'cancelling' WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        let pending: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT r.id, r.custom_id FROM requests r LEFT JOIN results s ON s.request_id = r.id
-             WHERE r.job_id = $1 AND s.request_id IS NULL",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let outcomes: Vec<Outcome> =
-            pending.into_iter().map(|(rid, custom_id)| Outcome::cancelled(rid, Some(id), custom_id)).collect();
+        let outcomes: Vec<Outcome> = unfinished(&mut tx, id)
+            .await?
+            .into_iter()
+            .map(|(rid, custom_id)| Outcome::cancelled(rid, Some(id), custom_id))
+            .collect();
         insert_outcomes(&mut tx, &outcomes).await?;
         tx.commit().await?;
         self.job(id).await
@@ -179,4 +175,18 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A job's requests that have no result row yet: (request id, custom_id).
+pub(crate) async fn unfinished(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job: Uuid,
+) -> Result<Vec<(Uuid, Option<String>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT r.id, r.custom_id FROM requests r LEFT JOIN results s ON s.request_id = r.id
+         WHERE r.job_id = $1 AND s.request_id IS NULL",
+    )
+    .bind(job)
+    .fetch_all(&mut **tx)
+    .await?)
 }
