@@ -218,8 +218,8 @@ pub enum Command {
     },
     /// Applies the migrations and exits.
     Migrate,
-    /// Throughput ratios in one run: pdq against the broker and database ceilings, disaggregated
-    /// against colocated.
+    /// pdq against the broker and database ceilings, and disaggregated against colocated, over
+    /// scenarios of prompt and output lengths, in one run.
     Bench {
         #[command(flatten)]
         bench: BenchArgs,
@@ -265,15 +265,32 @@ pub struct ApiArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Requests in each measured batch.
-    #[arg(long, env = "PDQ_BENCH_REQUESTS", default_value_t = 1000)]
+    /// Requests in each 16-token-prompt scenario.
+    #[arg(long, env = "PDQ_BENCH_REQUESTS", default_value_t = 2000)]
     pub requests: usize,
-    #[arg(long, env = "PDQ_BENCH_MAX_TOKENS", default_value_t = 16)]
-    pub max_tokens: u32,
+    /// Requests in each long-prompt scenario.
+    #[arg(long, env = "PDQ_BENCH_LONG_REQUESTS", default_value_t = 200)]
+    pub long_requests: usize,
+    /// Tokens in a long prompt (capped so 32 output tokens still fit the model's context).
+    #[arg(long, env = "PDQ_BENCH_LONG_PROMPT", default_value_t = 1000)]
+    pub long_prompt: usize,
     #[arg(long, env = "PDQ_PREFILL_DP", default_value_t = 2)]
     pub prefill_dp: u32,
     #[arg(long, env = "PDQ_DECODE_DP", default_value_t = 2)]
     pub decode_dp: u32,
+    /// Runs only these scenarios (repeatable): `16x1`, `16x32`, `1kx1`, `1kx32` (prompt x output
+    /// tokens); all of them by default.
+    #[arg(long = "scenario", env = "PDQ_BENCH_SCENARIOS", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Skips the broker and database ceilings (for profiling one scenario).
+    #[arg(long)]
+    pub no_ceilings: bool,
+    /// Writes every figure of the run to FILE as JSON.
+    #[arg(long, env = "PDQ_BENCH_JSON")]
+    pub json: Option<PathBuf>,
+    /// Draws throughput and latency per scenario to FILE (PNG).
+    #[arg(long, env = "PDQ_BENCH_CHART")]
+    pub chart: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

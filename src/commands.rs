@@ -141,7 +141,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { bench, model } => {
             let model = load_model(&model)?;
-            crate::bench::run(g, model, bench.requests, bench.max_tokens, bench.prefill_dp, bench.decode_dp).await?;
+            let plan = crate::bench::BenchPlan {
+                requests: bench.requests,
+                long_requests: bench.long_requests,
+                long_prompt: bench.long_prompt,
+                prefill_dp: bench.prefill_dp,
+                decode_dp: bench.decode_dp,
+                scenarios: bench.scenarios,
+                ceilings: !bench.no_ceilings,
+                json: bench.json,
+                chart: bench.chart,
+            };
+            crate::bench::run(g, model, plan).await?;
         }
         Command::Demo { requests, max_tokens, show, cluster, model } => {
             let shape = shape(&cluster)?;

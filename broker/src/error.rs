@@ -14,6 +14,8 @@ pub enum BrokerError {
     Refused { exchange: String, key: String, reason: &'static str },
     #[error("the broker link is closed")]
     Closed,
+    #[error("the broker stalled: {0}")]
+    Stalled(&'static str),
 }
 
 impl BrokerError {
@@ -21,7 +23,9 @@ impl BrokerError {
     /// clears up by reconnecting.
     pub fn class(&self) -> ErrorClass {
         match self {
-            BrokerError::Unreachable { .. } | BrokerError::Amqp(_) | BrokerError::Closed => ErrorClass::Transient,
+            BrokerError::Unreachable { .. } | BrokerError::Amqp(_) | BrokerError::Closed | BrokerError::Stalled(_) => {
+                ErrorClass::Transient
+            }
             BrokerError::AccessRefused { .. } | BrokerError::Topology { .. } => ErrorClass::Fatal,
             BrokerError::Refused { .. } => ErrorClass::Request,
         }

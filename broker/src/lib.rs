@@ -4,6 +4,7 @@
 //! one settlement. pdq's per-message metadata travels in AMQP headers beside the unchanged
 //! input line.
 
+mod ceiling;
 mod consume;
 mod error;
 mod inbound;
@@ -13,6 +14,7 @@ mod options;
 mod publish;
 mod topology;
 
+pub use ceiling::{broker_ceiling, CeilingOptions};
 pub use consume::Subscription;
 pub use error::BrokerError;
 pub use inbound::{Inbound, Settlement};

@@ -2,6 +2,7 @@
 //! Queries are checked at run time (`sqlx::query`), so the workspace builds without a database.
 
 mod batches;
+mod ceiling;
 mod connect;
 mod error;
 mod files;
