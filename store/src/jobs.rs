@@ -126,8 +126,21 @@ impl Store {
             .await?)
     }
 
-    /// Cancels a job: every request without a result gets a `cancelled` row now. Workers that
-    /// later pick up those messages find the row and skip them.
+    /// The namespace's jobs that are cancelling or cancelled (expired batches included), over
+    /// the last week: what workers skip.
+    pub async fn closed_jobs(&self, namespace: &str) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE namespace = $1 AND status IN ('cancelling', 'cancelled')
+               AND created_at > now() - interval '7 days'",
+        )
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Cancels a job: every request without a result gets a `cancelled` row now. Workers
+    /// skip the job's messages once they see it closed (within a second), and a message run
+    /// meanwhile ends in an insert that changes nothing.
     pub async fn cancel_job(&self, id: Uuid) -> Result<JobRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")

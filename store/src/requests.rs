@@ -65,14 +65,6 @@ impl Store {
         Ok(())
     }
 
-    /// True when the request already has its result (a redelivery, or a cancelled job).
-    pub async fn has_result(&self, request_id: Uuid) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM results WHERE request_id = $1)")
-            .bind(request_id)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
     /// Records another prefill attempt (after a lost KV).
     pub async fn set_attempts(&self, request_id: Uuid, attempts: u32) -> Result<(), StoreError> {
         sqlx::query("UPDATE requests SET attempts = GREATEST(attempts, $2), updated_at = now() WHERE id = $1")

@@ -10,10 +10,11 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
-/// How many of a batch's rows were new (the rest were already written).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which of a batch's rows were new (the rest were already written: a redelivery, or a
+/// request whose job was cancelled while it ran).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResultsWritten {
-    pub inserted: u64,
+    pub inserted: Vec<Uuid>,
 }
 
 const INSERT_OUTCOMES: &str = r#"
@@ -58,14 +59,14 @@ WITH input AS (
     FROM counts WHERE j.id = counts.job_id
     RETURNING 1
 )
-SELECT count(*) FROM ins
+SELECT COALESCE(array_agg(request_id), '{}') FROM ins
 "#;
 
 pub(crate) async fn insert_outcomes(
     tx: &mut Transaction<'_, Postgres>,
     outcomes: &[Outcome],
-) -> Result<u64, StoreError> {
-    let mut inserted = 0u64;
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut inserted = Vec::new();
     for chunk in outcomes.chunks(2000) {
         let rows: Vec<Value> = chunk
             .iter()
@@ -82,8 +83,8 @@ pub(crate) async fn insert_outcomes(
                 }))
             })
             .collect();
-        let n: i64 = sqlx::query_scalar(INSERT_OUTCOMES).bind(Value::Array(rows)).fetch_one(&mut **tx).await?;
-        inserted += n as u64;
+        let ids: Vec<Uuid> = sqlx::query_scalar(INSERT_OUTCOMES).bind(Value::Array(rows)).fetch_one(&mut **tx).await?;
+        inserted.extend(ids);
     }
     Ok(inserted)
 }
@@ -125,7 +126,7 @@ pub struct ExportRow {
 }
 
 impl Store {
-    /// Writes a batch of results in one transaction and returns how many were new.
+    /// Writes a batch of results in one transaction and returns which were new.
     pub async fn write_results(&self, outcomes: &[Outcome]) -> Result<ResultsWritten, StoreError> {
         let mut tx = self.pool.begin().await?;
         let inserted = insert_outcomes(&mut tx, outcomes).await?;

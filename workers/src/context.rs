@@ -4,6 +4,7 @@ use pdq_broker::Publisher;
 use pdq_protocol::Topology;
 use pdq_store::Store;
 
+use crate::closed_jobs::ClosedJobs;
 use crate::data_plane::KvClient;
 use crate::engine_loop::EngineHandle;
 use crate::metrics::Labels;
@@ -20,6 +21,8 @@ pub struct Ctx {
     /// Decoders' connections to the prefill ranks' data planes.
     pub kv: KvClient,
     pub metrics: Labels,
+    /// Cancelled jobs, whose messages are acked without running.
+    pub closed: ClosedJobs,
 }
 
 pub fn now_ms() -> i64 {

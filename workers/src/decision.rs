@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::context::Ctx;
 use crate::kv_store::KvLease;
+use crate::writer::Written;
 use crate::WorkerError;
 
 /// How long to hold a message before requeueing it after a transient failure, so a broker or
@@ -108,7 +109,9 @@ pub async fn execute(ctx: &Ctx, settlement: Settlement, decision: Decision) {
 async fn write(ctx: &Ctx, settlement: Settlement, outcome: Outcome, dead_letter: bool) {
     let observed = outcome.clone();
     match ctx.writer.write(outcome, settlement, dead_letter).await {
-        Ok(()) => ctx.metrics.outcome(&observed),
+        // Only a new row counts: a duplicate was counted when it was first written.
+        Ok(Written::New) => ctx.metrics.outcome(&observed),
+        Ok(Written::Duplicate) => tracing::debug!(request_id = %observed.request_id, "result already written"),
         Err(e) => tracing::error!(error = %e, "could not record a result; the message goes back to its queue"),
     }
 }

@@ -50,7 +50,8 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
             return Ok(failed_row(h).write(ErrorBody::new("prefill_rank_mismatch", message)));
         }
     }
-    if ctx.store.has_result(h.request_id).await? {
+    if ctx.closed.contains(h.job_id) {
+        // Cancelled: its row is written, and the lease frees the KV.
         return Ok(Decision::Ack);
     }
     let fetch_started = Instant::now();

@@ -63,7 +63,6 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     // A message without a job came from a direct producer (or was forwarded from one): it needs
     // its own request row, written idempotently since a forwarded copy arrives with its id.
     let direct = meta.job_id.is_none();
-    let fresh = meta.request_id.is_none();
     let request_id = *meta.request_id.get_or_insert_with(Uuid::now_v7);
     let text = String::from_utf8_lossy(&msg.body).into_owned();
     let raw = RawLine { line_no: meta.line_no.unwrap_or(1) as usize, text: &text };
@@ -131,8 +130,8 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
             return Ok(Intake::Decided(Decision::Publish { msgs: vec![msg], lease: None, failed: None }));
         }
     }
-    if !fresh && ctx.store.has_result(request_id).await? {
-        // Redelivered after its result was written, or its job was cancelled.
+    if ctx.closed.contains(meta.job_id) {
+        // Its job was cancelled: the request's `cancelled` row is written already.
         return Ok(Intake::Decided(Decision::Ack));
     }
     let tokens = match tokenize(ctx.engine.model(), &req, ctx.cfg.max_prompt_bytes) {

@@ -7,6 +7,7 @@
 //! `writer.rs`, ack after commit). `colocated.rs` does both on one rank without the hop.
 //! Each handler returns a `decision.rs` Decision; one executor settles every message.
 
+mod closed_jobs;
 mod config;
 mod context;
 mod convert;
@@ -31,3 +32,4 @@ pub use error::WorkerError;
 pub use metrics::Labels as MetricLabels;
 pub use pdq_store::WorkerRole;
 pub use serve::{run_worker, serve, Cluster, ClusterConfig, RunningWorker};
+pub use writer::RESULT_BATCH;

@@ -15,6 +15,7 @@ use pdq_store::{Store, WorkerRole};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::closed_jobs::ClosedJobs;
 use crate::config::{DRAIN_IDLE, DRAIN_TIMEOUT};
 use crate::context::Ctx;
 use crate::data_plane::KvClient;
@@ -77,7 +78,9 @@ impl RunningWorker {
         let heartbeat =
             registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone(), reconnects, metrics.clone());
         let kv = KvClient::new(cfg.data_plane.clone());
-        let ctx = Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv, metrics });
+        let closed = ClosedJobs::spawn(store.clone(), cfg.namespace().to_string(), stop_rx.clone());
+        let ctx =
+            Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv, metrics, closed });
         tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
 
         let cfg_tag = cfg.tag();

@@ -51,24 +51,34 @@ pub fn attention_paged(
     }
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let at = |t: usize| (t / block_size, (t % block_size) * row);
+    let n_blocks = len.div_ceil(block_size);
+    // Rows of block `b` that are attended, walked block by block: no division per row, and the
+    // same operations in the same row order as a contiguous cache.
+    let rows_in = |b: usize| block_size.min(len - b * block_size);
     let mut scores = vec![0f32; len];
     for h in 0..n_heads {
         let kvh = h / group;
         let qh = &q[h * hd..(h + 1) * hd];
-        for (t, s) in scores.iter_mut().enumerate() {
-            let (b, off) = at(t);
-            let off = off + kvh * hd;
-            *s = dot(qh, &blocks[b].0[off..off + hd]) * scale;
+        let mut t = 0;
+        for (b, (k, _)) in blocks[..n_blocks].iter().enumerate() {
+            for r in 0..rows_in(b) {
+                let off = r * row + kvh * hd;
+                scores[t] = dot(qh, &k[off..off + hd]) * scale;
+                t += 1;
+            }
         }
         softmax_inplace(&mut scores);
         let oh = &mut out[h * hd..(h + 1) * hd];
         oh.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let (b, off) = at(t);
-            let off = off + kvh * hd;
-            for (o, x) in oh.iter_mut().zip(&blocks[b].1[off..off + hd]) {
-                *o += p * x;
+        let mut t = 0;
+        for (b, (_, v)) in blocks[..n_blocks].iter().enumerate() {
+            for r in 0..rows_in(b) {
+                let off = r * row + kvh * hd;
+                let p = scores[t];
+                for (o, x) in oh.iter_mut().zip(&v[off..off + hd]) {
+                    *o += p * x;
+                }
+                t += 1;
             }
         }
     }
