@@ -271,6 +271,9 @@ pub struct BenchArgs {
     /// Requests in each long-prompt scenario.
     #[arg(long, env = "PDQ_BENCH_LONG_REQUESTS", default_value_t = 200)]
     pub long_requests: usize,
+    /// Long-prompt requests sent one at a time, to time the KV hop without queueing (0 skips).
+    #[arg(long, env = "PDQ_BENCH_LATENCY_REQUESTS", default_value_t = 30)]
+    pub latency_requests: usize,
     /// Tokens in a long prompt (capped so 32 output tokens still fit the model's context).
     #[arg(long, env = "PDQ_BENCH_LONG_PROMPT", default_value_t = 1000)]
     pub long_prompt: usize,

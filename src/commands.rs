@@ -144,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let plan = crate::bench::BenchPlan {
                 requests: bench.requests,
                 long_requests: bench.long_requests,
+                latency_requests: bench.latency_requests,
                 long_prompt: bench.long_prompt,
                 prefill_dp: bench.prefill_dp,
                 decode_dp: bench.decode_dp,

@@ -103,3 +103,51 @@ async fn errors_are_one_line_naming_the_service_without_its_password(pool: PgPoo
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `pdq bench`, small: every scenario completes, every figure is there, and the chart is a PNG.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn bench_reports_every_scenario_and_draws_its_chart(pool: PgPool) {
+    let env = Env::new(&pool).await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (json_path, png_path) =
+        (dir.join(format!("{}.json", env.namespace)), dir.join(format!("{}.png", env.namespace)));
+    let out = env.run(&[
+        "bench",
+        "--requests",
+        "40",
+        "--long-requests",
+        "4",
+        "--long-prompt",
+        "200",
+        "--latency-requests",
+        "2",
+        "--json",
+        json_path.to_str().unwrap(),
+        "--chart",
+        png_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "bench failed: {}", stderr(&out));
+    let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 8, "four shapes, each disaggregated and colocated");
+    for s in scenarios {
+        assert_eq!(s["completed"], s["requests"], "{s}");
+        assert!(s["requests_per_s"].as_f64().unwrap() > 0.0 && s["e2e"]["p99"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    let c = &report["ceilings"];
+    for figure in
+        ["/request_msg/msgs_per_s", "/handle_msg/msgs_per_s", "/database_copy/rows_per_s", "/writer_rows_per_s"]
+    {
+        assert!(c.pointer(figure).and_then(Value::as_f64).unwrap() > 0.0, "{figure}");
+    }
+    assert_eq!(report["latency"].as_array().unwrap().len(), 2);
+    assert_eq!(report["aims"].as_array().unwrap().len(), 4);
+    assert!(stdout(&out).contains("disaggregated / colocated"));
+    assert!(std::fs::read(&png_path).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+    // The bench's queues and scratch table are gone.
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pdq_bench_copy_%'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

@@ -34,6 +34,8 @@ pub struct BenchPlan {
     pub requests: usize,
     /// Requests in each long-prompt scenario.
     pub long_requests: usize,
+    /// Long-prompt requests sent one at a time in the latency runs (0 skips them).
+    pub latency_requests: usize,
     /// Tokens in a long prompt (kept inside the model's context with 32 output tokens).
     pub long_prompt: usize,
     pub prefill_dp: u32,
@@ -66,6 +68,8 @@ pub struct BenchReport {
     pub queue_type: String,
     pub ceilings: Option<Ceilings>,
     pub scenarios: Vec<scenario::ScenarioRun>,
+    /// Long prompts one at a time, disaggregated and colocated: the KV hop's cost to TTFT.
+    pub latency: Vec<scenario::LatencyRun>,
     pub aims: Vec<report::Aim>,
 }
 
@@ -76,12 +80,12 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
     let colocated = ClusterShape::colocated(plan.decode_dp);
     let long = plan.long_prompt.min(model.max_context().saturating_sub(32)).max(16);
     let short = |max_tokens| Shape { prompt_tokens: 16, max_tokens, requests: plan.requests };
-    let long = |max_tokens| Shape { prompt_tokens: long, max_tokens, requests: plan.long_requests };
+    let long_shape = |max_tokens| Shape { prompt_tokens: long, max_tokens, requests: plan.long_requests };
     let all = [
         ("16x1", "16 in, 1 out", short(1)),
         ("16x32", "16 in, 32 out", short(32)),
-        ("1kx1", "1k in, 1 out", long(1)),
-        ("1kx32", "1k in, 32 out", long(32)),
+        ("1kx1", "1k in, 1 out", long_shape(1)),
+        ("1kx32", "1k in, 32 out", long_shape(32)),
     ];
     if let Some(bad) = plan.scenarios.iter().find(|k| !all.iter().any(|(key, ..)| key == k)) {
         anyhow::bail!("no bench scenario '{bad}': use 16x1, 16x32, 1kx1 or 1kx32");
@@ -111,14 +115,31 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
         }
     }
     anyhow::ensure!(scenarios.iter().all(|s| s.failed == 0), "bench requests failed");
+    let mut latency = Vec::new();
+    if plan.latency_requests > 0 {
+        for cluster in [disagg, colocated] {
+            let ns = format!("{}-bench-{tag}-lat-{}", g.namespace, latency.len());
+            eprintln!(
+                "pdq bench: {long}-token prompts one at a time, {} ({} requests)",
+                cluster.mode, plan.latency_requests
+            );
+            let run =
+                scenario::one_at_a_time(&store, g, &ns, cluster, model.clone(), long, plan.latency_requests).await;
+            let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace: ns, ..g.broker() }).await?;
+            broker.delete_namespace(&cluster).await?;
+            broker.close().await;
+            latency.push(run?);
+        }
+    }
 
     let report = BenchReport {
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         model: model.name().to_string(),
         queue_type: g.queue_type.as_str().to_string(),
-        aims: report::aims(ceilings.as_ref(), &scenarios),
+        aims: report::aims(ceilings.as_ref(), &scenarios, &latency),
         ceilings,
         scenarios,
+        latency,
     };
     report::print(&report);
     if let Some(path) = &plan.json {

@@ -87,7 +87,8 @@ pub async fn run(
             .bind(job)
             .fetch_one(store.pool())
             .await?;
-    let q = |expr: &'static str| quantiles(store, job, expr);
+    let jobs = [job];
+    let q = |expr: &'static str| quantiles(store, &jobs, expr);
     Ok(ScenarioRun {
         name: name.to_string(),
         mode: if cluster.mode == Mode::Disagg { "disaggregated" } else { "colocated" }.to_string(),
@@ -107,15 +108,70 @@ pub async fn run(
     })
 }
 
-/// p50/p99 of `expr` over a job's completed rows, `m` being the row's timings.
-async fn quantiles(store: &Store, job: uuid::Uuid, expr: &str) -> Result<Quantiles> {
+/// The KV hop without queueing: requests sent one at a time, each job waited for before the
+/// next, so TTFT holds only the work itself (and, disaggregated, the hop).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRun {
+    pub mode: String,
+    pub prompt_tokens: usize,
+    pub requests: usize,
+    pub ttft: Quantiles,
+    pub prefill: Quantiles,
+    pub kv_transfer: Quantiles,
+    pub kv_hop: Quantiles,
+}
+
+pub async fn one_at_a_time(
+    store: &Store,
+    g: &Global,
+    namespace: &str,
+    cluster: ClusterShape,
+    model: Arc<Model>,
+    prompt_tokens: usize,
+    requests: usize,
+) -> Result<LatencyRun> {
+    use pdq_producer::{submit_text, wait_for_job, BatchInput, Policy, SubmitOptions};
+    let lines = lines(Shape { prompt_tokens, max_tokens: 1, requests }, model.config.vocab_size);
+    let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
+    let broker = pdq_broker::Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
+    let template = pdq_workers::WorkerConfig {
+        broker: opts,
+        ..pdq_workers::WorkerConfig::new(pdq_workers::WorkerRole::Prefill, 0, cluster, namespace, &g.amqp_url)
+    };
+    let running = pdq_workers::Cluster::start(&template, model, store.clone()).await?;
+    let submit = SubmitOptions { name: Some(namespace.to_string()), policy: Policy::Shared };
+    let mut jobs = Vec::with_capacity(requests);
+    for line in &lines {
+        let text = line.to_string();
+        let input =
+            BatchInput { text: &text, source: "pdq bench".into(), endpoint: None, job_id: uuid::Uuid::now_v7() };
+        let report = submit_text(store, &broker, &input, &cluster, &submit).await?;
+        wait_for_job(store, report.job_id, WaitMode::Quiet).await?;
+        jobs.push(report.job_id);
+    }
+    running.shutdown().await?;
+    broker.close().await;
+    let q = |expr: &'static str| quantiles(store, &jobs, expr);
+    Ok(LatencyRun {
+        mode: if cluster.mode == Mode::Disagg { "disaggregated" } else { "colocated" }.to_string(),
+        prompt_tokens,
+        requests,
+        ttft: q("m.e2e_latency - m.decode_time").await?,
+        prefill: q("m.prefill_time").await?,
+        kv_transfer: q("m.kv_transfer_time").await?,
+        kv_hop: q("m.e2e_latency - m.decode_time - m.queue_time - m.prefill_time").await?,
+    })
+}
+
+/// p50/p99 of `expr` over the jobs' completed rows, `m` being the row's timings.
+async fn quantiles(store: &Store, jobs: &[uuid::Uuid], expr: &str) -> Result<Quantiles> {
     let sql = format!(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v)
          FROM (SELECT greatest({expr}, 0) AS v FROM results r,
                jsonb_to_record(r.meta_info) AS m(queue_time float8, prefill_time float8, kv_transfer_time float8,
                                                 decode_time float8, e2e_latency float8)
-               WHERE r.job_id = $1 AND r.status = 'completed') t"
+               WHERE r.job_id = ANY($1) AND r.status = 'completed') t"
     );
-    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(&sql).bind(job).fetch_one(store.pool()).await?;
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(&sql).bind(jobs).fetch_one(store.pool()).await?;
     Ok(Quantiles { p50: p50.unwrap_or(0.0), p99: p99.unwrap_or(0.0) })
 }

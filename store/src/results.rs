@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use pdq_protocol::Outcome;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -19,14 +19,14 @@ pub struct ResultsWritten {
 
 const INSERT_OUTCOMES: &str = r#"
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1) AS r(
-        request_id uuid, job_id uuid, custom_id text, status text, text text,
-        output_ids jsonb, meta_info jsonb, error jsonb)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::jsonb[], $8::jsonb[])
+        AS r(request_id, job_id, custom_id, status, text, output_ids, meta_info, error)
 ), ins AS (
     INSERT INTO results (request_id, job_id, custom_id, status, text, output_ids, meta_info, error,
                          dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, finish_reason)
     SELECT request_id, job_id, custom_id, status, text,
-           ARRAY(SELECT jsonb_array_elements_text(output_ids)::int),
+           output_ids::int[],
            meta_info, error,
            (meta_info->>'dp_rank')::int, (meta_info->>'prefill_dp_rank')::int,
            (meta_info->>'prompt_tokens')::int, (meta_info->>'completion_tokens')::int,
@@ -68,25 +68,78 @@ pub(crate) async fn insert_outcomes(
 ) -> Result<Vec<Uuid>, StoreError> {
     let mut inserted = Vec::new();
     for chunk in outcomes.chunks(2000) {
-        let rows: Vec<Value> = chunk
-            .iter()
-            .map(|o| {
-                pg_safe(json!({
-                    "request_id": o.request_id,
-                    "job_id": o.job_id,
-                    "custom_id": o.custom_id,
-                    "status": o.status.as_str(),
-                    "text": o.text,
-                    "output_ids": o.output_ids,
-                    "meta_info": o.meta_info,
-                    "error": o.error,
-                }))
-            })
-            .collect();
-        let ids: Vec<Uuid> = sqlx::query_scalar(INSERT_OUTCOMES).bind(Value::Array(rows)).fetch_one(&mut **tx).await?;
+        // One array per column (UNNEST): PostgreSQL parses each value once, as its own type,
+        // instead of taking a JSON document apart row by row.
+        let mut c = Columns::with_capacity(chunk.len());
+        for o in chunk {
+            c.request_id.push(o.request_id);
+            c.job_id.push(o.job_id);
+            c.custom_id.push(o.custom_id.as_deref().map(no_nul));
+            c.status.push(o.status.as_str());
+            c.text.push(o.text.as_deref().map(no_nul));
+            c.output_ids.push(int_array(&o.output_ids));
+            c.meta_info.push(pg_safe(serde_json::to_value(&o.meta_info).expect("meta_info serializes")));
+            c.error.push(o.error.as_ref().map(|e| pg_safe(serde_json::to_value(e).expect("an error serializes"))));
+        }
+        let ids: Vec<Uuid> = sqlx::query_scalar(INSERT_OUTCOMES)
+            .bind(&c.request_id)
+            .bind(&c.job_id)
+            .bind(&c.custom_id)
+            .bind(&c.status)
+            .bind(&c.text)
+            .bind(&c.output_ids)
+            .bind(&c.meta_info)
+            .bind(&c.error)
+            .fetch_one(&mut **tx)
+            .await?;
         inserted.extend(ids);
     }
     Ok(inserted)
+}
+
+/// A batch of rows as columns, for UNNEST.
+struct Columns<'a> {
+    request_id: Vec<Uuid>,
+    job_id: Vec<Option<Uuid>>,
+    custom_id: Vec<Option<String>>,
+    status: Vec<&'a str>,
+    text: Vec<Option<String>>,
+    output_ids: Vec<String>,
+    meta_info: Vec<Value>,
+    error: Vec<Option<Value>>,
+}
+
+impl Columns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            request_id: Vec::with_capacity(n),
+            job_id: Vec::with_capacity(n),
+            custom_id: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            text: Vec::with_capacity(n),
+            output_ids: Vec::with_capacity(n),
+            meta_info: Vec::with_capacity(n),
+            error: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// `{1,2,3}`: an int[] literal, since UNNEST cannot take an array of arrays of different lengths.
+fn int_array(ids: &[u32]) -> String {
+    let mut s = String::with_capacity(ids.len() * 6 + 2);
+    s.push('{');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push('}');
+    s
+}
+
+fn no_nul(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
 }
 
 /// PostgreSQL text and jsonb cannot hold U+0000, which a model can generate and a prompt can
@@ -170,10 +223,59 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn nul_is_replaced_everywhere() {
         let v = pg_safe(json!({"a\u{0}": ["x\u{0}y", 1], "b": "ok"}));
         assert_eq!(v, json!({"a\u{FFFD}": ["x\u{FFFD}y", 1], "b": "ok"}));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_row_written_twice_is_new_once(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let job = crate::NewJob { id: Uuid::now_v7(), name: None, namespace: "t".into(), input_file: None };
+        let request = |i: i32| crate::NewRequest {
+            id: Uuid::now_v7(),
+            job_id: Some(job.id),
+            line_no: Some(i),
+            custom_id: (i == 1).then(|| "a\tb\u{0}".to_string()),
+            url: Some("/v1/completions".into()),
+            body: Value::Null,
+            routed_dp_rank: None,
+            disagg_prefill_dp_rank: None,
+        };
+        let requests = [request(1), request(2)];
+        store.create_job(&job, &requests, &[]).await.unwrap();
+        let done = Outcome {
+            request_id: requests[0].id,
+            job_id: Some(job.id),
+            custom_id: requests[0].custom_id.clone(),
+            status: pdq_protocol::ResultStatus::Completed,
+            text: Some("line\nwith\u{0}nul".into()),
+            output_ids: vec![5, 6, 7],
+            meta_info: pdq_protocol::MetaInfo {
+                id: "x".into(),
+                dp_rank: Some(1),
+                completion_tokens: 3,
+                ..Default::default()
+            },
+            error: None,
+        };
+        let cancelled = Outcome::cancelled(requests[1].id, Some(job.id), None);
+        let first = store.write_results(&[done.clone(), cancelled.clone()]).await.unwrap();
+        assert_eq!(first.inserted.len(), 2);
+        let again = store.write_results(&[done.clone(), cancelled]).await.unwrap();
+        assert!(again.inserted.is_empty(), "a second write of the same rows is not new");
+        let (text, ids, dp_rank, custom_id): (String, Vec<i32>, i32, String) =
+            sqlx::query_as("SELECT text, output_ids, dp_rank, custom_id FROM results WHERE request_id = $1")
+                .bind(done.request_id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!((text.as_str(), ids, dp_rank), ("line\nwith\u{FFFD}nul", vec![5, 6, 7], 1));
+        assert_eq!(custom_id, "a\tb\u{FFFD}");
+        let j = store.job(job.id).await.unwrap();
+        assert_eq!((j.completed, j.cancelled, j.status.as_str()), (1, 1, "completed"));
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::WorkerError;
 
 /// Rows per transaction at most; more only lengthens the wait of the first row in a batch.
-pub const RESULT_BATCH: usize = 256;
+pub const RESULT_BATCH: usize = 1000;
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
 struct Pending {
