@@ -144,6 +144,11 @@ pub struct TuningArgs {
     /// its size).
     #[arg(long, env = "PDQ_KV_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kv_read_timeout: Duration,
+    /// Shared-memory directory (e.g. /dev/shm) for KVs between prefill and decode ranks on one
+    /// host; decoders on other hosts still use TCP. Unset, every KV goes over TCP. Prefill and
+    /// decode ranks of a host must name the same directory.
+    #[arg(long, env = "PDQ_KV_SHM_DIR", default_value = "")]
+    pub kv_shm_dir: String,
     /// Prompts longer than this fail before tokenization.
     #[arg(long, env = "PDQ_MAX_PROMPT_BYTES", default_value_t = pdq_workers::DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,

@@ -140,8 +140,10 @@ async fn bench_reports_every_scenario_and_draws_its_chart(pool: PgPool) {
     {
         assert!(c.pointer(figure).and_then(Value::as_f64).unwrap() > 0.0, "{figure}");
     }
-    assert_eq!(report["latency"].as_array().unwrap().len(), 2);
-    assert_eq!(report["aims"].as_array().unwrap().len(), 4);
+    // Over TCP, over shared memory where the machine has /dev/shm, and colocated.
+    let latency = report["latency"].as_array().unwrap().len();
+    assert!(latency == 2 || latency == 3, "{latency} latency runs");
+    assert_eq!(report["aims"].as_array().unwrap().len(), 2 + latency);
     assert!(stdout(&out).contains("disaggregated / colocated"));
     assert!(std::fs::read(&png_path).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
     // The bench's queues and scratch table are gone.

@@ -248,6 +248,7 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
             enqueued_at_ms: chrono::Utc::now().timestamp_millis(),
             timings: Timings::default(),
             warnings: Vec::new(),
+            shm_host: None,
         };
         let meta = MessageMeta { request_id: Some(request_id), ..Default::default() };
         let msg = Outgoing {

@@ -53,6 +53,27 @@ async fn disaggregation_does_not_change_answers(pool: PgPool) {
     assert!(b.values().any(|r| r.output_ids.as_ref().unwrap().len() > 1), "real tokens were generated");
 }
 
+/// Prefill and decode on one host share KVs through a shared-memory directory: the same answers
+/// as over TCP, and every KV file gone once its request is answered.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn the_shared_memory_data_plane_gives_the_same_answers(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!("pdq-shm-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir(&dir).unwrap();
+    let tcp = Harness::start(pool.clone(), ClusterShape::disagg(2, 2)).await;
+    let a = tcp.run(&mixed_batch(), Policy::Shared).await;
+    tcp.finish().await;
+    let shm_dir = dir.clone();
+    let shm =
+        Harness::start_with(pool, ClusterShape::disagg(2, 2), move |c| c.data_plane.shm_dir = Some(shm_dir)).await;
+    let b = shm.run(&mixed_batch(), Policy::Shared).await;
+    shm.finish().await;
+    assert!(a.values().chain(b.values()).all(|r| r.status == "completed"));
+    assert_eq!(ids(&a), ids(&b), "same output_ids over shared memory and TCP");
+    assert!(b.values().all(|r| r.meta_info.as_ref().unwrap()["kv_bytes"].as_u64().unwrap() > 0));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no KV file outlives its request");
+    std::fs::remove_dir(&dir).unwrap();
+}
+
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn direct_queue_producer_gets_rows(pool: PgPool) {
     let h = Harness::start(pool, ClusterShape::disagg(2, 2)).await;
@@ -189,6 +210,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
         enqueued_at_ms: 0,
         timings: Default::default(),
         warnings: vec![],
+        shm_host: None,
     };
     let publisher = h.broker.publisher();
     publisher

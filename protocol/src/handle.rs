@@ -35,6 +35,10 @@ pub struct KvHandle {
     pub enqueued_at_ms: i64,
     pub timings: Timings,
     pub warnings: Vec<String>,
+    /// The boot id of the prefill worker's host when it keeps this KV in shared memory: a
+    /// decoder on the same host reads it there instead of over TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_host: Option<String>,
 }
 
 impl KvHandle {

@@ -154,6 +154,7 @@ fn handle() -> Value {
         enqueued_at_ms: 0,
         timings: Default::default(),
         warnings: Vec::new(),
+        shm_host: None,
     };
     serde_json::to_value(&h).unwrap()
 }

@@ -116,6 +116,7 @@ pub fn handle_body(line: &Value, shape: &ClusterShape, prompt_tokens: u32, kv_by
         enqueued_at_ms: 1_764_590_000_000,
         timings: Timings { queue_time: 0.1, prefill_time: 0.01, ..Timings::default() },
         warnings: Vec::new(),
+        shm_host: None,
     };
     Ok(serde_json::to_vec(&handle)?)
 }

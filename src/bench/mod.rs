@@ -117,14 +117,15 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
     anyhow::ensure!(scenarios.iter().all(|s| s.failed == 0), "bench requests failed");
     let mut latency = Vec::new();
     if plan.latency_requests > 0 {
-        for cluster in [disagg, colocated] {
+        // Disaggregated over TCP and, where this machine has it, over shared memory.
+        let shm = pdq_workers::shm_usable(std::path::Path::new(scenario::SHM_DIR));
+        let runs = [(disagg, false), (disagg, true), (colocated, false)];
+        for (cluster, shm) in runs.into_iter().filter(|&(_, s)| shm || !s) {
             let ns = format!("{}-bench-{tag}-lat-{}", g.namespace, latency.len());
-            eprintln!(
-                "pdq bench: {long}-token prompts one at a time, {} ({} requests)",
-                cluster.mode, plan.latency_requests
-            );
-            let run =
-                scenario::one_at_a_time(&store, g, &ns, cluster, model.clone(), long, plan.latency_requests).await;
+            let how = if shm { " over shared memory" } else { "" };
+            eprintln!("pdq bench: {long}-token prompts one at a time, {}{how}", cluster.mode);
+            let n = plan.latency_requests;
+            let run = scenario::one_at_a_time(&store, g, &ns, cluster, model.clone(), long, n, shm).await;
             let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace: ns, ..g.broker() }).await?;
             broker.delete_namespace(&cluster).await?;
             broker.close().await;

@@ -58,6 +58,14 @@ pub fn aims(c: Option<&Ceilings>, runs: &[ScenarioRun], latency: &[LatencyRun]) 
             5.0,
         ));
     }
+    if let (Some(d), Some(k)) = (lat("disaggregated, shm"), lat("colocated")) {
+        aims.push(aim(
+            format!("KV hop's cost to p50 TTFT over shared memory, ms, {}-token prompts", d.prompt_tokens),
+            (d.kv_hop.p50 - k.kv_hop.p50) * 1e3,
+            "<=",
+            5.0,
+        ));
+    }
     aims
 }
 
@@ -118,12 +126,12 @@ fn print_scenarios(r: &BenchReport) {
     );
     if !r.latency.is_empty() {
         println!(
-            "\n{:<14} {:>7} {:>6} {:>15} {:>15} {:>16} {:>15}",
+            "\n{:<19} {:>7} {:>6} {:>15} {:>15} {:>16} {:>15}",
             "one at a time", "prompt", "reqs", "TTFT p50/p99", "prefill p50/p99", "KV fetch p50/p99", "KV hop p50/p99"
         );
         for l in &r.latency {
             println!(
-                "{:<14} {:>7} {:>6} {:>15} {:>15} {:>16} {:>15}",
+                "{:<19} {:>7} {:>6} {:>15} {:>15} {:>16} {:>15}",
                 l.mode,
                 l.prompt_tokens,
                 l.requests,

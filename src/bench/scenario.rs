@@ -108,6 +108,9 @@ pub async fn run(
     })
 }
 
+/// Where the latency run keeps KVs when it measures the shared-memory data plane.
+pub const SHM_DIR: &str = "/dev/shm";
+
 /// The KV hop without queueing: requests sent one at a time, each job waited for before the
 /// next, so TTFT holds only the work itself (and, disaggregated, the hop).
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +124,7 @@ pub struct LatencyRun {
     pub kv_hop: Quantiles,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn one_at_a_time(
     store: &Store,
     g: &Global,
@@ -129,15 +133,19 @@ pub async fn one_at_a_time(
     model: Arc<Model>,
     prompt_tokens: usize,
     requests: usize,
+    shm: bool,
 ) -> Result<LatencyRun> {
     use pdq_producer::{submit_text, wait_for_job, BatchInput, Policy, SubmitOptions};
     let lines = lines(Shape { prompt_tokens, max_tokens: 1, requests }, model.config.vocab_size);
     let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
     let broker = pdq_broker::Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
-    let template = pdq_workers::WorkerConfig {
+    let mut template = pdq_workers::WorkerConfig {
         broker: opts,
         ..pdq_workers::WorkerConfig::new(pdq_workers::WorkerRole::Prefill, 0, cluster, namespace, &g.amqp_url)
     };
+    if shm {
+        template.data_plane.shm_dir = Some(std::path::PathBuf::from(SHM_DIR));
+    }
     let running = pdq_workers::Cluster::start(&template, model, store.clone()).await?;
     let submit = SubmitOptions { name: Some(namespace.to_string()), policy: Policy::Shared };
     let mut jobs = Vec::with_capacity(requests);
@@ -153,7 +161,12 @@ pub async fn one_at_a_time(
     broker.close().await;
     let q = |expr: &'static str| quantiles(store, &jobs, expr);
     Ok(LatencyRun {
-        mode: if cluster.mode == Mode::Disagg { "disaggregated" } else { "colocated" }.to_string(),
+        mode: match (cluster.mode, shm) {
+            (Mode::Disagg, true) => "disaggregated, shm",
+            (Mode::Disagg, false) => "disaggregated",
+            _ => "colocated",
+        }
+        .to_string(),
         prompt_tokens,
         requests,
         ttft: q("m.e2e_latency - m.decode_time").await?,

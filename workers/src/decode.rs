@@ -55,10 +55,17 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         return Ok(Decision::Ack);
     }
     let fetch_started = Instant::now();
-    let bytes = match kv.take().await {
-        Ok(b) => b,
-        Err(e) if e.class() == ErrorClass::KvLost => return reprefill(ctx, h, e).await,
-        Err(e) => return Err(e),
+    let bytes = match same_host_kv(ctx, h) {
+        // Read from shared memory; dropping the claim frees the KV there in the background.
+        Some(bytes) => {
+            drop(kv);
+            bytes
+        }
+        None => match kv.take().await {
+            Ok(b) => b,
+            Err(e) if e.class() == ErrorClass::KvLost => return reprefill(ctx, h, e).await,
+            Err(e) => return Err(e),
+        },
     };
     let kv_transfer_time = fetch_started.elapsed().as_secs_f64();
     let params = sampling_params(&h.request.sampling, h.seed);
@@ -85,6 +92,16 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         error: None,
     };
     Ok(Decision::Write { outcome, dead_letter: false })
+}
+
+/// The KV from shared memory, when the handle's prefill worker runs on this host and this
+/// decoder shares its directory; `None` means TCP.
+fn same_host_kv(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u8>> {
+    let dir = ctx.cfg.data_plane.shm_dir.as_deref()?;
+    if h.shm_host.as_deref()? != crate::data_plane::shm_host_id()? || h.kv_bytes > ctx.cfg.data_plane.max_kv_bytes {
+        return None;
+    }
+    crate::data_plane::shm_read(dir, h.kv_id, h.kv_bytes)
 }
 
 fn base_meta(h: &KvHandle) -> MetaInfo {

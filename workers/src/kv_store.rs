@@ -14,22 +14,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::data_plane::KvBytes;
 use crate::WorkerError;
 
 enum Command {
     Put {
         id: Uuid,
-        bytes: Arc<Vec<u8>>,
+        bytes: Arc<KvBytes>,
         done: oneshot::Sender<()>,
     },
     Get {
         id: Uuid,
-        reply: oneshot::Sender<Option<Arc<Vec<u8>>>>,
+        reply: oneshot::Sender<Option<Arc<KvBytes>>>,
     },
     /// Get and free in one step: a decoder's fetch that ends the lease.
     Take {
         id: Uuid,
-        reply: oneshot::Sender<Option<Arc<Vec<u8>>>>,
+        reply: oneshot::Sender<Option<Arc<KvBytes>>>,
     },
     Free {
         id: Uuid,
@@ -84,25 +85,27 @@ impl KvStore {
     }
 
     /// Stores a KV; returns once it is held (waiting for room if the budget is spent).
-    pub async fn put(&self, id: Uuid, bytes: Vec<u8>) -> Result<(), WorkerError> {
+    pub async fn put(&self, id: Uuid, bytes: impl Into<KvBytes>) -> Result<(), WorkerError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Command::Put { id, bytes: Arc::new(bytes), done }).map_err(|_| WorkerError::KvStoreStopped)?;
+        self.tx
+            .send(Command::Put { id, bytes: Arc::new(bytes.into()), done })
+            .map_err(|_| WorkerError::KvStoreStopped)?;
         wait.await.map_err(|_| WorkerError::KvStoreStopped)
     }
 
     /// Stores a KV under a lease that frees it when dropped, unless handed off.
-    pub async fn lease(&self, id: Uuid, bytes: Vec<u8>) -> Result<KvLease, WorkerError> {
+    pub async fn lease(&self, id: Uuid, bytes: impl Into<KvBytes>) -> Result<KvLease, WorkerError> {
         self.put(id, bytes).await?;
         Ok(KvLease { store: self.clone(), id, held: true })
     }
 
-    pub async fn take(&self, id: Uuid) -> Option<Arc<Vec<u8>>> {
+    pub async fn take(&self, id: Uuid) -> Option<Arc<KvBytes>> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Take { id, reply }).ok()?;
         rx.await.ok().flatten()
     }
 
-    pub async fn get(&self, id: Uuid) -> Option<Arc<Vec<u8>>> {
+    pub async fn get(&self, id: Uuid) -> Option<Arc<KvBytes>> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Get { id, reply }).ok()?;
         rx.await.ok().flatten()
@@ -122,7 +125,7 @@ impl KvStore {
 }
 
 struct Entry {
-    bytes: Arc<Vec<u8>>,
+    bytes: Arc<KvBytes>,
     stored_at: Instant,
 }
 
@@ -131,7 +134,7 @@ struct State {
     ttl: Duration,
     used: usize,
     entries: HashMap<Uuid, Entry>,
-    waiting: VecDeque<(Uuid, Arc<Vec<u8>>, oneshot::Sender<()>)>,
+    waiting: VecDeque<(Uuid, Arc<KvBytes>, oneshot::Sender<()>)>,
     expired: u64,
     last_served: Instant,
 }
@@ -248,7 +251,7 @@ mod tests {
         assert_eq!((stats.entries, stats.used, stats.waiting, stats.expired), (1, 8, 1, 0));
         kv.free(a);
         waiter.await.unwrap().unwrap();
-        assert_eq!(kv.get(b).await.unwrap().as_slice(), &[1; 8]);
+        assert_eq!(&kv.get(b).await.unwrap()[..], &[1; 8]);
         assert!(kv.get(a).await.is_none());
     }
 
@@ -257,7 +260,7 @@ mod tests {
         let kv = KvStore::spawn(100, Duration::from_secs(60));
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         kv.put(a, vec![3; 4]).await.unwrap();
-        assert_eq!(kv.take(a).await.unwrap().as_slice(), &[3; 4]);
+        assert_eq!(&kv.take(a).await.unwrap()[..], &[3; 4]);
         assert!(kv.take(a).await.is_none());
         drop(kv.lease(b, vec![0; 4]).await.unwrap());
         assert_eq!(kv.stats().await.entries, 0);

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::context::Ctx;
 use crate::convert::{sampling_params, seed_for};
+use crate::data_plane::{shm_host_id, KvBytes};
 use crate::decision::{execute, Decision};
 use crate::intake::{intake, Accepted, Intake};
 use crate::kv_store::KvStore;
@@ -20,6 +21,8 @@ use crate::WorkerError;
 pub struct PrefillState {
     pub kv: KvStore,
     pub endpoint: String,
+    /// Where KVs are kept for decoders on this host; `None` when unset or unusable.
+    pub shm_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn handle(ctx: Arc<Ctx>, state: Arc<PrefillState>, msg: Inbound) {
@@ -38,7 +41,9 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, 
     let kv_bytes = out.pages.len() as u64;
     // Random, not time-ordered: a KV id is a capability on the data plane.
     let kv_id = Uuid::new_v4();
-    let lease = state.kv.lease(kv_id, out.pages).await?;
+    let bytes = KvBytes::store(state.shm_dir.as_deref(), kv_id, out.pages);
+    let shm_host = if bytes.in_shm() { shm_host_id().map(str::to_string) } else { None };
+    let lease = state.kv.lease(kv_id, bytes).await?;
     let rank = ctx.cfg.rank;
     let handle = KvHandle {
         request_id: a.request_id,
@@ -57,6 +62,7 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, 
         enqueued_at_ms: a.enqueued_at_ms,
         timings: Timings { queue_time: a.queue_time, prefill_time: out.elapsed.as_secs_f64(), ..Timings::default() },
         warnings: a.req.warnings.clone(),
+        shm_host,
     };
     let msg = Outgoing {
         exchange: ctx.topology.kv_exchange(),

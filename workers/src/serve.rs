@@ -47,7 +47,14 @@ impl RunningWorker {
                 .await
                 .map_err(|source| WorkerError::DataPlane { endpoint: cfg.data_plane_bind.to_string(), source })?;
             let endpoint = format!("{}:{}", cfg.advertise_host, addr.port());
-            Some(Arc::new(PrefillState { kv, endpoint }))
+            let shm_dir = cfg.data_plane.shm_dir.clone().filter(|dir| {
+                let ok = data_plane::shm_usable(dir) && data_plane::shm_host_id().is_some();
+                if !ok {
+                    tracing::warn!(dir = %dir.display(), "the KV shared-memory directory is unusable; every KV goes over TCP");
+                }
+                ok
+            });
+            Some(Arc::new(PrefillState { kv, endpoint, shm_dir }))
         } else {
             None
         };

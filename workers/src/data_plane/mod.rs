@@ -15,11 +15,13 @@
 mod auth;
 mod client;
 mod server;
+mod shm;
 
 use std::time::Duration;
 
 pub use client::KvClient;
 pub use server::serve;
+pub use shm::{host_id as shm_host_id, read as shm_read, usable as shm_usable, KvBytes};
 
 const MAGIC: &[u8; 8] = b"PDQKV\x00\x02\x00";
 const FLAG_AUTH: u8 = 1;
@@ -51,6 +53,9 @@ pub struct DataPlaneConfig {
     pub read_timeout: Duration,
     /// The most bytes one KV may have, whatever a handle says.
     pub max_kv_bytes: u64,
+    /// Where KVs live in shared memory for decoders on the same host (`--kv-shm-dir`); `None`
+    /// sends every KV over TCP.
+    pub shm_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for DataPlaneConfig {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for DataPlaneConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_kv_bytes", &self.max_kv_bytes)
+            .field("shm_dir", &self.shm_dir)
             .finish()
     }
 }
@@ -71,6 +77,7 @@ impl DataPlaneConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_kv_bytes,
+            shm_dir: None,
         }
     }
 }
