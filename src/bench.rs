@@ -163,6 +163,8 @@ async fn database_ceiling(store: &Store, namespace: &str, n: usize) -> Result<f6
                 ..Default::default()
             },
             error: None,
+            logprobs: None,
+            choices: Vec::new(),
         })
         .collect();
     let started = Instant::now();

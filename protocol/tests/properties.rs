@@ -150,6 +150,7 @@ fn handle() -> Value {
         kv_bytes: 10,
         prompt_tokens: 1,
         first_token: 1,
+        firsts: Vec::new(),
         seed: 0,
         enqueued_at_ms: 0,
         timings: Default::default(),

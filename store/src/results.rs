@@ -20,16 +20,18 @@ const INSERT_OUTCOMES: &str = r#"
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1) AS r(
         request_id uuid, job_id uuid, custom_id text, status text, text text,
-        output_ids jsonb, meta_info jsonb, error jsonb)
+        output_ids jsonb, meta_info jsonb, error jsonb, logprobs jsonb, choices jsonb)
 ), ins AS (
     INSERT INTO results (request_id, job_id, custom_id, status, text, output_ids, meta_info, error,
-                         dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, finish_reason)
+                         dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, finish_reason,
+                         logprobs, choices)
     SELECT request_id, job_id, custom_id, status, text,
            ARRAY(SELECT jsonb_array_elements_text(output_ids)::int),
            meta_info, error,
            (meta_info->>'dp_rank')::int, (meta_info->>'prefill_dp_rank')::int,
            (meta_info->>'prompt_tokens')::int, (meta_info->>'completion_tokens')::int,
-           meta_info->'finish_reason'->>'type'
+           meta_info->'finish_reason'->>'type',
+           logprobs, choices
     FROM input
     ON CONFLICT (request_id) DO NOTHING
     RETURNING request_id, job_id, status
@@ -79,6 +81,8 @@ pub(crate) async fn insert_outcomes(
                     "output_ids": o.output_ids,
                     "meta_info": o.meta_info,
                     "error": o.error,
+                    "logprobs": o.logprobs,
+                    "choices": (!o.choices.is_empty()).then_some(&o.choices),
                 }))
             })
             .collect();
@@ -102,7 +106,8 @@ pub(crate) fn pg_safe(v: Value) -> Value {
 }
 
 const EXPORT_SELECT: &str = "SELECT s.request_id, s.custom_id, q.line_no, q.url, q.body, s.status, s.text,
-        s.output_ids, s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at
+        s.output_ids, s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at,
+        s.logprobs, s.choices
     FROM results s JOIN requests q ON q.id = s.request_id";
 
 /// One line of `pdq results`: a result with the request it answers.
@@ -122,6 +127,10 @@ pub struct ExportRow {
     pub completion_tokens: Option<i32>,
     pub finish_reason: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Choice 0's log-probabilities (`pdq_protocol::TokenLogprob`s), when asked for.
+    pub logprobs: Option<Value>,
+    /// Every choice (`pdq_protocol::Choice`s) when `n` > 1.
+    pub choices: Option<Value>,
 }
 
 impl Store {
