@@ -78,7 +78,7 @@ struct DecodeJob {
 }
 
 enum Job {
-    Prefill(PrefillJob),
+    Prefill(Box<PrefillJob>),
     Decode(Box<DecodeJob>),
 }
 
@@ -203,7 +203,7 @@ impl EngineHandle {
     ) -> Result<PrefillOut, WorkerError> {
         let (reply, rx) = oneshot::channel();
         let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply };
-        self.tx.send(Job::Prefill(job)).map_err(|_| WorkerError::EngineStopped)?;
+        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
         Ok(rx.await.map_err(|_| WorkerError::EngineStopped)??)
     }
 
@@ -271,7 +271,7 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
 fn enqueue(job: Job, prefills: &mut VecDeque<PrefillJob>, waiting: &mut VecDeque<Box<DecodeJob>>) {
     match job {
         Job::Decode(d) => waiting.push_back(d),
-        Job::Prefill(p) => prefills.push_back(p),
+        Job::Prefill(p) => prefills.push_back(*p),
     }
 }
 
