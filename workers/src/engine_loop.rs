@@ -459,11 +459,18 @@ fn decode_step(model: &Model, kv: &mut PagedKv, dec: &mut Decoding) {
                 started.elapsed()
             })
         });
+        let started = Instant::now();
         let logits = model.forward_batch(kv, &items);
-        (logits, masks.map(|h| h.join().unwrap_or_default()))
+        let forward_time = started.elapsed();
+        (logits, masks.map(|h| (h.join().unwrap_or_default(), forward_time)))
     });
-    if let Some(t) = mask_time {
-        tracing::trace!(mask_us = t.as_micros() as u64, "grammar masks beside the forward pass");
+    if let Some((masks, forward)) = mask_time {
+        tracing::trace!(
+            mask_us = masks.as_micros() as u64,
+            forward_us = forward.as_micros() as u64,
+            batch = items.len(),
+            "grammar masks beside the forward pass"
+        );
     }
     let logits = match logits {
         Ok(l) => l,
