@@ -156,6 +156,43 @@ mod tests {
     }
 
     #[test]
+    fn every_unimplemented_parameter_gets_its_error() {
+        let refused = [
+            (Endpoint::Completions, json!({"best_of": 2})),
+            (Endpoint::Completions, json!({"echo": true})),
+            (Endpoint::Completions, json!({"suffix": "!"})),
+            (Endpoint::Completions, json!({"presence_penalty": 0.5})),
+            (Endpoint::Completions, json!({"frequency_penalty": -1})),
+            (Endpoint::ChatCompletions, json!({"logit_bias": {"5": 1}})),
+            (Endpoint::ChatCompletions, json!({"tools": [{"type": "function"}]})),
+            (Endpoint::ChatCompletions, json!({"tool_choice": "auto"})),
+            (Endpoint::ChatCompletions, json!({"functions": [{}]})),
+            (Endpoint::ChatCompletions, json!({"audio": {}})),
+            (Endpoint::ChatCompletions, json!({"prediction": {}})),
+            (Endpoint::Generate, json!({"logprob_start_len": 0})),
+            (Endpoint::Generate, json!({"sampling_params": {"repetition_penalty": 1.2}})),
+            (Endpoint::Generate, json!({"sampling_params": {"min_new_tokens": 3}})),
+            (Endpoint::Generate, json!({"sampling_params": {"ebnf": "root ::= 'a'"}})),
+        ];
+        for (endpoint, extra) in refused {
+            let mut body = json!({"prompt": "x", "messages": [], "text": "x"});
+            let (name, value) = extra.as_object().unwrap().iter().next().unwrap();
+            body[name] = value.clone();
+            body.as_object_mut().unwrap().retain(|k, _| match endpoint {
+                Endpoint::Completions => k != "messages" && k != "text",
+                Endpoint::ChatCompletions => k != "prompt" && k != "text",
+                Endpoint::Generate => k != "prompt" && k != "messages",
+            });
+            let field = match value.as_object() {
+                Some(inner) if name == "sampling_params" => format!("sampling_params.{}", inner.keys().next().unwrap()),
+                _ => name.clone(),
+            };
+            let e = run(endpoint, body).unwrap_err();
+            assert_eq!(e, format!("`{field}` is not supported by pdq; leave it out or at its default"), "{endpoint:?}");
+        }
+    }
+
+    #[test]
     fn implemented_features_are_accepted() {
         let body = json!({"prompt": "x", "logprobs": 3, "n": 2, "response_format": {"type": "json_object"}});
         assert_eq!(run(Endpoint::Completions, body), Ok(vec![]));
