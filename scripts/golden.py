@@ -7,6 +7,11 @@ the last-position logits of the prompt, 8 greedy tokens (full recomputation each
 cache), and the logits that chose the last greedy token. The tiny model is written by the Rust
 code (`tiny::write`) into a temporary directory and is not committed; the test regenerates it.
 
+Log-probabilities (`python3 scripts/golden.py logprobs`, also part of a full run): for the tiny
+model's prompts, every greedy step's log-softmax of the raw f32 logits at the chosen token and
+the 20 most likely tokens, as `logprobs-tiny.json` for engine/tests/logprobs.rs and the
+end-to-end tests in tests/features.rs.
+
 GGUF (`python3 scripts/golden.py gguf`, also part of a full run): the Rust fixture writer
 (`write_model gguf TYPE DIR`) makes a small random Llama per tensor type; gguf-py's numpy
 dequantization must reproduce the f32 twin's weights exactly (so pdq's block formats are ggml's),
@@ -134,6 +139,41 @@ def text_reference(dir: Path) -> dict:
             "ids": tok(rendered, add_special_tokens=False)["input_ids"],
         },
     }
+
+
+TOP_LOGPROBS = 20
+
+
+@torch.no_grad()
+def logprobs_reference(model, vocab: int) -> dict:
+    """Greedy decoding with full recomputation; each step's log_softmax in f32, as pdq reports
+    them: before temperature and truncation, most likely first (ties to the lower id)."""
+    cases = []
+    for ids in prompts(vocab):
+        seq, steps = list(ids), []
+        for _ in range(NEW_TOKENS):
+            lp = torch.log_softmax(last_logits(model, seq), dim=-1)
+            token = int(torch.argmax(lp))
+            # Stable sort by (-logprob, id) so ties come out as pdq orders them.
+            order = sorted(range(vocab), key=lambda i: (-float(lp[i]), i))[:TOP_LOGPROBS]
+            steps.append({"token": token, "logprob": float(f"{float(lp[token]):.9g}"),
+                          "top_ids": order, "top_logprobs": floats(lp[order])})
+            seq.append(token)
+        cases.append({"prompt": ids, "steps": steps})
+    return {
+        "name": "logprobs-tiny",
+        "generator": f"scripts/golden.py, transformers {transformers.__version__}, torch {torch.__version__}",
+        "cases": cases,
+    }
+
+
+def main_logprobs() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = Path(tmp) / "tiny"
+        write_tiny(tiny)
+        vocab = json.loads((tiny / "config.json").read_text())["vocab_size"]
+        save_json("logprobs-tiny", logprobs_reference(load_f32(tiny), vocab))
 
 
 def save_json(name: str, data: dict) -> None:
@@ -305,4 +345,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main_gguf() if sys.argv[1:] == ["gguf"] else (main(), main_gguf())
+    if sys.argv[1:] == ["gguf"]:
+        main_gguf()
+    elif sys.argv[1:] == ["logprobs"]:
+        main_logprobs()
+    else:
+        main(), main_logprobs(), main_gguf()

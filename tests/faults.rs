@@ -244,6 +244,7 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
             kv_bytes: 4096,
             prompt_tokens: 3,
             first_token: 1,
+            firsts: Vec::new(),
             seed: 0,
             enqueued_at_ms: chrono::Utc::now().timestamp_millis(),
             timings: Timings::default(),

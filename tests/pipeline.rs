@@ -206,6 +206,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
         kv_bytes: 0,
         prompt_tokens: 3,
         first_token: 1,
+        firsts: Vec::new(),
         seed: 0,
         enqueued_at_ms: 0,
         timings: Default::default(),

@@ -33,6 +33,9 @@ pub enum EngineError {
     /// asked for is not available in this build or on this machine.
     #[error("device: {0}")]
     Device(String),
+    /// An output constraint that does not compile, or that the sequence could not follow.
+    #[error("structured output: {0}")]
+    Grammar(String),
 }
 
 impl EngineError {
@@ -50,6 +53,7 @@ impl EngineError {
             EngineError::KvCache(_) => "kv_cache",
             EngineError::KvCapacity { .. } => "kv_capacity",
             EngineError::Device(_) => "device",
+            EngineError::Grammar(_) => "grammar",
         }
     }
 

@@ -3,18 +3,22 @@
 //! Invariants:
 //! - `step()` counts every pushed token, including a final EOS; it is the `step` for the next
 //!   [`sample`] call.
+//! - `logprobs()`, when the params ask for them, holds one entry per `output_ids()` entry.
 //! - `output_ids()` is every pushed token except a final EOS (SGLang keeps it, but callers here
 //!   want ids that decode to the text). A matched `stop_token_ids` token that is not EOS stays
 //!   in `output_ids` but is cut from `text()`, as SGLang trims a matched stop token.
 //! - `text()` is cut before the earliest matched stop string.
 //! - Finish priority for one token: EOS, stop token, stop string, `max_new_tokens`, context.
+//! - With a grammar, every sampled token is one the grammar allowed, and the generation stops
+//!   (`Stop` with nothing matched) the moment the grammar is complete.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::error::EngineError;
+use crate::grammar::Constrained;
 use crate::kv::KvCache;
 use crate::model::Model;
-use crate::sampling::{sample, SamplingParams};
+use crate::sampling::{logprobs, sample, Logprob, SamplingParams};
 
 /// What a stop matched: a token id or a stop string (serialised bare: `128009` or `"\n"`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -83,12 +87,14 @@ pub struct Generation {
     eos: Vec<u32>,
     max_context: usize,
     output: Vec<u32>,
+    logprobs: Vec<Logprob>,
     step: usize,
     finish: Option<FinishReason>,
     /// Byte offset in the decoded output where a matched stop string starts.
     stop_at: Option<usize>,
     /// The last output id is a matched `stop_token_ids` token, left out of `text()`.
     stop_token_last: bool,
+    grammar: Option<Constrained>,
 }
 
 impl Generation {
@@ -103,16 +109,41 @@ impl Generation {
             eos: eos.to_vec(),
             max_context,
             output: Vec::new(),
+            logprobs: Vec::new(),
             step: 0,
             finish,
             stop_at: None,
             stop_token_last: false,
+            grammar: None,
+        }
+    }
+
+    /// The generation with its output constrained by `grammar` (a fresh one, or `None`).
+    pub fn with_grammar(mut self, grammar: Option<Constrained>) -> Generation {
+        self.grammar = grammar;
+        self
+    }
+
+    pub fn is_constrained(&self) -> bool {
+        self.grammar.is_some()
+    }
+
+    /// Computes the grammar's mask for the next token ahead of [`Generation::sample_next`], so it
+    /// can run beside the forward pass. A failure shows again when sampling.
+    pub fn prepare_grammar(&mut self) {
+        if let Some(g) = &mut self.grammar {
+            let _ = g.prepare();
         }
     }
 
     /// Records `token`; returns the finish reason once finished. Pushing after the finish is a
     /// no-op that returns the same reason.
     pub fn push(&mut self, model: &Model, token: u32) -> Option<&FinishReason> {
+        self.push_scored(model, token, None)
+    }
+
+    /// [`Generation::push`] with the token's log-probability, kept when the token is output.
+    pub fn push_scored(&mut self, model: &Model, token: u32, logprob: Option<Logprob>) -> Option<&FinishReason> {
         if self.finish.is_some() {
             return self.finish.as_ref();
         }
@@ -122,6 +153,19 @@ impl Generation {
             return self.finish.as_ref();
         }
         self.output.push(token);
+        if let Some(lp) = logprob {
+            self.logprobs.push(lp);
+        }
+        if let Some(g) = &mut self.grammar {
+            if let Err(e) = g.commit(token) {
+                self.finish = Some(FinishReason::Abort { message: e.to_string() });
+                return self.finish.as_ref();
+            }
+            if g.is_complete() {
+                self.finish = Some(FinishReason::Stop { matched: None });
+                return self.finish.as_ref();
+            }
+        }
         if self.params.stop_token_ids.contains(&token) {
             self.stop_token_last = true;
             self.finish = Some(FinishReason::Stop { matched: Some(Matched::Token(token)) });
@@ -167,6 +211,25 @@ impl Generation {
         &self.output
     }
 
+    /// One per output id when the params ask for log-probabilities (see the module note).
+    pub fn logprobs(&self) -> &[Logprob] {
+        &self.logprobs
+    }
+
+    /// Samples the next token from `logits`, among those the grammar allows, and scores it
+    /// under the model's own distribution when the params ask for that.
+    pub fn sample_next(&mut self, logits: &[f32]) -> Result<(u32, Option<Logprob>), EngineError> {
+        let token = match &mut self.grammar {
+            None => sample(logits, &self.params, self.step),
+            Some(g) => {
+                let mut masked = logits.to_vec();
+                g.apply(&mut masked)?;
+                sample(&masked, &self.params, self.step)
+            }
+        };
+        Ok((token, self.params.logprobs.map(|k| logprobs(logits, token, k))))
+    }
+
     pub fn finish_reason(&self) -> Option<&FinishReason> {
         self.finish.as_ref()
     }
@@ -204,8 +267,8 @@ pub fn generate(model: &Model, prompt: &[u32], params: &SamplingParams) -> Resul
     let (mut kv, mut logits) = model.prefill(prompt)?;
     let mut generation = Generation::new(prompt.len(), params.clone(), model.eos_token_ids(), model.max_context());
     while !generation.is_finished() {
-        let token = sample(&logits, params, generation.step());
-        if generation.push(model, token).is_some() {
+        let (token, logprob) = generation.sample_next(&logits)?;
+        if generation.push_scored(model, token, logprob).is_some() {
             break;
         }
         logits = model.decode_step(&mut kv, token)?;

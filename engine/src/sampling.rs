@@ -23,6 +23,8 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Alternatives to report with each token's log-probability; `None` reports none.
+    pub logprobs: Option<usize>,
 }
 
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 16;
@@ -39,8 +41,53 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
+}
+
+impl SamplingParams {
+    /// The parameters of choice `i` of a request with several: the seed moves by `i`.
+    pub fn for_choice(&self, i: usize) -> SamplingParams {
+        SamplingParams { seed: self.seed.wrapping_add(i as u64), ..self.clone() }
+    }
+}
+
+/// The most log-probabilities [`logprobs`] reports per position.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// OpenAI cannot carry -inf in JSON; like vLLM, an impossible token reports this instead.
+pub const MIN_LOGPROB: f32 = -9999.0;
+
+/// A token's log-probability and the `top` most likely tokens of the same distribution, most
+/// likely first, ties towards the lower id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-softmax of the raw `logits` (before temperature and truncation) at `token`, with the
+/// `k` most likely tokens (at most [`MAX_TOP_LOGPROBS`]). Accumulates in f64 so the result is
+/// within f32 rounding of an exact log-softmax; a NaN logit counts as impossible.
+pub fn logprobs(logits: &[f32], token: u32, k: usize) -> Logprob {
+    let clean = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+    let max = logits.iter().copied().map(clean).fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&x| (clean(x) as f64 - max).exp()).sum();
+    let log_z = max + sum.ln();
+    let lp = |x: f32| ((clean(x) as f64 - log_z) as f32).max(MIN_LOGPROB);
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k.min(MAX_TOP_LOGPROBS) + 1);
+    for (id, &x) in logits.iter().enumerate() {
+        let x = clean(x);
+        // Insertion into a short sorted list: k is at most 20, the vocabulary tens of thousands.
+        if top.len() == k.min(MAX_TOP_LOGPROBS) && top.last().is_none_or(|&(_, worst)| x <= worst) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, y)| y >= x);
+        top.insert(at, (id as u32, x));
+        top.truncate(k.min(MAX_TOP_LOGPROBS));
+    }
+    let at = |t: u32| logits.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    Logprob { logprob: lp(at(token)), top: top.into_iter().map(|(id, x)| (id, lp(x))).collect() }
 }
 
 /// The per-step RNG: seed and step both go into the 32-byte ChaCha key, so distinct
@@ -104,6 +151,31 @@ mod tests {
             let m = SamplingParams { min_p: 0.3, ..params(3) };
             assert!(sample(&logits, &m, s) < 2, "p2/p0 = e^-2 < 0.3");
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_raw_logits() {
+        let logits = [2.0f32, 1.0, 3.0, 3.0, -50.0];
+        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+        let want = |i: usize| (logits[i] as f64 - z.ln()) as f32;
+        let lp = logprobs(&logits, 0, 3);
+        assert!((lp.logprob - want(0)).abs() < 1e-6);
+        // Most likely first; the tie between ids 2 and 3 goes to the lower id.
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 3, 0]);
+        assert!((lp.top[0].1 - want(2)).abs() < 1e-6);
+        let total: f64 = (0..5).map(|i| (logprobs(&logits, i, 0).logprob as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
+        assert_eq!(logprobs(&logits, 0, 99).top.len(), 5);
+        let nan = logprobs(&[f32::NAN, 0.0], 0, 2);
+        assert_eq!((nan.logprob, nan.top[0]), (MIN_LOGPROB, (1, 0.0)));
+    }
+
+    #[test]
+    fn choices_move_the_seed() {
+        let p = params(7);
+        assert_eq!((p.for_choice(0).seed, p.for_choice(3).seed), (7, 10));
+        assert_eq!(SamplingParams { seed: u64::MAX, ..p }.for_choice(1).seed, 0);
     }
 
     #[test]

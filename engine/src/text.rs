@@ -129,6 +129,12 @@ impl TextCodec {
         self.tokenizer.get_vocab_size(true)
     }
 
+    /// The tokenizer as `tokenizer.json` holds it: what structured output reads token bytes from.
+    pub fn tokenizer_json(&self) -> Result<Json, EngineError> {
+        let text = self.tokenizer.to_string(false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         let enc = self.tokenizer.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();

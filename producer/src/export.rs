@@ -1,7 +1,7 @@
 //! `pdq results`: the OpenAI Batch output file (successes) or error file (failures and
 //! cancellations), one JSON object per line, in input order.
 
-use pdq_protocol::Endpoint;
+use pdq_protocol::{Choice, Endpoint, TokenLogprob};
 use pdq_store::ExportRow;
 use serde_json::{json, Value};
 
@@ -34,27 +34,75 @@ fn line(r: &ExportRow) -> Value {
     })
 }
 
+/// One choice as the export needs it: from `results.choices` when the request had several,
+/// else from the row's own columns.
+struct Out {
+    text: String,
+    output_ids: Vec<u32>,
+    /// OpenAI's spelling.
+    finish: Option<String>,
+    /// SGLang's `meta_info.finish_reason` object, for a choice of several.
+    sglang_finish: Option<Value>,
+    logprobs: Option<Vec<TokenLogprob>>,
+}
+
+fn outs(r: &ExportRow) -> Vec<Out> {
+    let several: Option<Vec<Choice>> = r.choices.clone().and_then(|v| serde_json::from_value(v).ok());
+    match several {
+        Some(choices) if !choices.is_empty() => choices
+            .into_iter()
+            .map(|c| Out {
+                finish: c.finish_reason.as_ref().map(|f| f.openai().to_string()),
+                sglang_finish: c.finish_reason.as_ref().and_then(|f| serde_json::to_value(f).ok()),
+                text: c.text,
+                output_ids: c.output_ids,
+                logprobs: c.logprobs,
+            })
+            .collect(),
+        _ => vec![Out {
+            text: r.text.clone().unwrap_or_default(),
+            output_ids: r.output_ids.clone().unwrap_or_default().into_iter().map(|t| t as u32).collect(),
+            finish: r.finish_reason.clone(),
+            sglang_finish: None,
+            logprobs: r.logprobs.clone().and_then(|v| serde_json::from_value(v).ok()),
+        }],
+    }
+}
+
 /// The response body a server would have returned for the line's `url`.
 fn body(r: &ExportRow) -> Value {
-    let text = r.text.clone().unwrap_or_default();
     let meta = r.meta_info.clone().unwrap_or(Value::Null);
     let endpoint = r.url.as_deref().and_then(Endpoint::from_path).unwrap_or(Endpoint::Generate);
-    let model = r.body.as_ref().and_then(|b| b.get("model")).and_then(Value::as_str).unwrap_or("pdq");
+    let request = r.body.as_ref();
+    let model = request.and_then(|b| b.get("model")).and_then(Value::as_str).unwrap_or("pdq");
     let prompt = r.prompt_tokens.unwrap_or(0);
     let completion = r.completion_tokens.unwrap_or(0);
     let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
     let created = r.created_at.timestamp();
-    let finish = r.finish_reason.clone();
+    let outs = outs(r);
     match endpoint {
         Endpoint::Generate => {
-            json!({"text": text, "output_ids": r.output_ids.clone().unwrap_or_default(), "meta_info": meta})
+            let with_text = request.and_then(|b| b.get("return_text_in_logprobs")).and_then(Value::as_bool);
+            let mut items: Vec<Value> = outs.iter().map(|o| generate_item(o, &meta, with_text == Some(true))).collect();
+            if r.choices.is_some() && items.len() > 1 {
+                // SGLang answers a request with `n` > 1 with one object per choice.
+                for (i, item) in items.iter_mut().enumerate() {
+                    item["index"] = json!(i);
+                }
+                Value::Array(items)
+            } else {
+                items.remove(0)
+            }
         }
         Endpoint::Completions => json!({
             "id": format!("cmpl-{}", r.request_id.simple()),
             "object": "text_completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+            "choices": outs.iter().enumerate().map(|(i, o)| json!({
+                "index": i, "text": o.text, "logprobs": o.logprobs.as_deref().map(completion_logprobs),
+                "finish_reason": o.finish,
+            })).collect::<Vec<_>>(),
             "usage": usage,
             "meta_info": meta,
         }),
@@ -63,11 +111,80 @@ fn body(r: &ExportRow) -> Value {
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}],
+            "choices": outs.iter().enumerate().map(|(i, o)| json!({
+                "index": i, "message": {"role": "assistant", "content": o.text},
+                "logprobs": o.logprobs.as_deref().map(chat_logprobs), "finish_reason": o.finish,
+            })).collect::<Vec<_>>(),
             "usage": usage,
             "meta_info": meta,
         }),
     }
+}
+
+/// SGLang's `/generate` answer; log-probabilities as `[logprob, token_id, text]` triples, the
+/// text null unless `return_text_in_logprobs`.
+fn generate_item(o: &Out, meta: &Value, with_text: bool) -> Value {
+    let mut meta = meta.clone();
+    if let (Some(m), Some(f)) = (meta.as_object_mut(), &o.sglang_finish) {
+        m.insert("finish_reason".into(), f.clone());
+        m.insert("completion_tokens".into(), json!(o.output_ids.len()));
+    }
+    if let (Some(m), Some(lps)) = (meta.as_object_mut(), &o.logprobs) {
+        let text = |t: &str| if with_text { json!(t) } else { Value::Null };
+        let tokens: Vec<Value> = lps.iter().map(|l| json!([l.logprob, l.id, text(&l.token)])).collect();
+        let top: Vec<Value> = lps
+            .iter()
+            .map(|l| Value::Array(l.top.iter().map(|t| json!([t.logprob, t.id, text(&t.token)])).collect()))
+            .collect();
+        m.insert("output_token_logprobs".into(), Value::Array(tokens));
+        m.insert("output_top_logprobs".into(), Value::Array(top));
+    }
+    json!({"text": o.text, "output_ids": o.output_ids, "meta_info": meta})
+}
+
+/// OpenAI's legacy completions shape. `text_offset` counts characters into the completion, as
+/// vLLM does without `echo`; a position without alternatives (`logprobs: 0`) has `null`.
+fn completion_logprobs(lps: &[TokenLogprob]) -> Value {
+    let mut offset = 0;
+    let mut text_offset = Vec::with_capacity(lps.len());
+    for l in lps {
+        text_offset.push(offset);
+        offset += l.token.chars().count();
+    }
+    let top: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            if l.top.is_empty() {
+                return Value::Null;
+            }
+            // Distinct ids can decode to one string; the most likely keeps the key.
+            let mut m = serde_json::Map::new();
+            for t in &l.top {
+                m.entry(t.token.clone()).or_insert(json!(t.logprob));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    json!({
+        "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
+}
+
+/// OpenAI's chat shape: each token with its UTF-8 bytes.
+fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut e = entry(&l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|t| entry(&t.token, t.logprob)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
 }
 
 #[cfg(test)]
@@ -91,6 +208,8 @@ mod tests {
             completion_tokens: Some(2),
             finish_reason: Some("length".into()),
             created_at: chrono::Utc::now(),
+            logprobs: None,
+            choices: None,
         }
     }
 
@@ -114,5 +233,70 @@ mod tests {
         assert_eq!(err.len(), 1);
         assert_eq!(err[0]["response"], Value::Null);
         assert_eq!(err[0]["error"]["code"], "invalid_request");
+    }
+
+    fn lp(id: u32, token: &str, logprob: f32, top: &[(u32, &str, f32)]) -> TokenLogprob {
+        let top = top.iter().map(|&(id, t, l)| pdq_protocol::TopLogprob { id, token: t.into(), logprob: l }).collect();
+        TokenLogprob { id, token: token.into(), logprob, top }
+    }
+
+    fn body_of(r: &ExportRow) -> Value {
+        let line: Value = serde_json::from_str(&export_line(r)).unwrap();
+        line["response"]["body"].clone()
+    }
+
+    #[test]
+    fn logprobs_in_openai_and_sglang_shapes() {
+        let lps = vec![
+            lp(5, "h\u{e9}", -0.5, &[(5, "h\u{e9}", -0.5), (9, "x", -1.5)]),
+            lp(6, "i", -0.25, &[(6, "i", -0.25), (2, "y", -2.0)]),
+        ];
+        let mut r = row("/v1/completions", "completed");
+        r.logprobs = Some(serde_json::to_value(&lps).unwrap());
+        let b = body_of(&r);
+        let l = &b["choices"][0]["logprobs"];
+        assert_eq!(l["tokens"], json!(["h\u{e9}", "i"]));
+        assert_eq!(l["token_logprobs"], json!([-0.5, -0.25]));
+        assert_eq!(l["top_logprobs"][0], json!({"h\u{e9}": -0.5, "x": -1.5}));
+        assert_eq!(l["text_offset"], json!([0, 2]), "characters, not bytes");
+        r.url = Some("/v1/chat/completions".into());
+        let c = &body_of(&r)["choices"][0]["logprobs"]["content"];
+        assert_eq!(c[0]["token"], "h\u{e9}");
+        assert_eq!(c[0]["bytes"], json!([104, 195, 169]));
+        assert_eq!(c[1]["top_logprobs"][1], json!({"token": "y", "logprob": -2.0, "bytes": [121]}));
+        r.url = Some("/generate".into());
+        let m = &body_of(&r)["meta_info"];
+        assert_eq!(m["output_token_logprobs"], json!([[-0.5, 5, null], [-0.25, 6, null]]));
+        assert_eq!(m["output_top_logprobs"][1], json!([[-0.25, 6, null], [-2.0, 2, null]]));
+        r.body = Some(json!({"return_text_in_logprobs": true}));
+        assert_eq!(body_of(&r)["meta_info"]["output_token_logprobs"][0], json!([-0.5, 5, "h\u{e9}"]));
+        r.url = Some("/v1/completions".into());
+        r.logprobs = None;
+        assert_eq!(body_of(&r)["choices"][0]["logprobs"], Value::Null);
+    }
+
+    #[test]
+    fn every_choice_with_its_index() {
+        let choice = |i: u32, text: &str| Choice {
+            index: i,
+            text: text.into(),
+            output_ids: vec![i + 1; i as usize + 1],
+            finish_reason: Some(pdq_protocol::FinishReason::Length { length: i + 1 }),
+            logprobs: None,
+        };
+        let mut r = row("/v1/completions", "completed");
+        r.choices = Some(serde_json::to_value(vec![choice(0, "a"), choice(1, "b")]).unwrap());
+        r.completion_tokens = Some(3);
+        let b = body_of(&r);
+        assert_eq!(b["choices"][1], json!({"index": 1, "text": "b", "logprobs": null, "finish_reason": "length"}));
+        assert_eq!(b["usage"]["completion_tokens"], 3);
+        r.url = Some("/v1/chat/completions".into());
+        assert_eq!(body_of(&r)["choices"][1]["message"]["content"], "b");
+        r.url = Some("/generate".into());
+        let g = body_of(&r);
+        assert_eq!(g.as_array().unwrap().len(), 2);
+        assert_eq!((g[1]["text"].clone(), g[1]["index"].clone()), (json!("b"), json!(1)));
+        assert_eq!(g[1]["meta_info"]["finish_reason"], json!({"type": "length", "length": 2}));
+        assert_eq!(g[1]["meta_info"]["completion_tokens"], 2);
     }
 }

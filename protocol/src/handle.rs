@@ -29,6 +29,11 @@ pub struct KvHandle {
     pub prompt_tokens: u32,
     /// Sampled by prefill from the last position's logits (SGLang sends it as aux data).
     pub first_token: u32,
+    /// The first token of each of the request's `n` choices (choice i sampled with `seed + i`)
+    /// with its log-probability when asked for; `firsts[0].token == first_token`. Empty in a
+    /// handle from a prefill that predates `n`, meaning one choice, `first_token`.
+    #[serde(default)]
+    pub firsts: Vec<FirstToken>,
     /// The seed actually used (the request's, or one derived from its id).
     pub seed: u64,
     /// Milliseconds since the epoch when the request was first enqueued.
@@ -41,7 +46,31 @@ pub struct KvHandle {
     pub shm_host: Option<String>,
 }
 
+/// A sampled token's log-probability and the most likely `(id, logprob)` pairs, as ids: the
+/// decoder, which decodes every other token too, names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirstToken {
+    pub token: u32,
+    #[serde(default)]
+    pub logprob: Option<RawLogprob>,
+}
+
 impl KvHandle {
+    /// The first token of every choice.
+    pub fn first_tokens(&self) -> Vec<FirstToken> {
+        if self.firsts.is_empty() {
+            vec![FirstToken { token: self.first_token, logprob: None }]
+        } else {
+            self.firsts.clone()
+        }
+    }
+
     /// Reads a handle off the wire. Beyond parsing, it refuses what no prefill worker writes:
     /// an empty endpoint or an attempt count of 0.
     pub fn decode(data: &[u8]) -> Result<KvHandle, String> {
@@ -51,6 +80,10 @@ impl KvHandle {
         }
         if h.attempt == 0 {
             return Err("`attempt` must be >= 1".into());
+        }
+        let n = h.request.sampling.n as usize;
+        if !h.firsts.is_empty() && (h.firsts.len() != n || h.firsts[0].token != h.first_token) {
+            return Err(format!("`firsts` holds {} tokens for n={n}, or disagrees with `first_token`", h.firsts.len()));
         }
         Ok(h)
     }

@@ -4,7 +4,9 @@
 //!
 //! Nothing here does I/O: producers, workers and tests all agree on one definition.
 
+pub mod choice;
 pub mod error;
+pub mod features;
 pub mod handle;
 pub mod input;
 pub mod names;
@@ -15,8 +17,10 @@ pub mod unsupported;
 pub mod url;
 pub mod validate;
 
+pub use choice::{Choice, TokenLogprob, TopLogprob};
 pub use error::{ErrorBody, ErrorClass, ValidationError};
-pub use handle::KvHandle;
+pub use features::Constraint;
+pub use handle::{FirstToken, KvHandle, RawLogprob};
 pub use input::{InputLine, RawLine};
 pub use names::Topology;
 pub use result::{FinishReason, MetaInfo, Outcome, ResultStatus, Timings};

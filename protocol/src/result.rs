@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::ErrorBody;
+use crate::{Choice, ErrorBody, TokenLogprob};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +96,13 @@ pub struct Outcome {
     pub output_ids: Vec<u32>,
     pub meta_info: MetaInfo,
     pub error: Option<ErrorBody>,
+    /// Choice 0's log-probabilities (`results.logprobs`), when the request asked for them.
+    #[serde(default)]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Every choice, choice 0 included, when the request asked for `n` > 1 (`results.choices`);
+    /// empty otherwise. `text` and `output_ids` keep choice 0 either way.
+    #[serde(default)]
+    pub choices: Vec<Choice>,
 }
 
 impl Outcome {
@@ -116,6 +123,8 @@ impl Outcome {
             output_ids: Vec::new(),
             meta_info: meta,
             error: Some(error),
+            logprobs: None,
+            choices: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::features::Constraint;
 use crate::ValidationError;
 
 /// OpenAI's default for `/v1/completions`.
@@ -12,6 +13,8 @@ pub const DEFAULT_COMPLETION_MAX_TOKENS: u64 = 16;
 pub const DEFAULT_GENERATE_MAX_TOKENS: u64 = 128;
 /// OpenAI allows four stop sequences; SGLang more. Bound it so a line cannot stall the stop scan.
 pub const MAX_STOP_SEQUENCES: usize = 16;
+/// Choices per request (CONTRACT §12): each runs as its own decode sequence.
+pub const MAX_N: u32 = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
@@ -28,6 +31,20 @@ pub struct Sampling {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Choices to generate; choice i samples with `seed + i`.
+    #[serde(default = "one")]
+    pub n: u32,
+    /// Log-probabilities to return with each output token, and how many alternatives
+    /// (0..=[`crate::features::MAX_TOP_LOGPROBS`]); `None` returns none.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
+    /// A grammar every completed choice must match.
+    #[serde(default)]
+    pub constraint: Option<Constraint>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Sampling {
@@ -42,6 +59,9 @@ impl Sampling {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            n: 1,
+            logprobs: None,
+            constraint: None,
         }
     }
 
@@ -94,11 +114,11 @@ impl Sampling {
             }
             s => s.map(|s| s as u64),
         };
-        if let Some(n) = f.int("n")? {
-            if n != 1 {
-                return Err(ValidationError::invalid(f.name("n"), format!("must be 1 in a batch job, got {n}")));
-            }
-        }
+        let n = match f.int("n")? {
+            None => 1,
+            Some(n) if (1..=MAX_N as i64).contains(&n) => n as u32,
+            Some(n) => return Err(ValidationError::invalid(f.name("n"), format!("must be in [1, {MAX_N}], got {n}"))),
+        };
         Ok(Sampling {
             max_tokens,
             temperature: temperature as f32,
@@ -109,6 +129,9 @@ impl Sampling {
             stop: f.stop()?,
             stop_token_ids: f.token_ids("stop_token_ids")?,
             ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+            n,
+            logprobs: None,
+            constraint: None,
         })
     }
 }
@@ -242,6 +265,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.to_string(), "`sampling_params.max_new_tokens` must be >= 1, got -3");
         assert!(parse(json!({"stop": [1]})).unwrap_err().to_string().contains("`stop`"));
-        assert!(parse(json!({"n": 2})).unwrap_err().to_string().contains("`n`"));
+        assert_eq!(parse(json!({"n": 16})).unwrap().n, 16);
+        assert_eq!(parse(json!({"n": 17})).unwrap_err().to_string(), "`n` must be in [1, 16], got 17");
+        assert_eq!(parse(json!({"n": 0})).unwrap_err().to_string(), "`n` must be in [1, 16], got 0");
     }
 }

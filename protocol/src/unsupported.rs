@@ -1,5 +1,6 @@
 //! Nothing silently ignored (CONTRACT §7): a parameter pdq does not implement is refused by
-//! name. One at its neutral value (a penalty of 0, `best_of` 1, `logprobs` off, an empty
+//! name. Log-probabilities, `n` and output constraints (§12) are implemented: their fields are
+//! known here and read by `features` and `sampling`. One at its neutral value (a penalty of 0, `best_of` 1, `logprobs` off, an empty
 //! `logit_bias`, `response_format` text, no tools) changes nothing and is accepted; so are
 //! `user`, `metadata` and `store`, which never change an answer. `stream` is accepted and
 //! ignored, with a warning in `meta_info.warnings`. A name pdq does not know at all is refused
@@ -33,8 +34,8 @@ const COMMON: &[&str] = &[
     "disagg_prefill_dp_rank",
     "data_parallel_rank",
 ];
-const COMPLETIONS: &[&str] = &["prompt"];
-const CHAT: &[&str] = &["messages", "max_completion_tokens"];
+const COMPLETIONS: &[&str] = &["prompt", "logprobs", "response_format"];
+const CHAT: &[&str] = &["messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format"];
 const GENERATE: &[&str] = &[
     "text",
     "input_ids",
@@ -42,6 +43,9 @@ const GENERATE: &[&str] = &[
     "sampling_seed",
     "seed",
     "rid",
+    "return_logprob",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
     "stream",
     "model",
     "routed_dp_rank",
@@ -60,6 +64,8 @@ const SAMPLING_PARAMS: &[&str] = &[
     "n",
     "seed",
     "sampling_seed",
+    "json_schema",
+    "regex",
 ];
 
 /// Known parameters pdq does not implement, accepted only at their neutral value.
@@ -135,10 +141,67 @@ mod tests {
         assert_eq!(e, "`best_of` is not supported by pdq; leave it out or at its default");
         let e = run(Endpoint::ChatCompletions, json!({"messages": [], "tools": [{"type": "function"}]})).unwrap_err();
         assert!(e.starts_with("`tools` is not supported"), "{e}");
-        let e = run(Endpoint::Generate, json!({"text": "x", "sampling_params": {"regex": "a+"}})).unwrap_err();
-        assert!(e.starts_with("`sampling_params.regex` is not supported"), "{e}");
+        let e = run(Endpoint::Generate, json!({"text": "x", "sampling_params": {"ebnf": "root ::= 'a'"}})).unwrap_err();
+        assert!(e.starts_with("`sampling_params.ebnf` is not supported"), "{e}");
+        let e = run(Endpoint::Completions, json!({"prompt": "x", "echo": true})).unwrap_err();
+        assert!(e.starts_with("`echo` is not supported"), "{e}");
+        let e = run(Endpoint::Completions, json!({"prompt": "x", "suffix": "y"})).unwrap_err();
+        assert!(e.starts_with("`suffix` is not supported"), "{e}");
+        let e = run(Endpoint::Completions, json!({"prompt": "x", "top_logprobs": 2})).unwrap_err();
+        assert!(e.starts_with("`top_logprobs` is not supported"), "completions spells it `logprobs`: {e}");
+        let e = run(Endpoint::ChatCompletions, json!({"messages": [], "logit_bias": {"1": 2}})).unwrap_err();
+        assert!(e.starts_with("`logit_bias` is not supported"), "{e}");
         let e = run(Endpoint::Completions, json!({"prompt": "x", "temprature": 0})).unwrap_err();
         assert_eq!(e, "`temprature` is not a parameter of /v1/completions");
+    }
+
+    #[test]
+    fn every_unimplemented_parameter_gets_its_error() {
+        let refused = [
+            (Endpoint::Completions, json!({"best_of": 2})),
+            (Endpoint::Completions, json!({"echo": true})),
+            (Endpoint::Completions, json!({"suffix": "!"})),
+            (Endpoint::Completions, json!({"presence_penalty": 0.5})),
+            (Endpoint::Completions, json!({"frequency_penalty": -1})),
+            (Endpoint::ChatCompletions, json!({"logit_bias": {"5": 1}})),
+            (Endpoint::ChatCompletions, json!({"tools": [{"type": "function"}]})),
+            (Endpoint::ChatCompletions, json!({"tool_choice": "auto"})),
+            (Endpoint::ChatCompletions, json!({"functions": [{}]})),
+            (Endpoint::ChatCompletions, json!({"audio": {}})),
+            (Endpoint::ChatCompletions, json!({"prediction": {}})),
+            (Endpoint::Generate, json!({"logprob_start_len": 0})),
+            (Endpoint::Generate, json!({"sampling_params": {"repetition_penalty": 1.2}})),
+            (Endpoint::Generate, json!({"sampling_params": {"min_new_tokens": 3}})),
+            (Endpoint::Generate, json!({"sampling_params": {"ebnf": "root ::= 'a'"}})),
+        ];
+        for (endpoint, extra) in refused {
+            let mut body = json!({"prompt": "x", "messages": [], "text": "x"});
+            let (name, value) = extra.as_object().unwrap().iter().next().unwrap();
+            body[name] = value.clone();
+            body.as_object_mut().unwrap().retain(|k, _| match endpoint {
+                Endpoint::Completions => k != "messages" && k != "text",
+                Endpoint::ChatCompletions => k != "prompt" && k != "text",
+                Endpoint::Generate => k != "prompt" && k != "messages",
+            });
+            let field = match value.as_object() {
+                Some(inner) if name == "sampling_params" => format!("sampling_params.{}", inner.keys().next().unwrap()),
+                _ => name.clone(),
+            };
+            let e = run(endpoint, body).unwrap_err();
+            assert_eq!(e, format!("`{field}` is not supported by pdq; leave it out or at its default"), "{endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn implemented_features_are_accepted() {
+        let body = json!({"prompt": "x", "logprobs": 3, "n": 2, "response_format": {"type": "json_object"}});
+        assert_eq!(run(Endpoint::Completions, body), Ok(vec![]));
+        let body =
+            json!({"messages": [], "logprobs": true, "top_logprobs": 4, "response_format": {"type": "json_schema"}});
+        assert_eq!(run(Endpoint::ChatCompletions, body), Ok(vec![]));
+        let body = json!({"text": "x", "return_logprob": true, "top_logprobs_num": 2, "return_text_in_logprobs": true,
+                          "sampling_params": {"n": 3, "json_schema": "{}", "regex": "a"}});
+        assert_eq!(run(Endpoint::Generate, body), Ok(vec![]));
     }
 
     #[test]

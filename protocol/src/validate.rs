@@ -111,6 +111,9 @@ pub fn validate(
         ),
         Endpoint::Generate => (generate_prompt(body)?, generate_sampling(body)?),
     };
+    let mut sampling = sampling;
+    sampling.logprobs = crate::features::logprobs(endpoint, body)?;
+    sampling.constraint = crate::features::constraint(endpoint, body)?;
     let ignored = crate::unsupported::check(endpoint, body)?;
     let header = line.header("X-Data-Parallel-Rank").or(amqp_rank_header);
     let routing = Routing::from_body(body, header)?;

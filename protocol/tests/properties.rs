@@ -150,6 +150,7 @@ fn handle() -> Value {
         kv_bytes: 10,
         prompt_tokens: 1,
         first_token: 1,
+        firsts: Vec::new(),
         seed: 0,
         enqueued_at_ms: 0,
         timings: Default::default(),
@@ -162,4 +163,20 @@ fn handle() -> Value {
 #[test]
 fn the_handle_fixture_decodes() {
     KvHandle::decode(handle().to_string().as_bytes()).unwrap();
+}
+
+#[test]
+fn a_handle_carries_one_first_token_per_choice() {
+    let mut h = handle();
+    let old: KvHandle = KvHandle::decode(h.to_string().as_bytes()).unwrap();
+    let first = |t: u32| pdq_protocol::FirstToken { token: t, logprob: None };
+    assert_eq!(old.first_tokens(), vec![first(1)], "a handle without `firsts` is one choice, `first_token`");
+    h["request"]["sampling"]["n"] = 2.into();
+    h["firsts"] = serde_json::to_value([first(1), first(9)]).unwrap();
+    let two = KvHandle::decode(h.to_string().as_bytes()).unwrap();
+    assert_eq!(two.first_tokens(), vec![first(1), first(9)]);
+    h["firsts"] = serde_json::to_value([first(1)]).unwrap();
+    assert!(KvHandle::decode(h.to_string().as_bytes()).unwrap_err().contains("`firsts` holds 1 tokens for n=2"));
+    h["firsts"] = serde_json::to_value([first(3), first(9)]).unwrap();
+    assert!(KvHandle::decode(h.to_string().as_bytes()).is_err(), "firsts[0] must be first_token");
 }

@@ -112,6 +112,7 @@ pub fn handle_body(line: &Value, shape: &ClusterShape, prompt_tokens: u32, kv_by
         kv_bytes,
         prompt_tokens,
         first_token: 42,
+        firsts: Vec::new(),
         seed: 7,
         enqueued_at_ms: 1_764_590_000_000,
         timings: Timings { queue_time: 0.1, prefill_time: 0.01, ..Timings::default() },
@@ -146,6 +147,8 @@ pub fn sample_outcome(prompt_tokens: u32, completion_tokens: u32) -> Outcome {
             ..MetaInfo::default()
         },
         error: None,
+        logprobs: None,
+        choices: Vec::new(),
     }
 }
 

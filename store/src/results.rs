@@ -20,17 +20,19 @@ pub struct ResultsWritten {
 const INSERT_OUTCOMES: &str = r#"
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::jsonb[], $8::jsonb[])
-        AS r(request_id, job_id, custom_id, status, text, output_ids, meta_info, error)
+                         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[])
+        AS r(request_id, job_id, custom_id, status, text, output_ids, meta_info, error, logprobs, choices)
 ), ins AS (
     INSERT INTO results (request_id, job_id, custom_id, status, text, output_ids, meta_info, error,
-                         dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, finish_reason)
+                         dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, finish_reason,
+                         logprobs, choices)
     SELECT request_id, job_id, custom_id, status, text,
            output_ids::int[],
            meta_info, error,
            (meta_info->>'dp_rank')::int, (meta_info->>'prefill_dp_rank')::int,
            (meta_info->>'prompt_tokens')::int, (meta_info->>'completion_tokens')::int,
-           meta_info->'finish_reason'->>'type'
+           meta_info->'finish_reason'->>'type',
+           logprobs, choices
     FROM input
     ON CONFLICT (request_id) DO NOTHING
     RETURNING request_id, job_id, status
@@ -80,6 +82,9 @@ pub(crate) async fn insert_outcomes(
             c.output_ids.push(int_array(&o.output_ids));
             c.meta_info.push(pg_safe(serde_json::to_value(&o.meta_info).expect("meta_info serializes")));
             c.error.push(o.error.as_ref().map(|e| pg_safe(serde_json::to_value(e).expect("an error serializes"))));
+            c.logprobs.push(o.logprobs.as_ref().map(|l| pg_safe(serde_json::to_value(l).expect("logprobs serialize"))));
+            let choices = (!o.choices.is_empty()).then_some(&o.choices);
+            c.choices.push(choices.map(|ch| pg_safe(serde_json::to_value(ch).expect("choices serialize"))));
         }
         let ids: Vec<Uuid> = sqlx::query_scalar(INSERT_OUTCOMES)
             .bind(&c.request_id)
@@ -90,6 +95,8 @@ pub(crate) async fn insert_outcomes(
             .bind(&c.output_ids)
             .bind(&c.meta_info)
             .bind(&c.error)
+            .bind(&c.logprobs)
+            .bind(&c.choices)
             .fetch_one(&mut **tx)
             .await?;
         inserted.extend(ids);
@@ -107,6 +114,8 @@ struct Columns<'a> {
     output_ids: Vec<String>,
     meta_info: Vec<Value>,
     error: Vec<Option<Value>>,
+    logprobs: Vec<Option<Value>>,
+    choices: Vec<Option<Value>>,
 }
 
 impl Columns<'_> {
@@ -120,6 +129,8 @@ impl Columns<'_> {
             output_ids: Vec::with_capacity(n),
             meta_info: Vec::with_capacity(n),
             error: Vec::with_capacity(n),
+            logprobs: Vec::with_capacity(n),
+            choices: Vec::with_capacity(n),
         }
     }
 }
@@ -156,7 +167,8 @@ pub(crate) fn pg_safe(v: Value) -> Value {
 }
 
 const EXPORT_SELECT: &str = "SELECT s.request_id, s.custom_id, q.line_no, q.url, q.body, s.status, s.text,
-        s.output_ids, s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at
+        s.output_ids, s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at,
+        s.logprobs, s.choices
     FROM results s JOIN requests q ON q.id = s.request_id";
 
 /// One line of `pdq results`: a result with the request it answers.
@@ -176,6 +188,10 @@ pub struct ExportRow {
     pub completion_tokens: Option<i32>,
     pub finish_reason: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Choice 0's log-probabilities (`pdq_protocol::TokenLogprob`s), when asked for.
+    pub logprobs: Option<Value>,
+    /// Every choice (`pdq_protocol::Choice`s) when `n` > 1.
+    pub choices: Option<Value>,
 }
 
 impl Store {
@@ -261,6 +277,8 @@ mod tests {
                 ..Default::default()
             },
             error: None,
+            logprobs: None,
+            choices: Vec::new(),
         };
         let cancelled = Outcome::cancelled(requests[1].id, Some(job.id), None);
         let first = store.write_results(&[done.clone(), cancelled.clone()]).await.unwrap();

@@ -7,7 +7,7 @@ use pdq_broker::Inbound;
 use pdq_protocol::{MetaInfo, Outcome, ResultStatus, Timings};
 
 use crate::context::{now_ms, Ctx};
-use crate::convert::{finish_reason, sampling_params, seed_for};
+use crate::convert::{answer, compile_constraint, sampling_params, seed_for};
 use crate::decision::{execute, Decision};
 use crate::intake::{intake, Accepted, Intake};
 use crate::WorkerError;
@@ -24,20 +24,26 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
 async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
-    let pre = ctx.engine.prefill(a.tokens.clone(), params.clone()).await?;
-    let out = ctx.engine.decode(pre.pages, pre.first_token, params).await?;
+    let grammar = match compile_constraint(&ctx.engine, &a.req) {
+        Ok(g) => g,
+        Err(e) => return Ok(a.failed_row().write(e.to_body())),
+    };
+    let pre = ctx.engine.prefill(a.tokens.clone(), params.clone(), a.req.sampling.n as usize, grammar.clone()).await?;
+    let out = ctx.engine.decode(pre.pages, pre.firsts, params, grammar).await?;
+    let decode_time = out.elapsed.as_secs_f64();
+    let answer = answer(ctx.engine.model(), out, a.req.sampling.logprobs.is_some());
     let rank = ctx.cfg.rank;
     let meta_info = MetaInfo {
         dp_rank: Some(rank),
         prefill_dp_rank: Some(rank),
-        completion_tokens: out.output_ids.len() as u32,
-        finish_reason: Some(finish_reason(&out.finish)),
+        completion_tokens: answer.completion_tokens,
+        finish_reason: Some(answer.finish),
         e2e_latency: (now_ms() - a.enqueued_at_ms).max(0) as f64 / 1000.0,
         timings: Timings {
             queue_time: a.queue_time,
             prefill_time: pre.elapsed.as_secs_f64(),
             kv_transfer_time: 0.0,
-            decode_time: out.elapsed.as_secs_f64(),
+            decode_time,
         },
         seed: Some(seed),
         ..a.meta_info()
@@ -47,10 +53,12 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
         job_id: a.job_id,
         custom_id: a.req.custom_id.clone(),
         status: ResultStatus::Completed,
-        text: Some(out.text),
-        output_ids: out.output_ids,
+        text: Some(answer.text),
+        output_ids: answer.output_ids,
         meta_info,
         error: None,
+        logprobs: answer.logprobs,
+        choices: answer.choices,
     };
     Ok(Decision::Write { outcome, dead_letter: false })
 }

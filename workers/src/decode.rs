@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::config::MAX_PREFILL_ATTEMPTS;
 use crate::context::{now_ms, Ctx};
-use crate::convert::{finish_reason, sampling_params};
+use crate::convert::{answer, compile_constraint, engine_firsts, sampling_params};
 use crate::decision::{execute, Decision, FailedRow};
 use crate::WorkerError;
 
@@ -70,14 +70,19 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
     let kv_transfer_time = fetch_started.elapsed().as_secs_f64();
     let params = sampling_params(&h.request.sampling, h.seed);
     // The engine validates the pages and writes them straight into blocks of its own pool.
-    let out = ctx.engine.decode(bytes, h.first_token, params).await?;
+    // Prefill compiled the same constraint, so it compiles here too; a failure is the engine's.
+    let grammar = compile_constraint(&ctx.engine, &h.request)
+        .map_err(|e| WorkerError::Engine(pdq_engine::EngineError::Grammar(e.to_string())))?;
+    let out = ctx.engine.decode(bytes, engine_firsts(&h.first_tokens()), params, grammar).await?;
+    let decode_time = out.elapsed.as_secs_f64();
+    let a = answer(ctx.engine.model(), out, h.request.sampling.logprobs.is_some());
     let meta_info = MetaInfo {
         dp_rank: Some(rank),
         prefill_dp_rank: Some(h.prefill_dp_rank),
-        completion_tokens: out.output_ids.len() as u32,
-        finish_reason: Some(finish_reason(&out.finish)),
+        completion_tokens: a.completion_tokens,
+        finish_reason: Some(a.finish),
         e2e_latency: (now_ms() - h.enqueued_at_ms).max(0) as f64 / 1000.0,
-        timings: Timings { kv_transfer_time, decode_time: out.elapsed.as_secs_f64(), ..h.timings },
+        timings: Timings { kv_transfer_time, decode_time, ..h.timings },
         kv_bytes: h.kv_bytes,
         ..base_meta(h)
     };
@@ -86,10 +91,12 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         job_id: h.job_id,
         custom_id: h.request.custom_id.clone(),
         status: ResultStatus::Completed,
-        text: Some(out.text),
-        output_ids: out.output_ids,
+        text: Some(a.text),
+        output_ids: a.output_ids,
         meta_info,
         error: None,
+        logprobs: a.logprobs,
+        choices: a.choices,
     };
     Ok(Decision::Write { outcome, dead_letter: false })
 }

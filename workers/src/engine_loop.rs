@@ -8,7 +8,8 @@
 //!    exported and its blocks released at once (the KV store holds the bytes, not the pool);
 //! 2. admits waiting decode jobs in arrival order while fewer than `max_running` run and the pool
 //!    can reserve blocks for their whole generation (prompt + `max_new_tokens`, capped at the
-//!    context), writing their received pages straight into those blocks;
+//!    context), writing their received pages straight into those blocks; a job with `n` choices
+//!    runs as `n` sequences forked from the one prompt KV, sharing its full blocks;
 //! 3. runs one decode step for every running sequence as one batched forward.
 //!
 //! Work that does not fit waits at the front of its queue for blocks to free; only work that
@@ -16,11 +17,14 @@
 //! fails, so a running sequence is never preempted. A sequence's tokens depend only on its own
 //! inputs and seed, never on what it is batched with (see `pdq_engine::forward`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pdq_engine::{sample, EngineError, FinishReason, Generation, Model, PageHeader, PagedKv, SamplingParams, SeqId};
+use pdq_engine::{
+    logprobs, sample, Constrained, EngineError, FinishReason, Generation, Grammars, Logprob, Model, PageHeader,
+    PagedKv, SamplingParams, SeqId,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::WorkerError;
@@ -28,35 +32,53 @@ use crate::WorkerError;
 pub struct PrefillOut {
     /// The prompt's KV as pages (`pdq_engine::PageHeader` describes them).
     pub pages: Vec<u8>,
-    pub first_token: u32,
+    /// Each choice's first token (step 0), choice i sampled with `seed + i`.
+    pub firsts: Vec<First>,
     pub elapsed: Duration,
 }
 
-pub struct DecodeOut {
+/// A choice's first token, with its log-probability when the params ask for it.
+#[derive(Debug, Clone)]
+pub struct First {
+    pub token: u32,
+    pub logprob: Option<Logprob>,
+}
+
+pub struct ChoiceOut {
     pub output_ids: Vec<u32>,
     pub text: String,
     pub finish: FinishReason,
+    /// One per output id when the params ask for log-probabilities.
+    pub logprobs: Vec<Logprob>,
+}
+
+pub struct DecodeOut {
+    /// In choice order.
+    pub choices: Vec<ChoiceOut>,
     pub elapsed: Duration,
 }
 
 struct PrefillJob {
     tokens: Vec<u32>,
     params: SamplingParams,
+    n: usize,
+    grammar: Option<Constrained>,
     reply: oneshot::Sender<Result<PrefillOut, EngineError>>,
 }
 
 /// A decode job waiting for blocks; its pages were validated when it was queued.
 struct DecodeJob {
     pages: Vec<u8>,
-    gen: Generation,
-    first_token: u32,
+    prompt_len: usize,
+    firsts: Vec<First>,
     params: SamplingParams,
+    grammar: Option<Constrained>,
     started: Instant,
     reply: oneshot::Sender<Result<DecodeOut, EngineError>>,
 }
 
 enum Job {
-    Prefill(PrefillJob),
+    Prefill(Box<PrefillJob>),
     Decode(Box<DecodeJob>),
 }
 
@@ -64,9 +86,71 @@ struct Running {
     seq: SeqId,
     gen: Generation,
     last: u32,
-    params: SamplingParams,
+    group: u64,
+    choice: usize,
+}
+
+/// A decode job's choices: answered once every one finished, or at the first failure.
+struct Group {
+    outs: Vec<Option<ChoiceOut>>,
+    left: usize,
     started: Instant,
     reply: oneshot::Sender<Result<DecodeOut, EngineError>>,
+}
+
+/// The engine thread's decode state.
+#[derive(Default)]
+struct Decoding {
+    running: Vec<Running>,
+    groups: HashMap<u64, Group>,
+    next_group: u64,
+}
+
+impl Decoding {
+    /// Records a finished choice; answers its group when it was the last.
+    fn complete(&mut self, model: &Model, group: u64, choice: usize, gen: &Generation) {
+        let Some(g) = self.groups.get_mut(&group) else { return };
+        match choice_out(model, gen) {
+            Ok(out) => {
+                g.outs[choice] = Some(out);
+                g.left -= 1;
+                if g.left == 0 {
+                    let g = self.groups.remove(&group).expect("present");
+                    let choices = g.outs.into_iter().map(|o| o.expect("every choice finished")).collect();
+                    let _ = g.reply.send(Ok(DecodeOut { choices, elapsed: g.started.elapsed() }));
+                }
+            }
+            Err(e) => self.fail(group, e),
+        }
+    }
+
+    /// Answers a group with an error; its other sequences are dropped by [`Decoding::sweep`].
+    fn fail(&mut self, group: u64, e: EngineError) {
+        if let Some(g) = self.groups.remove(&group) {
+            let _ = g.reply.send(Err(e));
+        }
+    }
+
+    /// Releases the sequences of groups that were answered.
+    fn sweep(&mut self, kv: &mut PagedKv) {
+        let groups = &self.groups;
+        self.running.retain(|r| {
+            let keep = groups.contains_key(&r.group);
+            if !keep {
+                kv.release(r.seq);
+            }
+            keep
+        });
+    }
+}
+
+fn choice_out(model: &Model, gen: &Generation) -> Result<ChoiceOut, EngineError> {
+    Ok(ChoiceOut {
+        text: gen.text(model)?,
+        output_ids: gen.output_ids().to_vec(),
+        finish: gen.finish_reason().cloned().unwrap_or(FinishReason::Length { length: gen.output_ids().len() }),
+        logprobs: gen.logprobs().to_vec(),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +168,8 @@ pub struct EngineLoopConfig {
 pub struct EngineHandle {
     tx: mpsc::UnboundedSender<Job>,
     model: Arc<Model>,
+    /// Built on the first constrained request: the trie of a large vocabulary takes a while.
+    grammars: Arc<std::sync::OnceLock<Result<Arc<Grammars>, String>>>,
 }
 
 impl EngineHandle {
@@ -91,32 +177,52 @@ impl EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let m = model.clone();
         std::thread::Builder::new().name(name).spawn(move || run(m, cfg, rx)).expect("spawning the engine thread");
-        EngineHandle { tx, model }
+        EngineHandle { tx, model, grammars: Arc::default() }
     }
 
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
 
-    /// Computes the prompt's KV pages and samples the first output token (step 0).
-    pub async fn prefill(&self, tokens: Vec<u32>, params: SamplingParams) -> Result<PrefillOut, WorkerError> {
+    /// The model's vocabulary for structured output, or why it has none.
+    pub fn grammars(&self) -> Result<Arc<Grammars>, EngineError> {
+        self.grammars
+            .get_or_init(|| Grammars::new(&self.model).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(EngineError::Grammar)
+    }
+
+    /// Computes the prompt's KV pages and samples the first output token (step 0) of each of
+    /// `n` choices, among the tokens `grammar` (fresh) allows.
+    pub async fn prefill(
+        &self,
+        tokens: Vec<u32>,
+        params: SamplingParams,
+        n: usize,
+        grammar: Option<Constrained>,
+    ) -> Result<PrefillOut, WorkerError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Prefill(PrefillJob { tokens, params, reply })).map_err(|_| WorkerError::EngineStopped)?;
+        let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply };
+        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
         Ok(rx.await.map_err(|_| WorkerError::EngineStopped)??)
     }
 
-    /// Generates from prefilled KV pages whose first token was already sampled. Malformed pages
-    /// fail here, before the job waits for blocks.
+    /// Generates every choice from prefilled KV pages whose first tokens were already sampled
+    /// (one per choice), under `grammar` (fresh: it consumes the first tokens too). Malformed
+    /// pages fail here, before the job waits for blocks.
     pub async fn decode(
         &self,
         pages: Vec<u8>,
-        first_token: u32,
+        firsts: Vec<First>,
         params: SamplingParams,
+        grammar: Option<Constrained>,
     ) -> Result<DecodeOut, WorkerError> {
         let header = PageHeader::parse(&pages)?;
+        if firsts.is_empty() {
+            return Err(EngineError::KvCache("a decode job needs at least one first token".into()).into());
+        }
         let (reply, rx) = oneshot::channel();
-        let gen = Generation::new(header.len, params.clone(), self.model.eos_token_ids(), self.model.max_context());
-        let job = DecodeJob { pages, gen, first_token, params, started: Instant::now(), reply };
+        let job = DecodeJob { pages, prompt_len: header.len, firsts, params, grammar, started: Instant::now(), reply };
         self.tx.send(Job::Decode(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
         Ok(rx.await.map_err(|_| WorkerError::EngineStopped)??)
     }
@@ -128,15 +234,15 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
     tracing::debug!(blocks = kv.n_blocks(), "engine KV pool ready");
     let mut prefills: VecDeque<PrefillJob> = VecDeque::new();
     let mut waiting: VecDeque<Box<DecodeJob>> = VecDeque::new();
-    let mut running: Vec<Running> = Vec::new();
+    let mut dec = Decoding::default();
     // Gauges are set after every step and before every wait, so an idle engine reads idle.
-    let report = |kv: &PagedKv, running: &[Running], queued: usize| {
+    let report = |kv: &PagedKv, dec: &Decoding, queued: usize| {
         let used = 1.0 - kv.available_blocks() as f64 / kv.n_blocks() as f64;
-        cfg.metrics.engine(running.len(), queued, used);
+        cfg.metrics.engine(dec.running.len(), queued, used);
     };
     loop {
-        if prefills.is_empty() && waiting.is_empty() && running.is_empty() {
-            report(&kv, &running, 0);
+        if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() {
+            report(&kv, &dec, 0);
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
@@ -146,26 +252,26 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
             enqueue(job, &mut prefills, &mut waiting);
         }
         let prefilled = prefill_batch(&model, &cfg, &mut kv, &mut prefills);
-        let admitted = admit_decodes(&model, &cfg, &mut kv, &mut waiting, &mut running);
+        let admitted = admit_decodes(&model, &cfg, &mut kv, &mut waiting, &mut dec);
 
-        if !prefilled && !admitted && running.is_empty() {
+        if !prefilled && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
-            report(&kv, &running, prefills.len() + waiting.len());
+            report(&kv, &dec, prefills.len() + waiting.len());
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
             }
             continue;
         }
-        decode_step(&model, &mut kv, &mut running);
-        report(&kv, &running, prefills.len() + waiting.len());
+        decode_step(&model, &mut kv, &mut dec);
+        report(&kv, &dec, prefills.len() + waiting.len());
     }
 }
 
 fn enqueue(job: Job, prefills: &mut VecDeque<PrefillJob>, waiting: &mut VecDeque<Box<DecodeJob>>) {
     match job {
         Job::Decode(d) => waiting.push_back(d),
-        Job::Prefill(p) => prefills.push_back(p),
+        Job::Prefill(p) => prefills.push_back(*p),
     }
 }
 
@@ -212,11 +318,8 @@ fn prefill_batch(model: &Model, cfg: &EngineLoopConfig, kv: &mut PagedKv, queue:
     match result {
         Ok(logits) => {
             for ((seq, job), logits) in batch.into_iter().zip(logits) {
-                let out = kv.export(seq).map(|pages| PrefillOut {
-                    pages,
-                    first_token: sample(&logits, &job.params, 0),
-                    elapsed,
-                });
+                let out = first_tokens(&logits, &job)
+                    .and_then(|firsts| kv.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
                 kv.release(seq);
                 let _ = job.reply.send(out);
             }
@@ -232,109 +335,176 @@ fn prefill_batch(model: &Model, cfg: &EngineLoopConfig, kv: &mut PagedKv, queue:
     true
 }
 
+/// Each choice's first token, sampled with its own seed among the tokens the grammar allows.
+fn first_tokens(logits: &[f32], job: &PrefillJob) -> Result<Vec<First>, EngineError> {
+    let masked = match &job.grammar {
+        None => None,
+        Some(g) => {
+            let mut masked = logits.to_vec();
+            g.clone().apply(&mut masked)?;
+            Some(masked)
+        }
+    };
+    Ok((0..job.n)
+        .map(|i| {
+            let params = job.params.for_choice(i);
+            let token = sample(masked.as_deref().unwrap_or(logits), &params, 0);
+            First { token, logprob: params.logprobs.map(|k| logprobs(logits, token, k)) }
+        })
+        .collect())
+}
+
 /// Step 2 of the loop; returns whether any job left the queue.
 fn admit_decodes(
     model: &Model,
     cfg: &EngineLoopConfig,
     kv: &mut PagedKv,
     waiting: &mut VecDeque<Box<DecodeJob>>,
-    running: &mut Vec<Running>,
+    dec: &mut Decoding,
 ) -> bool {
     let mut admitted = false;
-    while running.len() < cfg.max_running {
+    while dec.running.len() < cfg.max_running {
         let Some(job) = waiting.front() else { break };
-        // The first token came from prefill; it may already end the sequence, needing no blocks.
-        let mut gen = job.gen.clone();
-        if gen.push(model, job.first_token).is_some() {
+        // The first tokens came from prefill; they may already end some choices, needing no blocks.
+        let gens: Vec<Generation> = job
+            .firsts
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let params = job.params.for_choice(i);
+                let mut gen = Generation::new(job.prompt_len, params, model.eos_token_ids(), model.max_context())
+                    .with_grammar(job.grammar.clone());
+                gen.push_scored(model, f.token, f.logprob.clone());
+                gen
+            })
+            .collect();
+        let live = gens.iter().filter(|g| !g.is_finished()).count();
+        // A job with more choices than `max_running` runs alone rather than never.
+        if live > 0 && !dec.running.is_empty() && dec.running.len() + live > cfg.max_running {
+            break;
+        }
+        // Reserve for the longest generation, so growth never fails and nothing is preempted:
+        // the first live choice imports the pages, the others fork them.
+        let max_len = job.prompt_len.saturating_add(job.params.max_new_tokens).min(model.max_context());
+        let need = match live {
+            0 => 0,
+            n => kv.layout().blocks_for(max_len) + (n - 1) * kv.fork_cost(job.prompt_len, max_len),
+        };
+        if need > kv.n_blocks() {
             let job = waiting.pop_front().expect("front exists");
-            finish(model, gen, job.started, job.reply);
+            let _ = job.reply.send(Err(EngineError::KvCapacity { needed: need, available: kv.n_blocks() }));
             admitted = true;
             continue;
         }
-        // Reserve for the longest generation, so growth never fails and nothing is preempted.
-        let max_len = gen.prompt_len().saturating_add(job.params.max_new_tokens).min(model.max_context());
-        if let Some(e) = never_fits(kv, max_len) {
-            let job = waiting.pop_front().expect("front exists");
-            let _ = job.reply.send(Err(e));
-            admitted = true;
-            continue;
-        }
-        if !kv.can_admit(max_len) {
+        if need > kv.available_blocks() {
             break;
         }
         let job = waiting.pop_front().expect("front exists");
         admitted = true;
-        match kv.import(&job.pages, max_len) {
-            Ok(seq) => running.push(Running {
-                seq,
-                gen,
-                last: job.first_token,
-                params: job.params,
-                started: job.started,
-                reply: job.reply,
-            }),
-            Err(e) => {
-                let _ = job.reply.send(Err(e));
+        let group = dec.next_group;
+        dec.next_group += 1;
+        let outs = (0..gens.len()).map(|_| None).collect();
+        dec.groups.insert(group, Group { outs, left: gens.len(), started: job.started, reply: job.reply });
+        let mut root = None;
+        for (choice, (gen, first)) in gens.into_iter().zip(&job.firsts).enumerate() {
+            if gen.is_finished() {
+                dec.complete(model, group, choice, &gen);
+                continue;
+            }
+            let seq = match root {
+                None => kv.import(&job.pages, max_len),
+                Some(root) => kv.fork(root, max_len),
+            };
+            match seq {
+                Ok(seq) => {
+                    root.get_or_insert(seq);
+                    dec.running.push(Running { seq, gen, last: first.token, group, choice });
+                }
+                Err(e) => {
+                    dec.fail(group, e);
+                    break;
+                }
             }
         }
+        dec.sweep(kv);
     }
     admitted
 }
 
 /// Step 3: one token for every running sequence, in one batched forward.
-fn decode_step(model: &Model, kv: &mut PagedKv, running: &mut Vec<Running>) {
-    // A sequence that cannot take its next token fails alone rather than failing the batch.
-    let mut i = 0;
-    while i < running.len() {
-        let r = &running[i];
-        match kv.len(r.seq).and_then(|len| model.check_tokens(len, &[r.last])) {
-            Ok(()) => i += 1,
-            Err(e) => {
-                let r = running.swap_remove(i);
-                kv.release(r.seq);
-                let _ = r.reply.send(Err(e));
-            }
+fn decode_step(model: &Model, kv: &mut PagedKv, dec: &mut Decoding) {
+    // A sequence that cannot take its next token fails its request rather than the batch.
+    for i in 0..dec.running.len() {
+        let r = &dec.running[i];
+        if let Err(e) = kv.len(r.seq).and_then(|len| model.check_tokens(len, &[r.last])) {
+            let group = r.group;
+            dec.fail(group, e);
         }
     }
-    if running.is_empty() {
+    dec.sweep(kv);
+    if dec.running.is_empty() {
         return;
     }
-    let tokens: Vec<[u32; 1]> = running.iter().map(|r| [r.last]).collect();
-    let items: Vec<(SeqId, &[u32])> = running.iter().zip(&tokens).map(|(r, t)| (r.seq, &t[..])).collect();
-    let logits = match model.forward_batch(kv, &items) {
+    let tokens: Vec<[u32; 1]> = dec.running.iter().map(|r| [r.last]).collect();
+    let items: Vec<(SeqId, &[u32])> = dec.running.iter().zip(&tokens).map(|(r, t)| (r.seq, &t[..])).collect();
+    // Grammar masks depend on the tokens so far, not on the logits: they are computed on a
+    // thread of their own while the batch's forward pass runs.
+    let (logits, mask_time) = std::thread::scope(|s| {
+        let constrained: Vec<&mut Generation> =
+            dec.running.iter_mut().map(|r| &mut r.gen).filter(|g| g.is_constrained()).collect();
+        let masks = (!constrained.is_empty()).then(|| {
+            s.spawn(move || {
+                let started = Instant::now();
+                constrained.into_iter().for_each(Generation::prepare_grammar);
+                started.elapsed()
+            })
+        });
+        let started = Instant::now();
+        let logits = model.forward_batch(kv, &items);
+        let forward_time = started.elapsed();
+        (logits, masks.map(|h| (h.join().unwrap_or_default(), forward_time)))
+    });
+    if let Some((masks, forward)) = mask_time {
+        tracing::trace!(
+            mask_us = masks.as_micros() as u64,
+            forward_us = forward.as_micros() as u64,
+            batch = items.len(),
+            "grammar masks beside the forward pass"
+        );
+    }
+    let logits = match logits {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "decode step failed");
-            for r in running.drain(..) {
-                kv.release(r.seq);
-                let _ = r.reply.send(Err(EngineError::KvCache(format!("decode step failed: {e}"))));
+            let groups: Vec<u64> = dec.groups.keys().copied().collect();
+            for g in groups {
+                dec.fail(g, EngineError::KvCache(format!("decode step failed: {e}")));
             }
+            dec.sweep(kv);
             return;
         }
     };
     let mut done = Vec::new();
-    for (i, (r, logits)) in running.iter_mut().zip(logits).enumerate() {
-        let token = sample(&logits, &r.params, r.gen.step());
-        r.last = token;
-        if r.gen.push(model, token).is_some() {
-            done.push(i);
+    for (i, (r, logits)) in dec.running.iter_mut().zip(logits).enumerate() {
+        match r.gen.sample_next(&logits) {
+            Ok((token, logprob)) => {
+                r.last = token;
+                if r.gen.push_scored(model, token, logprob).is_some() {
+                    done.push(i);
+                }
+            }
+            Err(e) => {
+                r.gen.abort(e.to_string());
+                done.push(i);
+            }
         }
     }
     for i in done.into_iter().rev() {
-        let r = running.swap_remove(i);
+        let r = dec.running.swap_remove(i);
         kv.release(r.seq);
-        finish(model, r.gen, r.started, r.reply);
+        dec.complete(model, r.group, r.choice, &r.gen);
     }
-}
-
-fn finish(model: &Model, gen: Generation, started: Instant, reply: oneshot::Sender<Result<DecodeOut, EngineError>>) {
-    let out = gen.text(model).map(|text| DecodeOut {
-        output_ids: gen.output_ids().to_vec(),
-        text,
-        finish: gen.finish_reason().cloned().unwrap_or(FinishReason::Length { length: gen.output_ids().len() }),
-        elapsed: started.elapsed(),
-    });
-    let _ = reply.send(out);
+    dec.sweep(kv);
 }
 
 #[cfg(test)]

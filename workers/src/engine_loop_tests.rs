@@ -21,6 +21,15 @@ fn model() -> Arc<Model> {
         .clone()
 }
 
+fn config(blocks: usize, max_running: usize) -> EngineLoopConfig {
+    EngineLoopConfig {
+        max_running,
+        prefill_token_budget: 64,
+        kv_pool_bytes: blocks * TINY_BLOCK_BYTES,
+        metrics: crate::metrics::Labels::new("test", 0),
+    }
+}
+
 fn params(max_new_tokens: usize, seed: u64) -> SamplingParams {
     SamplingParams { max_new_tokens, temperature: 0.8, seed, ignore_eos: true, ..SamplingParams::default() }
 }
@@ -37,9 +46,9 @@ async fn generate(blocks: usize, prompts: &[Vec<u32>], max_new: usize) -> Vec<Re
     let runs = prompts.iter().enumerate().map(|(i, p)| {
         let engine = engine.clone();
         async move {
-            let pre = engine.prefill(p.clone(), params(max_new, i as u64)).await.map_err(|e| e.to_string())?;
-            let out = engine.decode(pre.pages, pre.first_token, params(max_new, i as u64)).await;
-            out.map(|o| o.output_ids).map_err(|e| e.code().to_string())
+            let pre = engine.prefill(p.clone(), params(max_new, i as u64), 1, None).await.map_err(|e| e.to_string())?;
+            let out = engine.decode(pre.pages, pre.firsts, params(max_new, i as u64), None).await;
+            out.map(|mut o| o.choices.remove(0).output_ids).map_err(|e| e.code().to_string())
         }
     });
     join_all(runs).await
@@ -65,4 +74,38 @@ async fn work_larger_than_the_pool_fails_instead_of_waiting_forever() {
     let prompts = vec![vec![5u32; 20]];
     let out = generate(2, &prompts, 100).await;
     assert_eq!(out[0], Err("kv_capacity".to_string()));
+}
+
+/// `n` choices of one request, from one prefill and forked KV.
+async fn choices(engine: &EngineHandle, prompt: &[u32], p: SamplingParams, n: usize) -> Vec<ChoiceOut> {
+    let pre = engine.prefill(prompt.to_vec(), p.clone(), n, None).await.unwrap();
+    assert_eq!(pre.firsts.len(), n);
+    engine.decode(pre.pages, pre.firsts, p, None).await.unwrap().choices
+}
+
+#[tokio::test]
+async fn n_choices_share_one_prefill_and_match_single_requests_seeded_seed_plus_i() {
+    // 21 tokens: one full block shared by every fork, and a partial one each fork copies.
+    let prompt: Vec<u32> = (0..21u32).map(|j| (j * 13) % 400 + 3).collect();
+    let p = SamplingParams { logprobs: Some(3), ..params(12, 40) };
+    let roomy = EngineHandle::spawn(model(), config(256, 8), "engine-n".into());
+    let together = choices(&roomy, &prompt, p.clone(), 5).await;
+    assert_eq!(together.len(), 5);
+    for (i, c) in together.iter().enumerate() {
+        let alone = choices(&roomy, &prompt, p.for_choice(i), 1).await;
+        assert_eq!(c.output_ids, alone[0].output_ids, "choice {i} differs from a request seeded {}", 40 + i);
+        assert_eq!(c.logprobs, alone[0].logprobs, "choice {i}'s log-probabilities");
+        assert_eq!(c.logprobs.len(), c.output_ids.len());
+        assert!(c.logprobs.iter().all(|l| l.top.len() == 3 && l.logprob <= 0.0));
+    }
+    let distinct: std::collections::HashSet<_> = together.iter().map(|c| c.output_ids.clone()).collect();
+    assert!(distinct.len() > 1, "seeds seed + i give different samples");
+    // A pool that holds the five only because they share the prompt's full block (5 x 3 blocks
+    // unshared, 3 + 4 x 2 = 11 shared), on an engine whose `max_running` (2) the job exceeds:
+    // it runs alone, whole.
+    let tight = EngineHandle::spawn(model(), config(11, 2), "engine-n-tight".into());
+    let squeezed = choices(&tight, &prompt, p, 5).await;
+    for (a, b) in together.iter().zip(&squeezed) {
+        assert_eq!(a.output_ids, b.output_ids);
+    }
 }

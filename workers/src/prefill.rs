@@ -10,7 +10,7 @@ use pdq_protocol::{KvHandle, Timings, Topology};
 use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::convert::{sampling_params, seed_for};
+use crate::convert::{compile_constraint, sampling_params, seed_for, wire_firsts};
 use crate::data_plane::{shm_host_id, KvBytes};
 use crate::decision::{execute, Decision};
 use crate::intake::{intake, Accepted, Intake};
@@ -37,7 +37,11 @@ pub async fn handle(ctx: Arc<Ctx>, state: Arc<PrefillState>, msg: Inbound) {
 async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
-    let out = ctx.engine.prefill(a.tokens.clone(), params).await?;
+    let grammar = match compile_constraint(&ctx.engine, &a.req) {
+        Ok(g) => g,
+        Err(e) => return Ok(a.failed_row().write(e.to_body())),
+    };
+    let out = ctx.engine.prefill(a.tokens.clone(), params, a.req.sampling.n as usize, grammar).await?;
     let kv_bytes = out.pages.len() as u64;
     // Random, not time-ordered: a KV id is a capability on the data plane.
     let kv_id = Uuid::new_v4();
@@ -57,7 +61,8 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, 
         kv_id,
         kv_bytes,
         prompt_tokens: a.tokens.len() as u32,
-        first_token: out.first_token,
+        first_token: out.firsts[0].token,
+        firsts: wire_firsts(&out.firsts),
         seed,
         enqueued_at_ms: a.enqueued_at_ms,
         timings: Timings { queue_time: a.queue_time, prefill_time: out.elapsed.as_secs_f64(), ..Timings::default() },

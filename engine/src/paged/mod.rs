@@ -1,7 +1,10 @@
 //! The paged KV cache: one pool of fixed-size blocks shared by every sequence of an engine.
 //!
 //! Invariants (checked by [`PagedKv::check`]):
-//! - every block id in `0..n_blocks` is in exactly one place: the free list or one sequence's table;
+//! - every block id in `0..n_blocks` is either on the free list (held by no table) or held by one
+//!   or more sequences' tables, `refs[b]` counting them: forks share a prompt's full blocks
+//!   ([`PagedKv::fork`]); a shared block is never written, since only slots at or past a
+//!   sequence's `len` are, and a fork copies the partly filled last block it would write to;
 //! - a sequence's table holds exactly `ceil(len / block_size)` blocks, in position order: position
 //!   `p` lives in `table[p / block_size]`, slot `p % block_size`; slots at or past `len` are never read;
 //! - `reserved = Σ max(0, ceil(max_len / block_size) − table.len())` over sequences never exceeds
@@ -77,6 +80,8 @@ pub struct PagedKv {
     host_data: bool,
     n_blocks: usize,
     free: Vec<u32>,
+    /// Tables holding each block.
+    refs: Vec<u32>,
     seqs: HashMap<SeqId, Seq>,
     reserved: usize,
     next_id: u64,
@@ -104,6 +109,7 @@ impl PagedKv {
             host_data,
             n_blocks: 0,
             free: Vec::new(),
+            refs: Vec::new(),
             seqs: HashMap::new(),
             reserved: 0,
             next_id: 0,
@@ -139,6 +145,7 @@ impl PagedKv {
     pub(crate) fn add_blocks(&mut self, n: usize) {
         let first = self.n_blocks() as u32;
         self.n_blocks += n;
+        self.refs.resize(self.n_blocks, 0);
         if !self.host_data {
             // Bookkeeping only.
         } else if self.data.is_empty() {
@@ -165,12 +172,61 @@ impl PagedKv {
         Ok(id)
     }
 
-    /// Returns the sequence's blocks and its unused reservation to the pool. Unknown ids are ignored.
+    /// Returns the sequence's blocks no other sequence holds, and its unused reservation, to the
+    /// pool. Unknown ids are ignored.
     pub fn release(&mut self, id: SeqId) {
         if let Some(seq) = self.seqs.remove(&id) {
             self.reserved -= seq.reserved(&self.layout);
-            self.free.extend(seq.blocks.iter().rev());
+            for &b in seq.blocks.iter().rev() {
+                self.refs[b as usize] -= 1;
+                if self.refs[b as usize] == 0 {
+                    self.free.push(b);
+                }
+            }
         }
+    }
+
+    /// Blocks a fork of a `len`-token sequence reserved for `max_len` tokens takes from the
+    /// pool: all but the full blocks it shares.
+    pub fn fork_cost(&self, len: usize, max_len: usize) -> usize {
+        self.layout.blocks_for(max_len.max(len)) - len / self.layout.block_size
+    }
+
+    /// A new sequence with `src`'s tokens, reserved for `max_len` tokens, that shares `src`'s
+    /// full blocks and gets a copy of its partly filled last block (the one both would write
+    /// next). Takes [`PagedKv::fork_cost`] blocks; on error nothing changed.
+    pub fn fork(&mut self, src: SeqId, max_len: usize) -> Result<SeqId, EngineError> {
+        let (len, blocks) = {
+            let s = self.seq(src)?;
+            (s.len, s.blocks.clone())
+        };
+        let need = self.fork_cost(len, max_len);
+        if need > self.available_blocks() {
+            return Err(EngineError::KvCapacity { needed: need, available: self.available_blocks() });
+        }
+        let full = len / self.layout.block_size;
+        let partial = full < blocks.len();
+        if partial && !self.host_data {
+            return Err(EngineError::KvCache("fork of a partly filled block in a tables-only pool".into()));
+        }
+        let mut table = blocks[..full].to_vec();
+        for &b in &table {
+            self.refs[b as usize] += 1;
+        }
+        if partial {
+            let copy = self.free.pop().expect("the fork's cost was checked against the free blocks");
+            let floats = self.layout.block_floats();
+            let (from, to) = (blocks[full] as usize * floats, copy as usize * floats);
+            self.data.copy_within(from..from + floats, to);
+            self.refs[copy as usize] = 1;
+            table.push(copy);
+        }
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let seq = Seq { blocks: table, len, max_len: max_len.max(len) };
+        self.reserved += seq.reserved(&self.layout);
+        self.seqs.insert(id, seq);
+        Ok(id)
     }
 
     /// Tokens held for `id` (the position its next token takes).
@@ -211,7 +267,9 @@ impl PagedKv {
         let seq = self.seqs.get_mut(&id).expect("checked by extra_blocks");
         let before = seq.reserved(&layout);
         while seq.blocks.len() < layout.blocks_for(new_len) {
-            seq.blocks.push(self.free.pop().expect("reservation and capacity were checked"));
+            let b = self.free.pop().expect("reservation and capacity were checked");
+            self.refs[b as usize] = 1;
+            seq.blocks.push(b);
         }
         seq.len = seq.len.max(new_len);
         self.reserved -= before - seq.reserved(&layout);
@@ -258,17 +316,14 @@ impl PagedKv {
 
     /// Verifies the invariants in the module note; for tests and debug assertions.
     pub fn check(&self) -> Result<(), String> {
-        let mut owner = vec![None::<Option<SeqId>>; self.n_blocks()];
-        let mut claim = |b: u32, who: Option<SeqId>| match owner.get_mut(b as usize) {
-            None => Err(format!("block {b} is out of range")),
-            Some(slot @ None) => {
-                *slot = Some(who);
-                Ok(())
-            }
-            Some(Some(first)) => Err(format!("block {b} is held by {first:?} and by {who:?}")),
-        };
+        let mut held = vec![0u32; self.n_blocks()];
+        let mut free = vec![false; self.n_blocks()];
         for &b in &self.free {
-            claim(b, None)?;
+            match free.get_mut(b as usize) {
+                None => return Err(format!("block {b} is out of range")),
+                Some(true) => return Err(format!("block {b} is free twice")),
+                Some(f) => *f = true,
+            }
         }
         let mut reserved = 0;
         for (&id, s) in &self.seqs {
@@ -277,11 +332,24 @@ impl PagedKv {
             }
             reserved += s.reserved(&self.layout);
             for &b in &s.blocks {
-                claim(b, Some(id))?;
+                let Some(h) = held.get_mut(b as usize) else { return Err(format!("block {b} is out of range")) };
+                *h += 1;
             }
         }
-        if let Some(b) = owner.iter().position(Option::is_none) {
-            return Err(format!("block {b} is neither free nor owned"));
+        for (&id, s) in &self.seqs {
+            // Only full blocks are shared: a partly filled one is written next.
+            if let Some(&last) = s.blocks.last().filter(|_| s.len % self.layout.block_size != 0) {
+                if held[last as usize] > 1 {
+                    return Err(format!("block {last} is shared but partly filled in {id:?}"));
+                }
+            }
+        }
+        for b in 0..self.n_blocks() {
+            match (free[b], held[b], self.refs[b]) {
+                (true, 0, 0) => {}
+                (false, h, r) if h > 0 && h == r => {}
+                (f, h, r) => return Err(format!("block {b}: free {f}, held by {h} tables, refs {r}")),
+            }
         }
         if reserved != self.reserved || reserved > self.free.len() {
             return Err(format!("reserved {} (recount {reserved}) vs {} free", self.reserved, self.free.len()));

@@ -112,3 +112,45 @@ fn tables_only_pool_allocates_like_a_host_pool_and_refuses_row_access() {
     let pages = host.export(ha).unwrap();
     assert!(tables.import(&pages, 0).unwrap_err().to_string().contains("tables-only"));
 }
+
+#[test]
+fn forks_share_full_blocks_and_copy_the_partial_one() {
+    let mut kv = PagedKv::new(layout(4), 12);
+    let a = kv.add_sequence(10).unwrap();
+    kv.grow(a, 10).unwrap(); // blocks 0, 1 full; block 2 holds 2 of 4 rows
+    fill(&mut kv, a);
+    let before = kv.export(a).unwrap();
+    assert_eq!(kv.fork_cost(10, 14), 2, "4 blocks for 14 tokens, 2 of them shared");
+    let available = kv.available_blocks();
+    let b = kv.fork(a, 14).unwrap();
+    kv.check().unwrap();
+    assert_eq!(kv.available_blocks(), available - 2);
+    assert_eq!(kv.block_table(a).unwrap()[..2], kv.block_table(b).unwrap()[..2]);
+    assert_ne!(kv.block_table(a).unwrap()[2], kv.block_table(b).unwrap()[2]);
+    assert_eq!(kv.export(b).unwrap(), before, "a fork reads as its source");
+    // Each writes its next rows into a block of its own; the other does not see them.
+    kv.grow(a, 11).unwrap();
+    kv.grow(b, 13).unwrap();
+    kv.row_mut(b, 0, 10).0.fill(7.0);
+    kv.row_mut(a, 0, 10).0.fill(-7.0);
+    kv.check().unwrap();
+    assert_eq!(kv.layer_blocks(b, 0)[2].0[2 * 8], 7.0);
+    assert_eq!(kv.layer_blocks(a, 0)[2].0[2 * 8], -7.0);
+    // Shared blocks go back to the pool with their last holder only.
+    kv.release(a);
+    kv.check().unwrap();
+    let first_row: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    assert_eq!(kv.layer_blocks(b, 0)[0].0[..8], first_row[..], "the shared block is b's alone now, unchanged");
+    kv.release(b);
+    kv.check().unwrap();
+    assert_eq!(kv.available_blocks(), 12);
+    // A fork of a sequence that ends on a block boundary copies nothing.
+    let c = kv.add_sequence(8).unwrap();
+    kv.grow(c, 8).unwrap();
+    let d = kv.fork(c, 9).unwrap();
+    assert_eq!(kv.fork_cost(8, 9), 1);
+    assert_eq!(kv.block_table(d).unwrap(), kv.block_table(c).unwrap());
+    kv.check().unwrap();
+    assert_eq!(kv.fork(c, 1000).unwrap_err().error_type(), "kv_capacity");
+    kv.check().unwrap();
+}
