@@ -73,12 +73,23 @@ impl Model {
         debug_assert_eq!(l.weight.cols(), k);
         out.clear();
         out.resize(x.len() / k * l.weight.rows(), 0.0);
-        l.weight.matmul(&self.backend, x, l.bias.as_deref(), out);
+        l.weight.matmul(&self.backend, x, l.bias.as_deref(), out, self.weights.activations);
     }
 
     /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
     /// logits of each item's last token, in batch order.
     pub fn forward_batch(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+        // Every matmul forks over rayon's pool. Forked from a thread outside the pool (the
+        // engine loop's, a bench's main), each fork is a hand-off: the caller sleeps while pool
+        // threads wake, ~200 times per decode token. Run on a pool thread, a fork is a local
+        // push that the caller works on too, while the other thread steals.
+        if rayon::current_thread_index().is_some() {
+            return self.forward_on_pool(kv, batch);
+        }
+        rayon::scope(|_| self.forward_on_pool(kv, batch))
+    }
+
+    fn forward_on_pool(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
         if !kv.has_host_data() {
             return Err(EngineError::KvCache(
                 "the CPU forward needs a pool with host rows, got a tables-only pool".into(),
@@ -153,7 +164,7 @@ impl Model {
         let mut last_normed = vec![0f32; last.len()];
         b.rms_norm(&last, &self.weights.norm, eps, &mut last_normed);
         let mut logits = vec![0f32; batch.len() * c.vocab_size];
-        self.weights.lm_head().matmul(b, &last_normed, None, &mut logits);
+        self.weights.lm_head().matmul(b, &last_normed, None, &mut logits, self.weights.activations);
         Ok(logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect())
     }
 }

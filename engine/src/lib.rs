@@ -40,5 +40,6 @@ pub use generation::{generate, FinishReason, Generation, Matched};
 pub use kv::KvCache;
 pub use model::Model;
 pub use paged::{KvLayout, PageHeader, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
+pub use pdq_kernels::Activations;
 pub use rope::RopeScaling;
 pub use sampling::{sample, SamplingParams, DEFAULT_MAX_NEW_TOKENS};

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use pdq_kernels::{Backend, QMatrix, QuantType};
+use pdq_kernels::{Activations, Backend, QMatrix, QuantType};
 
 /// Where quantized bytes live.
 pub(crate) enum Bytes {
@@ -116,11 +116,16 @@ impl Matrix {
         }
     }
 
-    /// `y = x · self^T (+ bias)`.
-    pub fn matmul(&self, backend: &Backend, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    /// Whether [`Activations::Int8`] changes this matrix's matmul (it has an int8 kernel).
+    pub fn takes_int8(&self) -> bool {
+        matches!(self, Matrix::Quant { dtype, .. } if pdq_kernels::quant::int8::supported(*dtype))
+    }
+
+    /// `y = x · self^T (+ bias)`; `act` only matters for quantized matrices.
+    pub fn matmul(&self, backend: &Backend, x: &[f32], bias: Option<&[f32]>, y: &mut [f32], act: Activations) {
         match self {
             Matrix::Dense { data, cols } => backend.matmul(x, data, bias, *cols, y),
-            Matrix::Quant { .. } => backend.matmul_quant(x, &self.view().expect("quantized"), bias, y),
+            Matrix::Quant { .. } => backend.matmul_quant(x, &self.view().expect("quantized"), bias, y, act),
         }
     }
 }

@@ -22,6 +22,7 @@ mod tests;
 pub use attention::{attention, attention_paged, AttnShape};
 pub use elementwise::{rms_norm, silu_mul, softmax_inplace};
 pub(crate) use gemm::combine as combine_lanes;
+pub(crate) use gemm::OutPtr;
 pub use gemm::{matmul, matmul_reference};
 pub use matmul::dot;
 pub use paged::{kv_gather_blocks, kv_scatter_blocks, kv_write, paged_attention_decode, prefill_attention};
