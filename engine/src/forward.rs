@@ -70,10 +70,19 @@ impl Model {
     }
 
     fn linear(&self, x: &[f32], l: &Linear, k: usize, out: &mut Vec<f32>) {
-        debug_assert_eq!(l.weight.cols(), k);
-        out.clear();
-        out.resize(x.len() / k * l.weight.rows(), 0.0);
-        l.weight.matmul(&self.backend, x, l.bias.as_deref(), out, self.weights.activations);
+        self.linears(x, &[l], k, &mut [out]);
+    }
+
+    /// Several linear layers on the same input (Q, K, V; gate, up), grouped into one matmul call.
+    fn linears(&self, x: &[f32], ls: &[&Linear], k: usize, outs: &mut [&mut Vec<f32>]) {
+        for (l, out) in ls.iter().zip(outs.iter_mut()) {
+            debug_assert_eq!(l.weight.cols(), k);
+            out.clear();
+            out.resize(x.len() / k * l.weight.rows(), 0.0);
+        }
+        let ms: Vec<_> = ls.iter().map(|l| (&l.weight, l.bias.as_deref())).collect();
+        let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        crate::matrix::Matrix::matmul_many(&self.backend, x, &ms, &mut ys, self.weights.activations);
     }
 
     /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
@@ -125,9 +134,7 @@ impl Model {
         let (mut gate, mut up, mut act) = (Vec::new(), Vec::new(), Vec::new());
         for (li, lw) in self.weights.layers.iter().enumerate() {
             b.rms_norm(&x, &lw.input_norm, eps, &mut normed);
-            self.linear(&normed, &lw.q, h, &mut q);
-            self.linear(&normed, &lw.k, h, &mut k);
-            self.linear(&normed, &lw.v, h, &mut v);
+            self.linears(&normed, &[&lw.q, &lw.k, &lw.v], h, &mut [&mut q, &mut k, &mut v]);
             b.rope(&mut q, shape.n_heads, &positions, &self.inv_freq);
             b.rope(&mut k, shape.n_kv_heads, &positions, &self.inv_freq);
             for (r, &(item, p)) in rows.iter().enumerate() {
@@ -148,8 +155,7 @@ impl Model {
             x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
 
             b.rms_norm(&x, &lw.post_norm, eps, &mut normed);
-            self.linear(&normed, &lw.gate, h, &mut gate);
-            self.linear(&normed, &lw.up, h, &mut up);
+            self.linears(&normed, &[&lw.gate, &lw.up], h, &mut [&mut gate, &mut up]);
             act.resize(gate.len(), 0.0);
             b.silu_mul(&gate, &up, &mut act);
             self.linear(&act, &lw.down, c.intermediate_size, &mut proj);

@@ -9,6 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use memmap2::Mmap;
+use pdq_kernels::cpu::QLinear;
 use pdq_kernels::{Activations, Backend, QMatrix, QuantType};
 
 /// Where quantized bytes live.
@@ -113,6 +114,26 @@ impl Matrix {
         match self {
             Matrix::Dense { data, .. } => Cow::Borrowed(data),
             Matrix::Quant { .. } => Cow::Owned(self.view().expect("quantized").to_f32()),
+        }
+    }
+
+    /// `ys[i] = x · ms[i].0^T (+ ms[i].1)` for matrices on the same input: one grouped call when
+    /// every matrix is quantized (one parallel region, same bits), else one call each.
+    pub fn matmul_many(
+        backend: &Backend,
+        x: &[f32],
+        ms: &[(&Matrix, Option<&[f32]>)],
+        ys: &mut [&mut [f32]],
+        act: Activations,
+    ) {
+        let views: Option<Vec<_>> = ms.iter().map(|(m, bias)| m.view().map(|w| QLinear { w, bias: *bias })).collect();
+        match views {
+            Some(ws) => backend.matmul_quant_many(x, &ws, ys, act),
+            None => {
+                for ((m, bias), y) in ms.iter().zip(ys.iter_mut()) {
+                    m.matmul(backend, x, *bias, y, act);
+                }
+            }
         }
     }
 

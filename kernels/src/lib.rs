@@ -121,6 +121,19 @@ impl Backend {
         }
     }
 
+    /// [`Backend::matmul_quant`] for several matrices on the same `x` (Q, K and V; gate and up):
+    /// one parallel region on the CPU, the same results as separate calls.
+    pub fn matmul_quant_many(&self, x: &[f32], ws: &[cpu::QLinear<'_, '_>], ys: &mut [&mut [f32]], act: Activations) {
+        match self {
+            Backend::Cpu(_) => cpu::matmul_quant_many(x, ws, ys, act),
+            Backend::Cuda(_) => {
+                for (l, y) in ws.iter().zip(ys.iter_mut()) {
+                    self.matmul_quant(x, &l.w, l.bias, y, act);
+                }
+            }
+        }
+    }
+
     /// Row-wise RMS norm over rows of `weight.len()` values.
     pub fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
         match self {

@@ -284,7 +284,7 @@ pub fn matmul_q8(kernel: Int8Kernel, a: &Q8Rows, w: &QMatrix<'_>, bias: Option<&
 ///
 /// # Safety
 /// Shapes as checked by [`matmul_q8`]; no other thread writes columns `cols` meanwhile.
-unsafe fn columns(
+pub(crate) unsafe fn columns(
     kernel: Int8Kernel,
     a: &Q8Rows,
     w: &QMatrix<'_>,
