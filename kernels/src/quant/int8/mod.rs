@@ -1,11 +1,13 @@
 //! The int8-activation matmul (opt-in, not exact): each row of `x` is quantized per 32-value
 //! block as ggml's `quantize_row_q8_0` does (`d1 = max|x| / 127`, `q1 = round(x / d1)`), and
 //! dotted with Q4_0 / Q4_1 / Q8_0 weight blocks in integers, as ggml's `vec_dot_q4_1_q8_1` and
-//! friends. Unlike ggml, the rounding error is kept as a second int8 digit, the residual
-//! `x - d1 * q1` quantized the same way (`d2 = max|r| / 127`), so `x ~ d1 * q1 + d2 * q2` to about
-//! 2^-15 of the block's largest value instead of 2^-8. One Q8 digit flips greedy tokens within a
-//! few steps on the random fixtures (near ties everywhere; 3 of 24 tokens kept on one prompt);
-//! two keep them. The second digit costs one more `vpdpbusd` on the weights already unpacked.
+//! friends. Unlike ggml, each value keeps 7 more bits as a second int8 digit: `Q = round(x / s)`
+//! with `s = d1 / 128`, stored as `q1 = round(Q / 128)` (ggml's digit, give or take a tie) and
+//! `q2 = Q - 128 q1` (in -64..64), so `x ~ s * (128 q1 + q2)` to 2^-15 of the block's largest
+//! value instead of 2^-8. One Q8 digit flips greedy tokens within a few steps on the random
+//! fixtures (near ties everywhere; 3 of 24 tokens kept on one prompt); two keep them. The second
+//! digit costs one more `vpdpbusd` on the weights already unpacked, and a shift: the two integer
+//! dots combine exactly as `128 * dot(w, q1) + dot(w, q2) = dot(w, Q)`.
 //!
 //! Invariants:
 //! - a block's integer dot is exact, and the floats are combined in one fixed order (below), so
@@ -13,11 +15,10 @@
 //! - each row of `x` is quantized and reduced on its own, so a row's result does not depend on
 //!   what it is batched with (batch invariance), whatever the tile or thread that computes it.
 //!
-//! The float order, for one weight row and one activation row: block `b`'s integer dot with
-//! digit `i` is kept as eight partial sums `sumi_i[l]` (quants `4l..4l + 4`, what one `vpdpbusd`
-//! lane holds); lane `l` of accumulator `b % 2` takes `acc = fma(sumi_1[l], d_w * d1, acc)`, then
-//! `acc = fma(sumi_2[l], d_w * d2, acc)`; Q4_1's min adds `mc[b % 2] += m_w * ms` with
-//! `ms = d1 * sum(q1) + d2 * sum(q2)`. Rows with an odd block count are padded with one zero
+//! The float order, for one weight row and one activation row: block `b`'s integer dot with `Q`
+//! is kept as eight partial sums `sumi[l]` (values `4l..4l + 4`, what one `vpdpbusd` lane
+//! holds); lane `l` of accumulator `b % 2` takes `acc = fma(sumi[l], d_w * s, acc)`; Q4_1's min
+//! adds `mc[b % 2] += m_w * ms` with `ms = s * sum(Q)`. Rows with an odd block count are padded with one zero
 //! block (so the SIMD paths always take blocks in pairs). The result is
 //! `(tree(acc[0]) + tree(acc[1])) + (mc[0] + mc[1])`, `tree` being [`crate::cpu::dot`]'s.
 
@@ -36,14 +37,14 @@ pub struct Q8Rows {
     blocks: usize,
     /// Blocks per row after padding (even).
     stride: usize,
-    /// Per digit, `rows * stride * 32` quants.
+    /// The digits `q1`, `q2`: `rows * stride * 32` each.
     q: [Vec<i8>; 2],
-    /// Per block `(d1, ms)` and `(d2, 0)`, interleaved: `rows * stride * 2` each, so two
-    /// consecutive blocks' pairs load as one vector.
-    scales: [Vec<f32>; 2],
-    /// Per digit and block eight negated partial sums of the quants (`-(q[4l] + .. + q[4l + 3])`),
-    /// the offsets Q4_0's `- 8` and the VNNI path's unsigned Q8_0 weights need.
-    neg_sums: [Vec<i32>; 2],
+    /// Per block `(s, ms)`, interleaved (`rows * stride * 2`), so two consecutive blocks' pairs
+    /// load as one vector.
+    scales: Vec<f32>,
+    /// Per block eight negated partial sums of `Q` (`-(Q[4l] + .. + Q[4l + 3])`), the offsets
+    /// Q4_0's `- 8` and the VNNI path's unsigned Q8_0 weights need: `rows * stride * 8`.
+    neg_sums: Vec<i32>,
 }
 
 impl Q8Rows {
@@ -59,8 +60,8 @@ impl Q8Rows {
             blocks,
             stride,
             q: [vec![0; n * 32], vec![0; n * 32]],
-            scales: [vec![0.0; n * 2], vec![0.0; n * 2]],
-            neg_sums: [vec![0; n * 8], vec![0; n * 8]],
+            scales: vec![0.0; n * 2],
+            neg_sums: vec![0; n * 8],
         };
         #[cfg(target_arch = "x86_64")]
         {
@@ -82,8 +83,8 @@ impl Q8Rows {
         let rows = x.len() / k;
         let n = rows * out.stride;
         out.q = [vec![0; n * 32], vec![0; n * 32]];
-        out.scales = [vec![0.0; n * 2], vec![0.0; n * 2]];
-        out.neg_sums = [vec![0; n * 8], vec![0; n * 8]];
+        out.scales = vec![0.0; n * 2];
+        out.neg_sums = vec![0; n * 8];
         out.fill(x, k);
         out
     }
@@ -99,18 +100,15 @@ impl Q8Rows {
                 let [q1, q2] = &mut out.q;
                 let q1: &mut [i8; 32] = (&mut q1[at * 32..at * 32 + 32]).try_into().expect("32");
                 let q2: &mut [i8; 32] = (&mut q2[at * 32..at * 32 + 32]).try_into().expect("32");
-                let (d1, d2) = quantize_block(xb, q1, q2);
-                let mut sums = [0i32; 2];
-                for (digit, q) in [&q1[..], &q2[..]].into_iter().enumerate() {
-                    for (l, s) in out.neg_sums[digit][at * 8..at * 8 + 8].iter_mut().enumerate() {
-                        let part: i32 = q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum();
-                        *s = -part;
-                        sums[digit] += part;
-                    }
+                let s = quantize_block(xb, q1, q2);
+                let mut sum = 0i32;
+                for (l, n) in out.neg_sums[at * 8..at * 8 + 8].iter_mut().enumerate() {
+                    let part: i32 = (4 * l..4 * l + 4).map(|i| 128 * q1[i] as i32 + q2[i] as i32).sum();
+                    *n = -part;
+                    sum += part;
                 }
-                out.scales[0][2 * at] = d1;
-                out.scales[0][2 * at + 1] = d1 * sums[0] as f32 + d2 * sums[1] as f32;
-                out.scales[1][2 * at] = d2;
+                out.scales[2 * at] = s;
+                out.scales[2 * at + 1] = s * sum as f32;
             }
         }
     }
@@ -124,10 +122,11 @@ impl Q8Rows {
     }
 }
 
-/// One digit as `quantize_row_q8_0`: `d = max|x| / 127`, `q = round(x / d)` (ties to even, as
-/// its SIMD paths round; the scale stays f32 where ggml rounds it to f16).
+/// One block: `d1 = max|x| / 127` as `quantize_row_q8_0`, `s = d1 / 128`, `Q = round(x / s)`
+/// (ties to even, as ggml's SIMD paths round), split into `q1 = (Q + 64) >> 7` and
+/// `q2 = Q - 128 q1`. Returns `s`. The scale stays f32 where ggml rounds it to f16.
 #[inline(always)]
-fn quantize_digit(x: &[f32; 32], q: &mut [i8; 32]) -> f32 {
+fn quantize_block(x: &[f32; 32], q1: &mut [i8; 32], q2: &mut [i8; 32]) -> f32 {
     // Eight running maxima, as a vector unit keeps them (max is exact, so any order is equal).
     let mut m = [0f32; 8];
     for c in x.chunks_exact(8) {
@@ -136,20 +135,15 @@ fn quantize_digit(x: &[f32; 32], q: &mut [i8; 32]) -> f32 {
         }
     }
     let amax = m.iter().fold(0f32, |a, &v| a.max(v));
-    let d = amax / 127.0;
-    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-    for (o, &v) in q.iter_mut().zip(x) {
-        *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    let s = amax / 127.0 / 128.0;
+    let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+    for i in 0..32 {
+        let q = (x[i] * inv).round_ties_even().clamp(-16256.0, 16256.0) as i32;
+        let hi = (q + 64) >> 7;
+        q1[i] = hi as i8;
+        q2[i] = (q - 128 * hi) as i8;
     }
-    d
-}
-
-/// Both digits of one block: `x ~ d1 * q1 + d2 * q2`.
-#[inline(always)]
-fn quantize_block(x: &[f32; 32], q1: &mut [i8; 32], q2: &mut [i8; 32]) -> (f32, f32) {
-    let d1 = quantize_digit(x, q1);
-    let r: [f32; 32] = std::array::from_fn(|i| x[i] - d1 * q1[i] as f32);
-    (d1, quantize_digit(&r, q2))
+    s
 }
 
 /// Whether `t` has an int8-activation kernel.
@@ -182,19 +176,16 @@ pub fn dot_portable(t: QuantType, w: &[u8], a: &Q8Rows, r: usize) -> f32 {
     let mut mc = [0f32; 2];
     for b in 0..a.stride {
         let at = r * a.stride + b;
-        let (d1, ms, d2) = (a.scales[0][2 * at], a.scales[0][2 * at + 1], a.scales[1][2 * at]);
-        let q = [&a.q[0][at * 32..at * 32 + 32], &a.q[1][at * 32..at * 32 + 32]];
+        let (sx, ms) = (a.scales[2 * at], a.scales[2 * at + 1]);
+        let q: Vec<i32> = (0..32).map(|i| 128 * a.q[0][at * 32 + i] as i32 + a.q[1][at * 32 + i] as i32).collect();
         // The padding block: zero quants and zero scales, as the SIMD paths see it.
         let blk = (b < a.blocks).then(|| &w[b * bb..(b + 1) * bb]);
         let (dw, mw) =
             blk.map_or((0.0, 0.0), |blk| (f16_at(blk, 0), if t == QuantType::Q4_1 { f16_at(blk, 2) } else { 0.0 }));
-        let s = [dw * d1, dw * d2];
+        let s = dw * sx;
         for (l, lane) in acc[b % 2].iter_mut().enumerate() {
-            for digit in 0..2 {
-                let sumi: i32 =
-                    blk.map_or(0, |blk| (4 * l..4 * l + 4).map(|i| weight_quant(t, blk, i) * q[digit][i] as i32).sum());
-                *lane = (sumi as f32).mul_add(s[digit], *lane);
-            }
+            let sumi: i32 = blk.map_or(0, |blk| (4 * l..4 * l + 4).map(|i| weight_quant(t, blk, i) * q[i]).sum());
+            *lane = (sumi as f32).mul_add(s, *lane);
         }
         if t == QuantType::Q4_1 {
             mc[b % 2] += mw * ms;

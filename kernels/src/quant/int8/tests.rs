@@ -5,36 +5,31 @@ use crate::quant::random::{random_blocks, Lcg};
 const TYPES: [QuantType; 3] = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0];
 
 #[test]
-fn quantize_block_is_ggml_q8_0() {
+fn quantize_block_is_ggml_q8_0_with_seven_more_bits() {
     let mut x = [0f32; 32];
-    x[0] = -2.54; // the largest magnitude: q = -127
-    x[1] = 1.27; // exactly half of it: 63.5 rounds to even, 64
-    x[2] = 0.01; // 0.5 rounds to even, 0
-    x[3] = 0.03; // 1.5 rounds to even, 2
+    x[0] = -2.54; // the largest magnitude: Q = -16256, q1 = -127, q2 = 0
+    x[1] = 1.27; // half of it: Q = 8128 = 128 * 63.5, q1 = 64, q2 = -64
+    x[2] = 0.003;
+    x[3] = -0.5 * 2.54 / 127.0 / 128.0; // exactly half a step: rounds to even, 0
     let a = Q8Rows::quantize(&x, 32);
-    let d = 2.54f32 / 127.0;
-    assert_eq!(a.scales[0][0], d);
-    let q1 = &a.q[0];
-    assert_eq!(&q1[..4], &[-127, (1.27 * (1.0 / d)).round_ties_even() as i8, 0, 2]);
-    // The second digit quantizes the residual the same way.
-    let r: Vec<f32> = x.iter().zip(&q1[..32]).map(|(&v, &q)| v - d * q as f32).collect();
-    let d2 = r.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-    assert!(d2 > 0.0 && d2 <= d / 2.0 / 127.0 * 1.0001, "d2 {d2}: the residual is at most half a step");
-    assert_eq!(a.scales[1][0], d2);
-    let q2: Vec<i8> = r.iter().map(|&v| (v * (1.0 / d2)).round_ties_even() as i8).collect();
-    assert_eq!(&a.q[1][..32], &q2[..]);
-    let sum = |q: &[i8]| q[..32].iter().map(|&q| q as i32).sum::<i32>();
-    assert_eq!(a.scales[0][1], d * sum(q1) as f32 + d2 * sum(&q2) as f32);
-    assert_eq!(a.neg_sums[0][0], -(q1[0] as i32 + q1[1] as i32 + q1[2] as i32 + q1[3] as i32));
-    // Two digits reconstruct x far closer than one.
-    let err = x.iter().enumerate().fold(0f32, |m, (i, &v)| m.max((v - d * q1[i] as f32 - d2 * q2[i] as f32).abs()));
-    assert!(err <= d2 * 0.5001, "reconstruction error {err}");
+    let s = 2.54f32 / 127.0 / 128.0;
+    assert_eq!(a.scales[0], s);
+    let q: Vec<i32> = (0..32).map(|i| 128 * a.q[0][i] as i32 + a.q[1][i] as i32).collect();
+    assert_eq!((a.q[0][0], a.q[1][0]), (-127, 0));
+    assert_eq!(q[1], (1.27 * (1.0 / s)).round_ties_even() as i32);
+    assert!(a.q[1].iter().all(|&d| (-64..64).contains(&d)), "the low digit is in -64..64");
+    assert_eq!(q[2], (0.003 * (1.0 / s)).round_ties_even() as i32);
+    assert_eq!(q[3], 0);
+    // x ~ s * Q to half a step, 2^-15 of the block's largest value.
+    assert!(x.iter().zip(&q).all(|(&v, &q)| (v - s * q as f32).abs() <= 0.5001 * s));
+    assert_eq!(a.scales[1], s * q.iter().sum::<i32>() as f32);
+    assert_eq!(a.neg_sums[0], -(q[0] + q[1] + q[2] + q[3]));
     // One block of 32 pads to two: the padding is zeros.
     assert_eq!((a.stride, a.q[0].len()), (2, 64));
-    assert!(a.q[0][32..].iter().all(|&q| q == 0) && a.scales[0][2..] == [0.0, 0.0]);
+    assert!(a.q[0][32..].iter().all(|&q| q == 0) && a.scales[2..] == [0.0, 0.0]);
     // An all-zero block has scale 0 and zero quants, not NaN.
     let z = Q8Rows::quantize(&[0.0; 64], 64);
-    assert!(z.scales.iter().flatten().all(|&s| s == 0.0) && z.q.iter().flatten().all(|&q| q == 0));
+    assert!(z.scales.iter().all(|&s| s == 0.0) && z.q.iter().flatten().all(|&q| q == 0));
 }
 
 #[test]
@@ -47,7 +42,7 @@ fn simd_quantization_is_the_portable_definition() {
     x[40] = 0.5;
     let (a, b) = (Q8Rows::quantize(&x, k), Q8Rows::quantize_portable(&x, k));
     assert_eq!((&a.q, &a.neg_sums), (&b.q, &b.neg_sums));
-    let bits = |s: &[Vec<f32>; 2]| s.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&a.scales), bits(&b.scales));
 }
 

@@ -155,29 +155,30 @@ unsafe fn tile_vnni<const T: u8, const MR: usize>(a: &Q8Rows, i0: usize, ws: &[*
         let dm = _mm512_cvtph_ps(heads);
         for i in 0..MR {
             let at = (i0 + i) * stride + b0;
-            // Per digit: the quants of blocks b0 and b1, and [d, ms] (digit 2: [d, 0]) of both,
-            // repeated for the four weight rows; times [d_w, m_w] gives the scales and the mins.
-            let mut prod = [_mm512_setzero_ps(); 2];
-            let mut xq = [_mm512_setzero_si512(); 2];
-            let mut init = [_mm512_setzero_si512(); 2];
-            for digit in 0..2 {
-                xq[digit] = _mm512_loadu_si512(a.q[digit].as_ptr().add(at * 32) as *const __m512i);
-                let px = _mm512_broadcast_f32x4(_mm_loadu_ps(a.scales[digit].as_ptr().add(2 * at)));
-                prod[digit] = _mm512_mul_ps(dm, px);
-                if T != 1 {
-                    let neg = _mm512_loadu_si512(a.neg_sums[digit].as_ptr().add(at * 8) as *const __m512i);
-                    init[digit] = if T == 0 { _mm512_slli_epi32::<3>(neg) } else { _mm512_slli_epi32::<7>(neg) };
+            // The digits of blocks b0 and b1, and [s, ms] of both repeated for the four weight
+            // rows: times [d_w, m_w], the scales and the mins.
+            let xq = [0, 1].map(|d| _mm512_loadu_si512(a.q[d].as_ptr().add(at * 32) as *const __m512i));
+            let px = _mm512_broadcast_f32x4(_mm_loadu_ps(a.scales.as_ptr().add(2 * at)));
+            let prod = _mm512_mul_ps(dm, px);
+            let init = if T == 1 {
+                _mm512_setzero_si512()
+            } else {
+                let neg = _mm512_loadu_si512(a.neg_sums.as_ptr().add(at * 8) as *const __m512i);
+                if T == 0 {
+                    _mm512_slli_epi32::<3>(neg)
+                } else {
+                    _mm512_slli_epi32::<7>(neg)
                 }
-            }
+            };
             if T == 1 {
-                mc[i] = _mm512_add_ps(mc[i], prod[0]);
+                mc[i] = _mm512_add_ps(mc[i], prod);
             }
             for j in 0..4 {
-                for digit in 0..2 {
-                    let sumi = _mm512_dpbusd_epi32(init[digit], wv[j], xq[digit]);
-                    let s = _mm512_permutexvar_ps(spread[j], prod[digit]);
-                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), s, acc[i][j]);
-                }
+                // dot(w, Q) = 128 dot(w, q1) + dot(w, q2), exactly (|sums| < 2^24).
+                let hi = _mm512_slli_epi32::<7>(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[j], xq[0]));
+                let sumi = _mm512_dpbusd_epi32(_mm512_add_epi32(hi, init), wv[j], xq[1]);
+                let s = _mm512_permutexvar_ps(spread[j], prod);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), s, acc[i][j]);
             }
         }
     }
@@ -206,31 +207,34 @@ unsafe fn row_avx2<const T: u8>(a: &Q8Rows, r: usize, ws: &[*const u8; 4], out: 
     for b in 0..stride {
         let at = r * stride + b;
         let xq = [0, 1].map(|d| _mm256_loadu_si256(a.q[d].as_ptr().add(at * 32) as *const __m256i));
-        let neg = [0, 1].map(|d| _mm256_loadu_si256(a.neg_sums[d].as_ptr().add(at * 8) as *const __m256i));
-        let (d1, ms, d2) = (a.scales[0][2 * at], a.scales[0][2 * at + 1], a.scales[1][2 * at]);
+        let neg = _mm256_loadu_si256(a.neg_sums.as_ptr().add(at * 8) as *const __m256i);
+        let (sx, ms) = (a.scales[2 * at], a.scales[2 * at + 1]);
         for j in 0..4 {
             let h = head::<T>(ws[j], b, blocks);
             let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(h));
             let (dw, mw) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps::<1>(dm, dm)));
-            for (digit, s) in [dw * d1, dw * d2].into_iter().enumerate() {
-                let x = xq[digit];
-                let sumi = if b >= blocks {
-                    _mm256_setzero_si256()
-                } else if T == 2 {
+            let dot = |x: __m256i| {
+                if T == 2 {
                     let w = _mm256_loadu_si256(ws[j].add(b * bb + 2) as *const __m256i);
                     _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones)
                 } else {
                     let q = _mm_loadu_si128(ws[j].add(b * bb + if T == 1 { 4 } else { 2 }) as *const __m128i);
                     let (lo, hi) = (_mm_and_si128(q, nibbles), _mm_and_si128(_mm_srli_epi16::<4>(q), nibbles));
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), x), ones);
-                    if T == 0 {
-                        _mm256_add_epi32(p, _mm256_slli_epi32::<3>(neg[digit]))
-                    } else {
-                        p
-                    }
-                };
-                acc[j][b % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(s), acc[j][b % 2]);
-            }
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), x), ones)
+                }
+            };
+            let sumi = if b >= blocks {
+                _mm256_setzero_si256()
+            } else {
+                // dot(w, Q) = 128 dot(w, q1) + dot(w, q2), exactly; Q4_0 subtracts 8 sum(Q).
+                let s = _mm256_add_epi32(_mm256_slli_epi32::<7>(dot(xq[0])), dot(xq[1]));
+                if T == 0 {
+                    _mm256_add_epi32(s, _mm256_slli_epi32::<3>(neg))
+                } else {
+                    s
+                }
+            };
+            acc[j][b % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dw * sx), acc[j][b % 2]);
             if T == 1 {
                 mc[j][b % 2] += mw * ms;
             }
