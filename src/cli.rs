@@ -97,6 +97,11 @@ pub struct ModelArg {
     /// Compute device: auto (CUDA when this build has it and a GPU is present, else CPU), cpu, cuda.
     #[arg(long, env = "PDQ_DEVICE", default_value = "auto")]
     pub device: pdq_engine::DeviceChoice,
+    /// Opt-in, not exact: activations quantized to int8 (two Q8 digits per 32-value block) for
+    /// the matmuls on Q4_0/Q4_1/Q8_0 weights, integer dot products (VNNI where present). Greedy
+    /// tokens can differ from the exact default's.
+    #[arg(long, env = "PDQ_INT8_ACTIVATIONS")]
+    pub int8_activations: bool,
 }
 
 #[derive(Args, Debug, Clone)]

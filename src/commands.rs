@@ -181,6 +181,14 @@ pub fn load_model(arg: &ModelArg) -> Result<Arc<Model>> {
     // `Model::load` takes an HF directory or a `.gguf` file alike.
     let what = if pdq_engine::gguf::is_gguf(&dir) { "GGUF model" } else { "model directory" };
     let model = Model::load(&dir).with_context(|| format!("invalid {what} {}", dir.display()))?;
+    if !arg.int8_activations {
+        return Ok(Arc::new(model));
+    }
+    let (model, changed) = model.with_activations(pdq_engine::Activations::Int8);
+    match changed {
+        0 => tracing::warn!("--int8-activations: no Q4_0/Q4_1/Q8_0 matrix in this model, every matmul stays exact"),
+        n => tracing::info!(matrices = n, "int8 activations on (opt-in, not exact)"),
+    }
     Ok(Arc::new(model))
 }
 

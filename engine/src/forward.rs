@@ -70,15 +70,35 @@ impl Model {
     }
 
     fn linear(&self, x: &[f32], l: &Linear, k: usize, out: &mut Vec<f32>) {
-        debug_assert_eq!(l.weight.cols(), k);
-        out.clear();
-        out.resize(x.len() / k * l.weight.rows(), 0.0);
-        l.weight.matmul(&self.backend, x, l.bias.as_deref(), out);
+        self.linears(x, &[l], k, &mut [out]);
+    }
+
+    /// Several linear layers on the same input (Q, K, V; gate, up), grouped into one matmul call.
+    fn linears(&self, x: &[f32], ls: &[&Linear], k: usize, outs: &mut [&mut Vec<f32>]) {
+        for (l, out) in ls.iter().zip(outs.iter_mut()) {
+            debug_assert_eq!(l.weight.cols(), k);
+            out.clear();
+            out.resize(x.len() / k * l.weight.rows(), 0.0);
+        }
+        let ms: Vec<_> = ls.iter().map(|l| (&l.weight, l.bias.as_deref())).collect();
+        let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        crate::matrix::Matrix::matmul_many(&self.backend, x, &ms, &mut ys, self.weights.activations);
     }
 
     /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
     /// logits of each item's last token, in batch order.
     pub fn forward_batch(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+        // Every matmul forks over rayon's pool. Forked from a thread outside the pool (the
+        // engine loop's, a bench's main), each fork is a hand-off: the caller sleeps while pool
+        // threads wake, ~200 times per decode token. Run on a pool thread, a fork is a local
+        // push that the caller works on too, while the other thread steals.
+        if rayon::current_thread_index().is_some() {
+            return self.forward_on_pool(kv, batch);
+        }
+        rayon::scope(|_| self.forward_on_pool(kv, batch))
+    }
+
+    fn forward_on_pool(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
         if !kv.has_host_data() {
             return Err(EngineError::KvCache(
                 "the CPU forward needs a pool with host rows, got a tables-only pool".into(),
@@ -114,9 +134,7 @@ impl Model {
         let (mut gate, mut up, mut act) = (Vec::new(), Vec::new(), Vec::new());
         for (li, lw) in self.weights.layers.iter().enumerate() {
             b.rms_norm(&x, &lw.input_norm, eps, &mut normed);
-            self.linear(&normed, &lw.q, h, &mut q);
-            self.linear(&normed, &lw.k, h, &mut k);
-            self.linear(&normed, &lw.v, h, &mut v);
+            self.linears(&normed, &[&lw.q, &lw.k, &lw.v], h, &mut [&mut q, &mut k, &mut v]);
             b.rope(&mut q, shape.n_heads, &positions, &self.inv_freq);
             b.rope(&mut k, shape.n_kv_heads, &positions, &self.inv_freq);
             for (r, &(item, p)) in rows.iter().enumerate() {
@@ -137,8 +155,7 @@ impl Model {
             x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
 
             b.rms_norm(&x, &lw.post_norm, eps, &mut normed);
-            self.linear(&normed, &lw.gate, h, &mut gate);
-            self.linear(&normed, &lw.up, h, &mut up);
+            self.linears(&normed, &[&lw.gate, &lw.up], h, &mut [&mut gate, &mut up]);
             act.resize(gate.len(), 0.0);
             b.silu_mul(&gate, &up, &mut act);
             self.linear(&act, &lw.down, c.intermediate_size, &mut proj);
@@ -153,7 +170,7 @@ impl Model {
         let mut last_normed = vec![0f32; last.len()];
         b.rms_norm(&last, &self.weights.norm, eps, &mut last_normed);
         let mut logits = vec![0f32; batch.len() * c.vocab_size];
-        self.weights.lm_head().matmul(b, &last_normed, None, &mut logits);
+        self.weights.lm_head().matmul(b, &last_normed, None, &mut logits, self.weights.activations);
         Ok(logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect())
     }
 }

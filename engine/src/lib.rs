@@ -42,5 +42,6 @@ pub use grammar::{Constrained, GrammarSpec, Grammars};
 pub use kv::KvCache;
 pub use model::Model;
 pub use paged::{KvLayout, PageHeader, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
+pub use pdq_kernels::Activations;
 pub use rope::RopeScaling;
 pub use sampling::{logprobs, sample, Logprob, SamplingParams, DEFAULT_MAX_NEW_TOKENS, MAX_TOP_LOGPROBS, MIN_LOGPROB};

@@ -9,7 +9,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use pdq_kernels::{Backend, QMatrix, QuantType};
+use pdq_kernels::cpu::QLinear;
+use pdq_kernels::{Activations, Backend, QMatrix, QuantType};
 
 /// Where quantized bytes live.
 pub(crate) enum Bytes {
@@ -116,11 +117,36 @@ impl Matrix {
         }
     }
 
-    /// `y = x · self^T (+ bias)`.
-    pub fn matmul(&self, backend: &Backend, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    /// `ys[i] = x · ms[i].0^T (+ ms[i].1)` for matrices on the same input: one grouped call when
+    /// every matrix is quantized (one parallel region, same bits), else one call each.
+    pub fn matmul_many(
+        backend: &Backend,
+        x: &[f32],
+        ms: &[(&Matrix, Option<&[f32]>)],
+        ys: &mut [&mut [f32]],
+        act: Activations,
+    ) {
+        let views: Option<Vec<_>> = ms.iter().map(|(m, bias)| m.view().map(|w| QLinear { w, bias: *bias })).collect();
+        match views {
+            Some(ws) => backend.matmul_quant_many(x, &ws, ys, act),
+            None => {
+                for ((m, bias), y) in ms.iter().zip(ys.iter_mut()) {
+                    m.matmul(backend, x, *bias, y, act);
+                }
+            }
+        }
+    }
+
+    /// Whether [`Activations::Int8`] changes this matrix's matmul (it has an int8 kernel).
+    pub fn takes_int8(&self) -> bool {
+        matches!(self, Matrix::Quant { dtype, .. } if pdq_kernels::quant::int8::supported(*dtype))
+    }
+
+    /// `y = x · self^T (+ bias)`; `act` only matters for quantized matrices.
+    pub fn matmul(&self, backend: &Backend, x: &[f32], bias: Option<&[f32]>, y: &mut [f32], act: Activations) {
         match self {
             Matrix::Dense { data, cols } => backend.matmul(x, data, bias, *cols, y),
-            Matrix::Quant { .. } => backend.matmul_quant(x, &self.view().expect("quantized"), bias, y),
+            Matrix::Quant { .. } => backend.matmul_quant(x, &self.view().expect("quantized"), bias, y, act),
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use pdq_kernels::Backend;
+use pdq_kernels::{Activations, Backend};
 
 use crate::config::ModelConfig;
 use crate::error::EngineError;
@@ -45,6 +45,29 @@ impl Model {
         let inv_freq = config.rope_inv_freq();
         tracing::debug!(model = %name, layers = config.num_hidden_layers, vocab = config.vocab_size, "model loaded");
         Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text })
+    }
+
+    /// Chooses how matmuls on quantized weights treat activations (before the model is shared):
+    /// [`Activations::Int8`] is the opt-in path that quantizes them per block (not exact; see
+    /// `pdq_kernels::quant::int8`). It changes only Q4_0, Q4_1 and Q8_0 matrices; the count of
+    /// those it changes is returned beside the model, so a caller can say when it changed none.
+    pub fn with_activations(mut self, activations: Activations) -> (Model, usize) {
+        let w = &self.weights;
+        let layer = |l: &crate::weights::LayerWeights| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().filter(|m| m.weight.takes_int8()).count()
+        };
+        let changed = if activations == Activations::Exact {
+            0
+        } else {
+            w.layers.iter().map(layer).sum::<usize>() + usize::from(w.lm_head().takes_int8())
+        };
+        self.weights.activations = activations;
+        (self, changed)
+    }
+
+    /// How quantized matmuls treat activations ([`Model::with_activations`]).
+    pub fn activations(&self) -> Activations {
+        self.weights.activations
     }
 
     /// The directory's file name; the `model` field of OpenAI responses.

@@ -12,6 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::ModelConfig;
 use crate::error::{read_file, EngineError};
 use crate::matrix::Matrix;
+use pdq_kernels::Activations;
 
 /// One decoder layer; `[out, in]` matrices in HF `nn.Linear` layout.
 pub(crate) struct LayerWeights {
@@ -37,6 +38,8 @@ pub(crate) struct Weights {
     pub norm: Vec<f32>,
     /// `None` when tied to `embed` (`tie_word_embeddings`), which avoids a second vocab-sized copy.
     pub lm_head: Option<Matrix>,
+    /// How quantized matmuls treat activations ([`crate::Model::with_activations`]).
+    pub activations: Activations,
 }
 
 impl Weights {
@@ -194,5 +197,5 @@ pub(crate) fn load(dir: &Path, c: &ModelConfig) -> Result<Weights, EngineError> 
     } else {
         Some(Matrix::dense(take(&mut t, dir, "lm_head.weight", &[c.vocab_size, h])?, h))
     };
-    Ok(Weights { embed, layers, norm, lm_head })
+    Ok(Weights { embed, layers, norm, lm_head, activations: Activations::Exact })
 }

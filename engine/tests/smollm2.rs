@@ -81,3 +81,29 @@ fn smollm2_answers_with_transformers_greedy_tokens() {
     let text = model.decode(g.output_ids()).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
 }
+
+/// The opt-in int8-activation path on the real model: at least the first 16 greedy tokens of
+/// every golden prompt equal the exact path's (which the test above pins to transformers').
+#[test]
+fn smollm2_int8_activations_keep_the_greedy_tokens() {
+    let path = match smollm2_gguf() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED smollm2 int8 check: {why}");
+            return;
+        }
+    };
+    let exact = Model::load(&path).unwrap();
+    let (int8, changed) = Model::load(&path).unwrap().with_activations(pdq_engine::Activations::Int8);
+    assert_eq!(changed, 30 * 7 + 1, "every Q4_1 layer matrix and the Q8_0 lm_head");
+    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/smollm2.json");
+    let golden: Golden = serde_json::from_slice(&std::fs::read(&golden_path).unwrap()).unwrap();
+    let params = SamplingParams { max_new_tokens: 24, ignore_eos: true, ..Default::default() };
+    for case in &golden.cases {
+        let (want, _) = generate(&exact, &case.prompt, &params).unwrap();
+        let (got, _) = generate(&int8, &case.prompt, &params).unwrap();
+        let same = want.output_ids().iter().zip(got.output_ids()).take_while(|(a, b)| a == b).count();
+        eprintln!("smollm2 int8 {}: {same}/24 greedy tokens identical", case.messages);
+        assert!(same >= 16, "{}: {:?} vs {:?}", case.messages, want.output_ids(), got.output_ids());
+    }
+}

@@ -25,7 +25,7 @@ pub mod quant;
 pub use cpu::{AttnShape, CpuBackend};
 pub use cuda::CudaBackend;
 pub use error::KernelError;
-pub use quant::{QMatrix, QuantType};
+pub use quant::{Activations, QMatrix, QuantType};
 
 /// The compute backend. Closed on purpose: adding a device means adding a variant here and a
 /// module beside [`cpu`], not threading `cfg` through the engine.
@@ -109,10 +109,28 @@ impl Backend {
     /// [`Backend::matmul`] with a weight kept in a ggml block format: on the CPU the blocks are
     /// dequantized panel by panel, bit-identical to `matmul` on the dequantized matrix. CUDA
     /// widens the whole matrix per call (correct, slow; GGUF models on CUDA are not a goal yet).
-    pub fn matmul_quant(&self, x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    /// With [`Activations::Int8`] the CPU quantizes each row of `x` per block and takes integer
+    /// dots where the weight type has an int8 kernel (else it stays exact); CUDA ignores it.
+    pub fn matmul_quant(&self, x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32], act: Activations) {
         match self {
+            Backend::Cpu(_) if act == Activations::Int8 && quant::int8::supported(w.dtype) => {
+                quant::int8::matmul_int8(x, w, bias, y)
+            }
             Backend::Cpu(_) => cpu::matmul_quant(x, w, bias, y),
             Backend::Cuda(c) => c.host_matmul(x, &w.to_f32(), bias, w.cols, y),
+        }
+    }
+
+    /// [`Backend::matmul_quant`] for several matrices on the same `x` (Q, K and V; gate and up):
+    /// one parallel region on the CPU, the same results as separate calls.
+    pub fn matmul_quant_many(&self, x: &[f32], ws: &[cpu::QLinear<'_, '_>], ys: &mut [&mut [f32]], act: Activations) {
+        match self {
+            Backend::Cpu(_) => cpu::matmul_quant_many(x, ws, ys, act),
+            Backend::Cuda(_) => {
+                for (l, y) in ws.iter().zip(ys.iter_mut()) {
+                    self.matmul_quant(x, &l.w, l.bias, y, act);
+                }
+            }
         }
     }
 

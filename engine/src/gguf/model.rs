@@ -110,7 +110,7 @@ pub(crate) fn weights(f: &GgufFile, c: &ModelConfig) -> Result<Weights, EngineEr
     let embed = l.matrix("token_embd.weight", v, h, None)?;
     let norm = l.vector("output_norm.weight", h, None)?;
     let lm_head = if c.tie_word_embeddings { None } else { Some(l.matrix("output.weight", v, h, None)?) };
-    Ok(Weights { embed, layers, norm, lm_head })
+    Ok(Weights { embed, layers, norm, lm_head, activations: pdq_kernels::Activations::Exact })
 }
 
 /// llama.cpp's RoPE-layout RoPE factors (`rope_freqs.weight`, Llama 3.1+), when present.

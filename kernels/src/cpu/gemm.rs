@@ -86,12 +86,12 @@ impl Kernel {
 
 /// Wrapper so worker threads can write disjoint columns of one output buffer.
 #[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: every task writes a disjoint set of columns of `y`, and `y` outlives the parallel loop.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
-    pub(super) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

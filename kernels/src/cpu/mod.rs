@@ -13,6 +13,7 @@ mod gemm;
 mod matmul;
 mod paged;
 mod qgemm;
+mod qgroup;
 mod rope;
 mod sampling;
 
@@ -22,10 +23,12 @@ mod tests;
 pub use attention::{attention, attention_paged, AttnShape};
 pub use elementwise::{rms_norm, silu_mul, softmax_inplace};
 pub(crate) use gemm::combine as combine_lanes;
+pub(crate) use gemm::OutPtr;
 pub use gemm::{matmul, matmul_reference};
 pub use matmul::dot;
 pub use paged::{kv_gather_blocks, kv_scatter_blocks, kv_write, paged_attention_decode, prefill_attention};
 pub use qgemm::matmul_quant;
+pub use qgroup::{matmul_quant_many, QLinear};
 pub use rope::{rope_inplace, rope_inv_freq, rope_inv_freq_llama3, Llama3RopeScaling};
 pub use sampling::{argmax, sample, SampleParams};
 

@@ -21,7 +21,7 @@ use crate::quant::QMatrix;
 const PANEL_FLOATS: usize = 8192;
 /// Below this many rows of `x` the fused path wins: dequantizing per row group costs less than
 /// a panel's store and reload. Measured crossover on AVX2 is near 8.
-const FUSED_MAX_M: usize = 8;
+pub(super) const FUSED_MAX_M: usize = 8;
 
 /// `y[m, n] = x[m, k] · w^T (+ bias[n])` with `w` a `[n, k]` quantized matrix; panics on
 /// inconsistent shapes, as [`super::matmul`] does.
@@ -48,11 +48,32 @@ pub fn matmul_quant(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f
 /// of `x` (four independent sums), or one weight row against four rows of `x`.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn fused(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k;
+    let out = OutPtr(y.as_mut_ptr());
+    // SAFETY (both calls): shapes checked by the caller; chunks are disjoint column ranges.
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * n * k < PARALLEL_MIN_WORK {
+        return unsafe { fused_columns(x, w, bias, out, 0..n) };
+    }
+    let chunk = n.div_ceil(threads * CHUNKS_PER_THREAD).next_multiple_of(4);
+    (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|c| unsafe { fused_columns(x, w, bias, out, c * chunk..n.min((c + 1) * chunk)) });
+}
+
+/// Columns `cols` of the fused path.
+///
+/// # Safety
+/// [`crate::quant::x86::fused_available`] holds for `w.dtype`; `x` is whole rows of `w.cols`;
+/// `y` points at `x.len() / w.cols * w.rows` floats; no other thread writes columns `cols`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn fused_columns(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: OutPtr, cols: Range<usize>) {
     use crate::quant::x86::{dot_rows, dot_rows4_avx512, fused512_available};
     let wide = fused512_available();
     let (k, n) = (w.cols, w.rows);
     let m = x.len() / k;
-    let out = OutPtr(y.as_mut_ptr());
+    let out = y;
     let run = |cols: Range<usize>| {
         let mut res = [[0f32; 4]; 4];
         let mut j = cols.start;
@@ -91,12 +112,7 @@ pub(super) fn fused(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f
             j += nr;
         }
     };
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || m * n * k < PARALLEL_MIN_WORK {
-        return run(0..n);
-    }
-    let chunk = n.div_ceil(threads * CHUNKS_PER_THREAD).next_multiple_of(4);
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| run(c * chunk..n.min((c + 1) * chunk)));
+    run(cols)
 }
 
 /// [`matmul_quant`] on a given kernel; shapes already checked.

@@ -16,6 +16,18 @@ pub(crate) mod x86;
 
 use std::fmt;
 
+/// How a matmul on quantized weights treats its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// f32 activations against exactly dequantized weights (the default): the same result as
+    /// the f32 matmul on the dequantized matrix, bit for bit.
+    #[default]
+    Exact,
+    /// Activations quantized to int8 per 32-value block and dotted in integers ([`int8`]), for
+    /// Q4_0, Q4_1 and Q8_0 weights (other types stay exact). Faster, and close, not exact.
+    Int8,
+}
+
 /// The tensor types pdq reads from GGUF files; discriminants are ggml's `ggml_type` ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]

@@ -170,6 +170,7 @@ unsafe fn dot_rows_as<const T: u8, const MR: usize, const NR: usize>(
         let (mut d, mut m) = ([0f32; NR], [0f32; NR]);
         for j in 0..NR {
             let b = ws[j].add(bi * bb);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_BYTES) as *const i8);
             d[j] = f16c_at(b);
             if T == 1 {
                 m[j] = f16c_at(b.add(2));
@@ -214,8 +215,11 @@ unsafe fn dot_rows_as<const T: u8, const MR: usize, const NR: usize>(
     }
 }
 
-/// How far ahead of the current block [`dot_rows4_avx512`] prefetches each weight row.
-const PREFETCH_BYTES: usize = 512;
+/// How far ahead of the current block the fused kernels prefetch each weight row. Decode reads
+/// every weight once, from DRAM; the hardware prefetcher alone left the lm_head at a third of
+/// the bandwidth here. Measured (Zen 4, Q8_0 576 x 49152, one thread): 512 B ahead 5.8 ms,
+/// 2 KiB 3.5 ms, 4 KiB 3.2 ms.
+pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// Whether [`dot_rows4_avx512`] can run here.
 pub(crate) fn fused512_available() -> bool {
