@@ -19,7 +19,12 @@ export PDQ_AMQP_URL=${PDQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export PDQ_CACHE_DIR=${PDQ_CACHE_DIR:-$PWD/target/pdq-cache}
 
 status=0
-cargo test --workspace --no-fail-fast "$@" || status=$?
+# `-p CRATE` picks crates itself; otherwise the whole workspace.
+scope=(--workspace)
+for a in "$@"; do
+    if [[ $a == -p || $a == --package || $a == -p* || $a == --package=* ]]; then scope=(); fi
+done
+cargo test "${scope[@]}" --no-fail-fast "$@" || status=$?
 # Tests that stop the whole broker run alone, after every other test is done with it.
 if [[ $# -eq 0 ]]; then
     cargo test --workspace --test broker_restart -- --ignored || status=$?
