@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use pdq_broker::Broker;
 use pdq_engine::Model;
-use pdq_producer::{submit, wait_for_job, Policy, SubmitOptions, WaitMode};
+use pdq_producer::{submit_text, wait_for_job, BatchInput, Policy, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::JobRow;
 use pdq_store::Store;
@@ -98,26 +98,64 @@ pub async fn run_batch(
     lines: &[Value],
     wait: WaitMode,
 ) -> Result<BatchRun> {
-    let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
-    let broker = Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
-    let template =
-        WorkerConfig { broker: opts, ..WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url) };
-    let cluster = Cluster::start(&template, model, store.clone()).await?;
-    let path = std::env::temp_dir().join(format!("pdq-{namespace}-{}.jsonl", std::process::id()));
-    std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>())?;
+    let local = LocalCluster::start(store, g, namespace, shape, model, |_| {}).await?;
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
     let started = Instant::now();
-    let opts = SubmitOptions { name: Some(namespace.to_string()), policy: Policy::Shared };
-    let report = submit(store, &broker, &path.to_string_lossy(), &shape, &opts).await;
-    std::fs::remove_file(&path).ok();
-    let report = report?;
+    let job_id = local.submit(store, &text).await?;
     if wait == WaitMode::Progress {
-        println!("{}", report.job_id);
+        println!("{job_id}");
     }
-    let job = wait_for_job(store, report.job_id, wait).await?;
+    let job = wait_for_job(store, job_id, wait).await?;
     let wall_s = started.elapsed().as_secs_f64();
-    cluster.shutdown().await?;
-    broker.close().await;
+    local.stop().await?;
     Ok(BatchRun { job, wall_s })
+}
+
+/// A fresh cluster in this process, in a namespace of its own, with a connection to submit to it.
+pub struct LocalCluster {
+    namespace: String,
+    shape: ClusterShape,
+    broker: Broker,
+    cluster: Cluster,
+}
+
+impl LocalCluster {
+    /// `tweak` adjusts the workers' configuration (every rank gets the same).
+    pub async fn start(
+        store: &Store,
+        g: &Global,
+        namespace: &str,
+        shape: ClusterShape,
+        model: Arc<Model>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+    ) -> Result<LocalCluster> {
+        let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
+        let broker = Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
+        let mut template =
+            WorkerConfig { broker: opts, ..WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url) };
+        tweak(&mut template);
+        let cluster = Cluster::start(&template, model, store.clone()).await?;
+        Ok(LocalCluster { namespace: namespace.to_string(), shape, broker, cluster })
+    }
+
+    /// Submits `text` (JSONL) as one job; returns its id.
+    pub async fn submit(&self, store: &Store, text: &str) -> Result<uuid::Uuid> {
+        let input = BatchInput {
+            text,
+            source: format!("pdq:{}", self.namespace),
+            endpoint: None,
+            job_id: uuid::Uuid::now_v7(),
+        };
+        let opts = SubmitOptions { name: Some(self.namespace.clone()), policy: Policy::Shared };
+        Ok(submit_text(store, &self.broker, &input, &self.shape, &opts).await?.job_id)
+    }
+
+    /// Drains the cluster.
+    pub async fn stop(self) -> Result<()> {
+        self.cluster.shutdown().await?;
+        self.broker.close().await;
+        Ok(())
+    }
 }
 
 async fn print_table(store: &Store, job_id: uuid::Uuid, show: usize) -> Result<()> {

@@ -107,10 +107,7 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
             let ns = format!("{}-bench-{tag}-{}", g.namespace, scenarios.len());
             eprintln!("pdq bench: {name}, {} ({} requests)", cluster.mode, shape.requests);
             let run = scenario::run(&store, g, &ns, name, cluster, model.clone(), shape).await;
-            // The bench's namespaces are its own: leave no queues behind, even after a failure.
-            let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace: ns, ..g.broker() }).await?;
-            broker.delete_namespace(&cluster).await?;
-            broker.close().await;
+            drop_namespace(g, ns, &cluster).await?;
             scenarios.push(run?);
         }
     }
@@ -126,9 +123,7 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
             eprintln!("pdq bench: {long}-token prompts one at a time, {}{how}", cluster.mode);
             let n = plan.latency_requests;
             let run = scenario::one_at_a_time(&store, g, &ns, cluster, model.clone(), long, n, shm).await;
-            let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace: ns, ..g.broker() }).await?;
-            broker.delete_namespace(&cluster).await?;
-            broker.close().await;
+            drop_namespace(g, ns, &cluster).await?;
             latency.push(run?);
         }
     }
@@ -151,6 +146,14 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
         chart::draw(&report, path)?;
         eprintln!("pdq bench: drew {}", path.display());
     }
+    Ok(())
+}
+
+/// The bench's namespaces are its own: it leaves no queues behind, even after a failed run.
+async fn drop_namespace(g: &Global, namespace: String, shape: &ClusterShape) -> Result<()> {
+    let broker = Broker::connect_with(pdq_broker::BrokerOptions { namespace, ..g.broker() }).await?;
+    broker.delete_namespace(shape).await?;
+    broker.close().await;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::cli::Global;
-use crate::demo::run_batch;
+use crate::demo::{run_batch, LocalCluster};
 
 /// What a scenario sends.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -135,30 +135,16 @@ pub async fn one_at_a_time(
     requests: usize,
     shm: bool,
 ) -> Result<LatencyRun> {
-    use pdq_producer::{submit_text, wait_for_job, BatchInput, Policy, SubmitOptions};
     let lines = lines(Shape { prompt_tokens, max_tokens: 1, requests }, model.config.vocab_size);
-    let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
-    let broker = pdq_broker::Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
-    let mut template = pdq_workers::WorkerConfig {
-        broker: opts,
-        ..pdq_workers::WorkerConfig::new(pdq_workers::WorkerRole::Prefill, 0, cluster, namespace, &g.amqp_url)
-    };
-    if shm {
-        template.data_plane.shm_dir = Some(std::path::PathBuf::from(SHM_DIR));
-    }
-    let running = pdq_workers::Cluster::start(&template, model, store.clone()).await?;
-    let submit = SubmitOptions { name: Some(namespace.to_string()), policy: Policy::Shared };
+    let shm_dir = shm.then(|| std::path::PathBuf::from(SHM_DIR));
+    let local = LocalCluster::start(store, g, namespace, cluster, model, |c| c.data_plane.shm_dir = shm_dir).await?;
     let mut jobs = Vec::with_capacity(requests);
     for line in &lines {
-        let text = line.to_string();
-        let input =
-            BatchInput { text: &text, source: "pdq bench".into(), endpoint: None, job_id: uuid::Uuid::now_v7() };
-        let report = submit_text(store, &broker, &input, &cluster, &submit).await?;
-        wait_for_job(store, report.job_id, WaitMode::Quiet).await?;
-        jobs.push(report.job_id);
+        let job = local.submit(store, &line.to_string()).await?;
+        pdq_producer::wait_for_job(store, job, WaitMode::Quiet).await?;
+        jobs.push(job);
     }
-    running.shutdown().await?;
-    broker.close().await;
+    local.stop().await?;
     let q = |expr: &'static str| quantiles(store, &jobs, expr);
     Ok(LatencyRun {
         mode: match (cluster.mode, shm) {

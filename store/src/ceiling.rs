@@ -3,7 +3,6 @@
 //! same columns and indexes, each batch its own committed transaction. Durable, like the real
 //! writes: a temporary or unlogged table would skip the WAL and flatter the ceiling.
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use pdq_protocol::Outcome;
@@ -88,9 +87,7 @@ fn escape(s: &str) -> String {
             '\n' => e.push_str("\\n"),
             '\r' => e.push_str("\\r"),
             '\0' => e.push('\u{FFFD}'),
-            c => {
-                let _ = write!(e, "{c}");
-            }
+            c => e.push(c),
         }
     }
     e
