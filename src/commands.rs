@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use pdq_broker::Broker;
-use pdq_engine::Model;
+use pdq_engine::{Device, Model};
 use pdq_producer::{export_lines, wait_for_job, ExportKind, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::{JobRow, Store};
@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let store = Store::connect(&g.database_url).await?;
             let template = worker_config(g, WorkerRole::Prefill, 0, shape, &tuning);
             g.serve_metrics().await?;
-            tracing::info!(?shape, model = model.name(), "serving");
+            tracing::info!(?shape, model = model.model().name(), "serving");
             pdq_workers::serve(&template, model, store, shutdown_signal()).await?;
         }
         Command::Worker { role, dp_rank, mut cluster, model, tuning } => {
@@ -172,39 +172,28 @@ pub fn shape(c: &ClusterArgs) -> Result<ClusterShape> {
     })
 }
 
-pub fn load_model(arg: &ModelArg) -> Result<Arc<Model>> {
-    check_device(arg.device)?;
+/// Loads the model `--model` names (the tiny model by default) and places it on the device
+/// `--device` chooses: the weights go to the GPU once, and every engine of this process opens
+/// its own executor (KV pool) on it.
+pub fn load_model(arg: &ModelArg) -> Result<Device> {
     let dir = match &arg.model {
         Some(dir) => dir.clone(),
         None => pdq_engine::tiny::cached()?,
     };
     // `Model::load` takes an HF directory or a `.gguf` file alike.
     let what = if pdq_engine::gguf::is_gguf(&dir) { "GGUF model" } else { "model directory" };
-    let model = Model::load(&dir).with_context(|| format!("invalid {what} {}", dir.display()))?;
-    if !arg.int8_activations {
-        return Ok(Arc::new(model));
+    let mut model = Model::load(&dir).with_context(|| format!("invalid {what} {}", dir.display()))?;
+    if arg.int8_activations {
+        let (m, changed) = model.with_activations(pdq_engine::Activations::Int8);
+        match changed {
+            0 => tracing::warn!("--int8-activations: no Q4_0/Q4_1/Q8_0 matrix in this model, every matmul stays exact"),
+            n => tracing::info!(matrices = n, "int8 activations on (opt-in, not exact; the CPU executor's)"),
+        }
+        model = m;
     }
-    let (model, changed) = model.with_activations(pdq_engine::Activations::Int8);
-    match changed {
-        0 => tracing::warn!("--int8-activations: no Q4_0/Q4_1/Q8_0 matrix in this model, every matmul stays exact"),
-        n => tracing::info!(matrices = n, "int8 activations on (opt-in, not exact)"),
-    }
-    Ok(Arc::new(model))
-}
-
-/// Resolves `--device` before anything loads. The GPU forward (`pdq_engine::cuda`) is built and
-/// checked by `scripts/gpu-check.sh`, but the worker engine loop still runs the CPU forward: an
-/// explicit `cuda` says so instead of silently running on the CPU, and `auto` warns.
-fn check_device(choice: pdq_engine::DeviceChoice) -> Result<()> {
-    let backend = pdq_engine::select_device(choice)?;
-    match (backend.name(), choice) {
-        ("cpu", _) => tracing::info!(device = "cpu", "compute device"),
-        (_, pdq_engine::DeviceChoice::Cuda) => anyhow::bail!(
-            "`--device cuda`: the engine loop does not run the GPU forward yet (scripts/gpu-check.sh checks it); use --device cpu"
-        ),
-        _ => tracing::warn!("a GPU is present but the engine loop runs the CPU forward in this version"),
-    }
-    Ok(())
+    let device = Device::open(Arc::new(model), arg.device)?;
+    tracing::info!(device = device.name(), "compute device");
+    Ok(device)
 }
 
 pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {

@@ -2,12 +2,11 @@
 //! exercises the three input surfaces and the routing pins (`routed_dp_rank`,
 //! `disagg_prefill_dp_rank`), waits, and prints the results from SQL.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use pdq_broker::Broker;
-use pdq_engine::Model;
+use pdq_engine::Device;
 use pdq_producer::{submit_text, wait_for_job, BatchInput, Policy, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::JobRow;
@@ -52,7 +51,7 @@ pub fn demo_line(i: usize, shape: &ClusterShape, max_tokens: u32) -> Value {
 pub async fn run(
     g: &Global,
     shape: ClusterShape,
-    model: Arc<Model>,
+    model: Device,
     requests: usize,
     max_tokens: u32,
     show: usize,
@@ -61,7 +60,7 @@ pub async fn run(
     eprintln!(
         "cluster: {} on model '{}' ({} prefill x {} decode ranks, namespace '{}')",
         shape.mode,
-        model.name(),
+        model.model().name(),
         shape.prefill_dp,
         shape.decode_dp,
         g.namespace
@@ -94,7 +93,7 @@ pub async fn run_batch(
     g: &Global,
     namespace: &str,
     shape: ClusterShape,
-    model: Arc<Model>,
+    model: Device,
     lines: &[Value],
     wait: WaitMode,
 ) -> Result<BatchRun> {
@@ -126,7 +125,7 @@ impl LocalCluster {
         g: &Global,
         namespace: &str,
         shape: ClusterShape,
-        model: Arc<Model>,
+        model: Device,
         tweak: impl FnOnce(&mut WorkerConfig),
     ) -> Result<LocalCluster> {
         let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };

@@ -1,12 +1,15 @@
 //! Whole-model check and timing of the GPU forward, for `scripts/gpu-check.sh` on a lent GPU.
 //!
-//! `gpu_check OUT_DIR [--skip-timing]` (checkpoints are written to `$PDQ_GPU_CHECK_MODELS`,
-//! default a folder under the system temp dir)
-//! 1. Models: the tiny model, a random `qwen2.5-0.5b` (qkv biases) and a random `llama-3.2-1b`
-//!    (Llama 3 RoPE scaling, tied embeddings). For three short prompts, prefill as one packed
-//!    GPU batch, then two greedy decode steps as a batch; every step's last-position logits are
-//!    compared with the CPU forward (teacher-forced on the CPU's greedy tokens). KV pages go
-//!    both ways once (CPU pages -> GPU import -> GPU decode vs CPU decode).
+//! `gpu_check OUT_DIR [--skip-timing] [--gguf FILE.gguf]...` (checkpoints are written to
+//! `$PDQ_GPU_CHECK_MODELS`, default a folder under the system temp dir)
+//! 1. Models: the tiny model, a random `qwen2.5-0.5b` (qkv biases), a random `llama-3.2-1b`
+//!    (Llama 3 RoPE scaling, tied embeddings) and each `--gguf` file (its quantized weights
+//!    dequantized to bf16 on upload). For three short prompts, prefill as one packed GPU batch,
+//!    then two greedy decode steps as a batch; every step's last-position logits are compared
+//!    with the CPU forward (teacher-forced on the CPU's greedy tokens). KV pages go both ways
+//!    once (CPU pages -> GPU import -> GPU decode vs CPU decode). Then the executor's device
+//!    sampling: greedy and seeded draws (top-p, top-k, min-p) on the device against the host's
+//!    choice from the same logits.
 //! 2. Timing (1B shape): the two ceilings measured here (device-to-device copy, 8192^3 bf16
 //!    GEMM), then decode tokens/s at batch 1, 8, 64, 256 (128-token contexts) and prefill
 //!    tokens/s for 1024-token prompts, each the median of repeats after warm-up, timed with
@@ -21,7 +24,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use pdq_engine::cuda::{GpuKv, GpuModel};
-use pdq_engine::{EngineError, KvCache, Model, SeqId};
+use pdq_engine::{Device, EngineError, Executor, KvCache, Model, SamplingParams, SeqId, StepItem, StepOut, Want};
 use pdq_kernels::CudaBackend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -41,7 +44,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let out = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("gpu-check-out"));
     let skip_timing = args.iter().any(|a| a == "--skip-timing");
-    match run(&out, skip_timing) {
+    let ggufs: Vec<PathBuf> = args.windows(2).filter(|w| w[0] == "--gguf").map(|w| PathBuf::from(&w[1])).collect();
+    match run(&out, skip_timing, &ggufs) {
         Ok(true) => println!("gpu_check: PASS"),
         Ok(false) => {
             println!("gpu_check: FAIL (model check)");
@@ -54,7 +58,7 @@ fn main() {
     }
 }
 
-fn run(out: &Path, skip_timing: bool) -> Res<bool> {
+fn run(out: &Path, skip_timing: bool, ggufs: &[PathBuf]) -> Res<bool> {
     std::fs::create_dir_all(out)?;
     let cuda = CudaBackend::new(0)?;
     println!("device: {}", cuda.describe());
@@ -66,16 +70,25 @@ fn run(out: &Path, skip_timing: bool) -> Res<bool> {
     pdq_engine::tiny::write(&tiny)?;
     let mut pass = true;
     let mut big = None;
-    for (name, dir) in [("tiny", tiny), ("qwen2.5-0.5b", models.join("qwen")), ("llama-3.2-1b", models.join("llama1b"))]
-    {
-        if name != "tiny" {
+    let mut list: Vec<(String, PathBuf)> = vec![
+        ("tiny".into(), tiny),
+        ("qwen2.5-0.5b".into(), models.join("qwen")),
+        ("llama-3.2-1b".into(), models.join("llama1b")),
+    ];
+    for g in ggufs {
+        let stem = g.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        list.push((stem, g.clone()));
+    }
+    for (i, (name, dir)) in list.iter().enumerate() {
+        if (1..3).contains(&i) {
             let t = std::time::Instant::now();
-            pdq_engine::random::write(name, &dir, 0)?;
+            pdq_engine::random::write(name, dir, 0)?;
             println!("wrote random {name} in {:.1}s", t.elapsed().as_secs_f64());
         }
-        let model = Arc::new(Model::load(&dir)?);
-        let gpu = GpuModel::new(model.clone(), cuda.clone())?;
+        let model = Arc::new(Model::load(dir)?);
+        let gpu = Arc::new(GpuModel::new(model.clone(), cuda.clone())?);
         pass &= check_model(name, &model, &gpu)?;
+        pass &= check_sampling(name, &gpu)?;
         if name == "llama-3.2-1b" {
             big = Some(gpu);
         }
@@ -178,7 +191,7 @@ fn check_model(name: &str, model: &Model, gpu: &GpuModel) -> Res<bool> {
     let got = gpu.forward_batch(&mut kv2, &[(imported, &[tok][..])])?;
     let pages_err = rel_err(&got[0], &cpu_logits[1][0]);
     // And GPU pages back: same header and length as the CPU's export of the same sequence.
-    let exported = gpu.export_pages(&kv, ids[0])?;
+    let exported = gpu.export_pages(&mut kv, ids[0])?;
     let cpu_pages = cpu_kv[0].to_bytes();
     let mut pages_ok = exported.len() == cpu_pages.len() && pages_err.0 <= LOGIT_TOL;
     if pages_ok {
@@ -206,6 +219,56 @@ fn check_model(name: &str, model: &Model, gpu: &GpuModel) -> Res<bool> {
         if pages_ok { "ok" } else { "FAIL" },
         if ok { "PASS" } else { "FAIL" }
     );
+    Ok(ok)
+}
+
+/// The executor's device sampling against the host's choice from the same (device) logits: two
+/// executors run the same prompts, one asked for tokens, the other for logits.
+fn check_sampling(name: &str, gpu: &Arc<GpuModel>) -> Res<bool> {
+    let device = Device::Cuda(gpu.clone());
+    let model = gpu.model();
+    let vocab = model.config.vocab_size.min(model.tokenizer_vocab_size()) as u32;
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let draws: Vec<SamplingParams> = vec![
+        SamplingParams::default(),
+        SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 1.0, top_k: 40, ..Default::default() },
+        SamplingParams { temperature: 0.7, min_p: 0.1, ..Default::default() },
+    ];
+    let (mut same, mut total) = (0usize, 0usize);
+    for seed in 0..8u64 {
+        let (mut a, mut b) = (device.executor(64 << 20)?, device.executor(64 << 20)?);
+        let prompts: Vec<Vec<u32>> =
+            (0..draws.len()).map(|_| (0..9).map(|_| rng.gen_range(0..vocab)).collect()).collect();
+        let seqs = |e: &mut Box<dyn Executor>| -> Res<Vec<SeqId>> {
+            Ok(prompts.iter().map(|_| e.add_sequence(16)).collect::<Result<_, _>>()?)
+        };
+        let (sa, sb) = (seqs(&mut a)?, seqs(&mut b)?);
+        let want: Vec<_> = draws.iter().map(|p| SamplingParams { seed, ..p.clone() }.draw(seed as usize)).collect();
+        let items = |ids: &[SeqId], token: bool| -> Vec<StepItem<'_>> {
+            ids.iter()
+                .zip(&prompts)
+                .zip(&want)
+                .map(|((&seq, p), &d)| StepItem {
+                    seq,
+                    tokens: p,
+                    want: if token { Want::Token(d) } else { Want::Logits },
+                })
+                .collect()
+        };
+        let tokens = a.step(&items(&sa, true))?;
+        let logits = b.step(&items(&sb, false))?;
+        for ((t, l), d) in tokens.into_iter().zip(logits).zip(&want) {
+            let host = d.pick(&l.into_logits()?);
+            total += 1;
+            match t {
+                StepOut::Token(t) if t == host => same += 1,
+                other => println!("  {name} sampling seed {seed} {d:?}: device {other:?}, host {host}"),
+            }
+        }
+    }
+    let ok = same == total;
+    println!("MODEL {name:<14} device-sampling {same}/{total} {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
 }
 

@@ -10,13 +10,15 @@
 //! Engines batch instead: one [`PagedKv`] block pool holds every sequence, and
 //! [`Model::forward_batch`] runs prefill chunks and decode tokens of many sequences in one pass,
 //! with each request's result independent of its batch ([`PagedKv::export`] / [`PagedKv::import`]
-//! move a sequence's pages).
+//! move a sequence's pages). An engine loop drives them through the [`Executor`] seam, which the
+//! CPU ([`CpuExecutor`]) and the GPU (`cuda::GpuExecutor`) implement; [`Device`] picks one.
 
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
 mod error;
+mod executor;
 mod forward;
 mod generation;
 pub mod gguf;
@@ -35,8 +37,9 @@ pub mod random;
 pub mod tiny;
 
 pub use config::{Architecture, ModelConfig};
-pub use device::{cuda_built, select_device, DeviceChoice};
+pub use device::{cuda_built, DeviceChoice};
 pub use error::EngineError;
+pub use executor::{CpuExecutor, Device, Executor, StepItem, StepOut, Want};
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use grammar::{Constrained, GrammarSpec, Grammars};
 pub use kv::KvCache;
@@ -44,4 +47,6 @@ pub use model::Model;
 pub use paged::{KvLayout, PageHeader, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
 pub use pdq_kernels::Activations;
 pub use rope::RopeScaling;
-pub use sampling::{logprobs, sample, Logprob, SamplingParams, DEFAULT_MAX_NEW_TOKENS, MAX_TOP_LOGPROBS, MIN_LOGPROB};
+pub use sampling::{
+    logprobs, sample, Draw, Logprob, SamplingParams, DEFAULT_MAX_NEW_TOKENS, MAX_TOP_LOGPROBS, MIN_LOGPROB,
+};

@@ -104,16 +104,44 @@ fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
 /// on the temperature-scaled softmax over the full vocabulary (as SGLang does); the selection
 /// itself is the kernels crate's CPU reference, the same rules the CUDA sampling kernel follows.
 pub fn sample(logits: &[f32], params: &SamplingParams, step: usize) -> u32 {
-    let filters = pdq_kernels::cpu::SampleParams {
-        temperature: params.temperature,
-        top_k: params.top_k,
-        top_p: params.top_p,
-        min_p: params.min_p,
-    };
-    // Greedy draws nothing, so the RNG is only built when it is used.
-    let greedy = params.temperature <= 0.0 || params.top_k == 1;
-    let u = if greedy { 0.0 } else { step_rng(params.seed, step).gen::<f64>() };
-    pdq_kernels::cpu::sample(logits, &filters, u)
+    params.draw(step).pick(logits)
+}
+
+/// Everything one token's choice depends on besides the logits: the filters and the uniform
+/// number of `(seed, step)`. `Copy`, so a batch can carry it to wherever the logits are (the
+/// host, or a device sampler that gets the same number and follows the same rules).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub filters: pdq_kernels::cpu::SampleParams,
+    /// In `[0, 1)`; `None` when the filters are greedy (they draw nothing).
+    pub uniform: Option<f64>,
+}
+
+impl Draw {
+    /// The token these filters and this number pick from `logits`.
+    pub fn pick(&self, logits: &[f32]) -> u32 {
+        pdq_kernels::cpu::sample(logits, &self.filters, self.uniform.unwrap_or(0.0))
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.uniform.is_none()
+    }
+}
+
+impl SamplingParams {
+    /// The choice of output token number `step`. The RNG is only built when the filters use it.
+    pub fn draw(&self, step: usize) -> Draw {
+        let greedy = self.temperature <= 0.0 || self.top_k == 1;
+        Draw {
+            filters: pdq_kernels::cpu::SampleParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+            },
+            uniform: (!greedy).then(|| step_rng(self.seed, step).gen::<f64>()),
+        }
+    }
 }
 
 #[cfg(test)]

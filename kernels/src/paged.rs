@@ -6,30 +6,41 @@
 //! take the tables flattened to `[num_seqs, max_blocks]` `i32`, padded with block 0 (never read:
 //! kernels stop at each sequence's context length). A slot of `-1` marks a padding token.
 
-/// Tokens per KV block unless configured otherwise.
+/// Tokens per block: small enough that the last, partly filled block wastes little, large
+/// enough that a block's rows are contiguous for a sizeable stretch of attention.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-/// Shape of one layer's paged K (or V) cache.
+/// Geometry of a paged KV pool: the model's KV shape and the block size. The one definition for
+/// every backend: the CPU pool (`pdq_engine::PagedKv`, a block holds every layer's rows), the
+/// CUDA cache (one `[num_blocks, block_size, n_kv_heads, head_dim]` buffer per layer for K and
+/// for V) and the page format that moves a sequence between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
-    pub num_blocks: usize,
-    pub block_size: usize,
+    pub n_layers: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    pub block_size: usize,
 }
 
 impl KvLayout {
-    /// Values per token: `n_kv_heads * head_dim`.
+    /// Values in one token row of one layer's K (or V): `n_kv_heads * head_dim`.
     pub fn row(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
-    /// Values per block.
+
+    /// Values in one block of one layer's K (or V).
     pub fn block_elems(&self) -> usize {
         self.block_size * self.row()
     }
-    /// Values in the whole cache.
-    pub fn elems(&self) -> usize {
-        self.num_blocks * self.block_elems()
+
+    /// Values in one block across every layer, K and V.
+    pub fn block_floats(&self) -> usize {
+        self.n_layers * 2 * self.block_elems()
+    }
+
+    /// Blocks needed for `tokens` tokens.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        blocks_for(tokens, self.block_size)
     }
 }
 
@@ -121,7 +132,7 @@ mod tests {
     fn blocks_and_cu_seqlens() {
         assert_eq!((blocks_for(0, 16), blocks_for(16, 16), blocks_for(17, 16)), (0, 1, 2));
         assert_eq!(cu_seqlens(&[3, 0, 5]), vec![0, 3, 3, 8]);
-        let l = KvLayout { num_blocks: 10, block_size: 16, n_kv_heads: 2, head_dim: 64 };
-        assert_eq!((l.row(), l.block_elems(), l.elems()), (128, 2048, 20480));
+        let l = KvLayout { n_layers: 3, block_size: 16, n_kv_heads: 2, head_dim: 64 };
+        assert_eq!((l.row(), l.block_elems(), l.block_floats(), l.blocks_for(17)), (128, 2048, 12288, 2));
     }
 }

@@ -14,11 +14,10 @@ mod report;
 mod scenario;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use pdq_broker::Broker;
-use pdq_engine::Model;
+use pdq_engine::{Device, Model};
 use pdq_protocol::ClusterShape;
 use pdq_store::Store;
 use serde::Serialize;
@@ -73,12 +72,12 @@ pub struct BenchReport {
     pub aims: Vec<report::Aim>,
 }
 
-pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
+pub async fn run(g: &Global, model: Device, plan: BenchPlan) -> Result<()> {
     let store = Store::connect(&g.database_url).await?;
     let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
     let disagg = ClusterShape::disagg(plan.prefill_dp, plan.decode_dp);
     let colocated = ClusterShape::colocated(plan.decode_dp);
-    let long = plan.long_prompt.min(model.max_context().saturating_sub(32)).max(16);
+    let long = plan.long_prompt.min(model.model().max_context().saturating_sub(32)).max(16);
     let short = |max_tokens| Shape { prompt_tokens: 16, max_tokens, requests: plan.requests };
     let long_shape = |max_tokens| Shape { prompt_tokens: long, max_tokens, requests: plan.long_requests };
     let all = [
@@ -96,7 +95,7 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
         .map(|&(_, name, shape)| (name, shape))
         .collect();
     let ceilings = if plan.ceilings {
-        Some(measure_ceilings(g, &store, &model, &tag, &disagg, plan.requests).await?)
+        Some(measure_ceilings(g, &store, model.model(), &tag, &disagg, plan.requests).await?)
     } else {
         None
     };
@@ -130,7 +129,7 @@ pub async fn run(g: &Global, model: Arc<Model>, plan: BenchPlan) -> Result<()> {
 
     let report = BenchReport {
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        model: model.name().to_string(),
+        model: model.model().name().to_string(),
         queue_type: g.queue_type.as_str().to_string(),
         aims: report::aims(ceilings.as_ref(), &scenarios, &latency),
         ceilings,

@@ -1,10 +1,8 @@
 //! One bench scenario: a batch of same-shaped requests through a fresh in-process cluster, and
 //! the figures read back from the rows it wrote (`meta_info`).
 
-use std::sync::Arc;
-
 use anyhow::Result;
-use pdq_engine::Model;
+use pdq_engine::Device;
 use pdq_producer::WaitMode;
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::Store;
@@ -76,10 +74,10 @@ pub async fn run(
     namespace: &str,
     name: &str,
     cluster: ClusterShape,
-    model: Arc<Model>,
+    model: Device,
     shape: Shape,
 ) -> Result<ScenarioRun> {
-    let lines = lines(shape, model.config.vocab_size);
+    let lines = lines(shape, model.model().config.vocab_size);
     let batch = run_batch(store, g, namespace, cluster, model, &lines, WaitMode::Quiet).await?;
     let job = batch.job.id;
     let tokens: i64 =
@@ -130,12 +128,12 @@ pub async fn one_at_a_time(
     g: &Global,
     namespace: &str,
     cluster: ClusterShape,
-    model: Arc<Model>,
+    model: Device,
     prompt_tokens: usize,
     requests: usize,
     shm: bool,
 ) -> Result<LatencyRun> {
-    let lines = lines(Shape { prompt_tokens, max_tokens: 1, requests }, model.config.vocab_size);
+    let lines = lines(Shape { prompt_tokens, max_tokens: 1, requests }, model.model().config.vocab_size);
     let shm_dir = shm.then(|| std::path::PathBuf::from(SHM_DIR));
     let local = LocalCluster::start(store, g, namespace, cluster, model, |c| c.data_plane.shm_dir = shm_dir).await?;
     let mut jobs = Vec::with_capacity(requests);

@@ -1,6 +1,9 @@
-//! The engine loop: one OS thread per worker owns the compute and the KV block pool, so the async
-//! side never blocks on a forward pass. Work arrives as jobs on a channel; replies go back on
-//! oneshots.
+//! The engine loop: one OS thread per worker owns an executor (the compute and its KV block pool,
+//! on the CPU or a GPU: `pdq_engine::Executor`), so the async side never blocks on a forward
+//! pass. Work arrives as jobs on a channel; replies go back on oneshots. The loop holds the
+//! policy (admission, batching, stop rules, grammar masks) and asks the executor only for the
+//! logits a sequence needs: an unconstrained sequence without log-probabilities gets its next
+//! token back, sampled where its logits are.
 //!
 //! Each iteration (continuous batching):
 //! 1. admits waiting prompts while they fit the prefill token budget (always at least one) and
@@ -22,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pdq_engine::{
-    logprobs, sample, Constrained, EngineError, FinishReason, Generation, Grammars, Logprob, Model, PageHeader,
-    PagedKv, SamplingParams, SeqId,
+    logprobs, sample, Constrained, EngineError, Executor, FinishReason, Generation, Grammars, Logprob, Model,
+    PageHeader, PagedKv, SamplingParams, SeqId, StepItem, StepOut, Want,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -132,12 +135,12 @@ impl Decoding {
     }
 
     /// Releases the sequences of groups that were answered.
-    fn sweep(&mut self, kv: &mut PagedKv) {
+    fn sweep(&mut self, exec: &mut dyn Executor) {
         let groups = &self.groups;
         self.running.retain(|r| {
             let keep = groups.contains_key(&r.group);
             if !keep {
-                kv.release(r.seq);
+                exec.release(r.seq);
             }
             keep
         });
@@ -157,8 +160,6 @@ fn choice_out(model: &Model, gen: &Generation) -> Result<ChoiceOut, EngineError>
 pub struct EngineLoopConfig {
     pub max_running: usize,
     pub prefill_token_budget: usize,
-    /// Bytes of KV blocks the pool preallocates (lazily committed by the OS).
-    pub kv_pool_bytes: usize,
     /// Whose gauges (running, waiting, KV usage) this loop keeps.
     pub metrics: crate::metrics::Labels,
 }
@@ -173,10 +174,11 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    pub fn spawn(model: Arc<Model>, cfg: EngineLoopConfig, name: String) -> EngineHandle {
+    /// Starts the engine thread, which owns `exec` from now on.
+    pub fn spawn(exec: Box<dyn Executor>, cfg: EngineLoopConfig, name: String) -> EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
-        let m = model.clone();
-        std::thread::Builder::new().name(name).spawn(move || run(m, cfg, rx)).expect("spawning the engine thread");
+        let model = exec.model().clone();
+        std::thread::Builder::new().name(name).spawn(move || run(exec, cfg, rx)).expect("spawning the engine thread");
         EngineHandle { tx, model, grammars: Arc::default() }
     }
 
@@ -228,10 +230,10 @@ impl EngineHandle {
     }
 }
 
-fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let block_bytes = model.kv_layout(pdq_engine::DEFAULT_BLOCK_SIZE).block_floats() * 4;
-    let mut kv = model.new_paged_kv((cfg.kv_pool_bytes / block_bytes).max(1));
-    tracing::debug!(blocks = kv.n_blocks(), "engine KV pool ready");
+fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let model = exec.model().clone();
+    let exec = &mut *exec;
+    tracing::debug!(device = exec.device(), blocks = exec.pool().n_blocks(), "engine KV pool ready");
     let mut prefills: VecDeque<PrefillJob> = VecDeque::new();
     let mut waiting: VecDeque<Box<DecodeJob>> = VecDeque::new();
     let mut dec = Decoding::default();
@@ -242,7 +244,7 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
     };
     loop {
         if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() {
-            report(&kv, &dec, 0);
+            report(exec.pool(), &dec, 0);
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
@@ -251,20 +253,20 @@ fn run(model: Arc<Model>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver
         while let Ok(job) = rx.try_recv() {
             enqueue(job, &mut prefills, &mut waiting);
         }
-        let prefilled = prefill_batch(&model, &cfg, &mut kv, &mut prefills);
-        let admitted = admit_decodes(&model, &cfg, &mut kv, &mut waiting, &mut dec);
+        let prefilled = prefill_batch(&model, &cfg, exec, &mut prefills);
+        let admitted = admit_decodes(&model, &cfg, exec, &mut waiting, &mut dec);
 
         if !prefilled && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
-            report(&kv, &dec, prefills.len() + waiting.len());
+            report(exec.pool(), &dec, prefills.len() + waiting.len());
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
             }
             continue;
         }
-        decode_step(&model, &mut kv, &mut dec);
-        report(&kv, &dec, prefills.len() + waiting.len());
+        decode_step(&model, exec, &mut dec);
+        report(exec.pool(), &dec, prefills.len() + waiting.len());
     }
 }
 
@@ -282,7 +284,12 @@ fn never_fits(kv: &PagedKv, tokens: usize) -> Option<EngineError> {
 }
 
 /// Step 1 of the loop; returns whether any prompt ran.
-fn prefill_batch(model: &Model, cfg: &EngineLoopConfig, kv: &mut PagedKv, queue: &mut VecDeque<PrefillJob>) -> bool {
+fn prefill_batch(
+    model: &Model,
+    cfg: &EngineLoopConfig,
+    exec: &mut dyn Executor,
+    queue: &mut VecDeque<PrefillJob>,
+) -> bool {
     let started = Instant::now();
     let mut batch: Vec<(SeqId, PrefillJob)> = Vec::new();
     let mut budget = cfg.prefill_token_budget;
@@ -297,37 +304,38 @@ fn prefill_batch(model: &Model, cfg: &EngineLoopConfig, kv: &mut PagedKv, queue:
             let _ = job.reply.send(Err(e));
             continue;
         }
-        if let Some(e) = never_fits(kv, n) {
+        if let Some(e) = never_fits(exec.pool(), n) {
             let job = queue.pop_front().expect("front exists");
             let _ = job.reply.send(Err(e));
             continue;
         }
-        if !kv.can_admit(n) {
+        if !exec.pool().can_admit(n) {
             break;
         }
-        let seq = kv.add_sequence(n).expect("admission was checked");
+        let seq = exec.add_sequence(n).expect("admission was checked");
         budget = budget.saturating_sub(n);
         batch.push((seq, queue.pop_front().expect("front exists")));
     }
     if batch.is_empty() {
         return false;
     }
-    let items: Vec<(SeqId, &[u32])> = batch.iter().map(|(s, j)| (*s, &j.tokens[..])).collect();
-    let result = model.forward_batch(kv, &items);
+    let items: Vec<StepItem> =
+        batch.iter().map(|(seq, job)| StepItem { seq: *seq, tokens: &job.tokens, want: first_want(job) }).collect();
+    let result = exec.step(&items);
     let elapsed = started.elapsed();
     match result {
-        Ok(logits) => {
-            for ((seq, job), logits) in batch.into_iter().zip(logits) {
-                let out = first_tokens(&logits, &job)
-                    .and_then(|firsts| kv.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
-                kv.release(seq);
+        Ok(outs) => {
+            for ((seq, job), out) in batch.into_iter().zip(outs) {
+                let out = first_tokens(out, &job)
+                    .and_then(|firsts| exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
+                exec.release(seq);
                 let _ = job.reply.send(out);
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "prefill batch failed");
             for (seq, job) in batch {
-                kv.release(seq);
+                exec.release(seq);
                 let _ = job.reply.send(Err(EngineError::KvCache(format!("prefill batch failed: {e}"))));
             }
         }
@@ -335,8 +343,23 @@ fn prefill_batch(model: &Model, cfg: &EngineLoopConfig, kv: &mut PagedKv, queue:
     true
 }
 
+/// What a prompt needs back: its first token alone, unless a grammar masks it, it is scored,
+/// or several choices sample it.
+fn first_want(job: &PrefillJob) -> Want {
+    if job.n == 1 && job.grammar.is_none() && job.params.logprobs.is_none() {
+        Want::Token(job.params.for_choice(0).draw(0))
+    } else {
+        Want::Logits
+    }
+}
+
 /// Each choice's first token, sampled with its own seed among the tokens the grammar allows.
-fn first_tokens(logits: &[f32], job: &PrefillJob) -> Result<Vec<First>, EngineError> {
+fn first_tokens(out: StepOut, job: &PrefillJob) -> Result<Vec<First>, EngineError> {
+    let logits = match out {
+        StepOut::Token(token) => return Ok(vec![First { token, logprob: None }]),
+        StepOut::Logits(logits) => logits,
+    };
+    let logits = &logits[..];
     let masked = match &job.grammar {
         None => None,
         Some(g) => {
@@ -358,7 +381,7 @@ fn first_tokens(logits: &[f32], job: &PrefillJob) -> Result<Vec<First>, EngineEr
 fn admit_decodes(
     model: &Model,
     cfg: &EngineLoopConfig,
-    kv: &mut PagedKv,
+    exec: &mut dyn Executor,
     waiting: &mut VecDeque<Box<DecodeJob>>,
     dec: &mut Decoding,
 ) -> bool {
@@ -386,17 +409,19 @@ fn admit_decodes(
         // Reserve for the longest generation, so growth never fails and nothing is preempted:
         // the first live choice imports the pages, the others fork them.
         let max_len = job.prompt_len.saturating_add(job.params.max_new_tokens).min(model.max_context());
+        let pool = exec.pool();
         let need = match live {
             0 => 0,
-            n => kv.layout().blocks_for(max_len) + (n - 1) * kv.fork_cost(job.prompt_len, max_len),
+            n => pool.layout().blocks_for(max_len) + (n - 1) * pool.fork_cost(job.prompt_len, max_len),
         };
-        if need > kv.n_blocks() {
+        if need > pool.n_blocks() {
+            let available = pool.n_blocks();
             let job = waiting.pop_front().expect("front exists");
-            let _ = job.reply.send(Err(EngineError::KvCapacity { needed: need, available: kv.n_blocks() }));
+            let _ = job.reply.send(Err(EngineError::KvCapacity { needed: need, available }));
             admitted = true;
             continue;
         }
-        if need > kv.available_blocks() {
+        if need > pool.available_blocks() {
             break;
         }
         let job = waiting.pop_front().expect("front exists");
@@ -412,8 +437,8 @@ fn admit_decodes(
                 continue;
             }
             let seq = match root {
-                None => kv.import(&job.pages, max_len),
-                Some(root) => kv.fork(root, max_len),
+                None => exec.import(&job.pages, max_len),
+                Some(root) => exec.fork(root, max_len),
             };
             match seq {
                 Ok(seq) => {
@@ -426,30 +451,44 @@ fn admit_decodes(
                 }
             }
         }
-        dec.sweep(kv);
+        dec.sweep(exec);
     }
     admitted
 }
 
 /// Step 3: one token for every running sequence, in one batched forward.
-fn decode_step(model: &Model, kv: &mut PagedKv, dec: &mut Decoding) {
+fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
     // A sequence that cannot take its next token fails its request rather than the batch.
     for i in 0..dec.running.len() {
         let r = &dec.running[i];
-        if let Err(e) = kv.len(r.seq).and_then(|len| model.check_tokens(len, &[r.last])) {
+        if let Err(e) = exec.pool().len(r.seq).and_then(|len| model.check_tokens(len, &[r.last])) {
             let group = r.group;
             dec.fail(group, e);
         }
     }
-    dec.sweep(kv);
+    dec.sweep(exec);
     if dec.running.is_empty() {
         return;
     }
     let tokens: Vec<[u32; 1]> = dec.running.iter().map(|r| [r.last]).collect();
-    let items: Vec<(SeqId, &[u32])> = dec.running.iter().zip(&tokens).map(|(r, t)| (r.seq, &t[..])).collect();
+    // Logits come back only for what needs the distribution itself: a grammar's mask or scores.
+    let items: Vec<StepItem> = dec
+        .running
+        .iter()
+        .zip(&tokens)
+        .map(|(r, t)| {
+            let g = &r.gen;
+            let want = if g.is_constrained() || g.params().logprobs.is_some() {
+                Want::Logits
+            } else {
+                Want::Token(g.params().draw(g.step()))
+            };
+            StepItem { seq: r.seq, tokens: &t[..], want }
+        })
+        .collect();
     // Grammar masks depend on the tokens so far, not on the logits: they are computed on a
     // thread of their own while the batch's forward pass runs.
-    let (logits, mask_time) = std::thread::scope(|s| {
+    let (outs, mask_time) = std::thread::scope(|s| {
         let constrained: Vec<&mut Generation> =
             dec.running.iter_mut().map(|r| &mut r.gen).filter(|g| g.is_constrained()).collect();
         let masks = (!constrained.is_empty()).then(|| {
@@ -460,9 +499,9 @@ fn decode_step(model: &Model, kv: &mut PagedKv, dec: &mut Decoding) {
             })
         });
         let started = Instant::now();
-        let logits = model.forward_batch(kv, &items);
+        let outs = exec.step(&items);
         let forward_time = started.elapsed();
-        (logits, masks.map(|h| (h.join().unwrap_or_default(), forward_time)))
+        (outs, masks.map(|h| (h.join().unwrap_or_default(), forward_time)))
     });
     if let Some((masks, forward)) = mask_time {
         tracing::trace!(
@@ -472,21 +511,25 @@ fn decode_step(model: &Model, kv: &mut PagedKv, dec: &mut Decoding) {
             "grammar masks beside the forward pass"
         );
     }
-    let logits = match logits {
-        Ok(l) => l,
+    let outs = match outs {
+        Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "decode step failed");
             let groups: Vec<u64> = dec.groups.keys().copied().collect();
             for g in groups {
                 dec.fail(g, EngineError::KvCache(format!("decode step failed: {e}")));
             }
-            dec.sweep(kv);
+            dec.sweep(exec);
             return;
         }
     };
     let mut done = Vec::new();
-    for (i, (r, logits)) in dec.running.iter_mut().zip(logits).enumerate() {
-        match r.gen.sample_next(&logits) {
+    for (i, (r, out)) in dec.running.iter_mut().zip(outs).enumerate() {
+        let next = match out {
+            StepOut::Token(token) => Ok((token, None)),
+            StepOut::Logits(logits) => r.gen.sample_next(&logits),
+        };
+        match next {
             Ok((token, logprob)) => {
                 r.last = token;
                 if r.gen.push_scored(model, token, logprob).is_some() {
@@ -501,10 +544,10 @@ fn decode_step(model: &Model, kv: &mut PagedKv, dec: &mut Decoding) {
     }
     for i in done.into_iter().rev() {
         let r = dec.running.swap_remove(i);
-        kv.release(r.seq);
+        exec.release(r.seq);
         dec.complete(model, r.group, r.choice, &r.gen);
     }
-    dec.sweep(kv);
+    dec.sweep(exec);
 }
 
 #[cfg(test)]

@@ -21,13 +21,14 @@ fn model() -> Arc<Model> {
         .clone()
 }
 
-fn config(blocks: usize, max_running: usize) -> EngineLoopConfig {
-    EngineLoopConfig {
-        max_running,
-        prefill_token_budget: 64,
-        kv_pool_bytes: blocks * TINY_BLOCK_BYTES,
-        metrics: crate::metrics::Labels::new("test", 0),
-    }
+fn config(max_running: usize) -> EngineLoopConfig {
+    EngineLoopConfig { max_running, prefill_token_budget: 64, metrics: crate::metrics::Labels::new("test", 0) }
+}
+
+/// An engine on the CPU executor with a pool of `blocks` KV blocks.
+fn spawn(blocks: usize, max_running: usize, name: &str) -> EngineHandle {
+    let exec = Box::new(pdq_engine::CpuExecutor::new(model(), blocks * TINY_BLOCK_BYTES));
+    EngineHandle::spawn(exec, config(max_running), name.into())
 }
 
 fn params(max_new_tokens: usize, seed: u64) -> SamplingParams {
@@ -36,13 +37,7 @@ fn params(max_new_tokens: usize, seed: u64) -> SamplingParams {
 
 /// Prefills then decodes every prompt concurrently on an engine with `blocks` KV blocks.
 async fn generate(blocks: usize, prompts: &[Vec<u32>], max_new: usize) -> Vec<Result<Vec<u32>, String>> {
-    let cfg = EngineLoopConfig {
-        max_running: 8,
-        prefill_token_budget: 64,
-        kv_pool_bytes: blocks * TINY_BLOCK_BYTES,
-        metrics: crate::metrics::Labels::new("test", 0),
-    };
-    let engine = EngineHandle::spawn(model(), cfg, "engine-test".into());
+    let engine = spawn(blocks, 8, "engine-test");
     let runs = prompts.iter().enumerate().map(|(i, p)| {
         let engine = engine.clone();
         async move {
@@ -88,7 +83,7 @@ async fn n_choices_share_one_prefill_and_match_single_requests_seeded_seed_plus_
     // 21 tokens: one full block shared by every fork, and a partial one each fork copies.
     let prompt: Vec<u32> = (0..21u32).map(|j| (j * 13) % 400 + 3).collect();
     let p = SamplingParams { logprobs: Some(3), ..params(12, 40) };
-    let roomy = EngineHandle::spawn(model(), config(256, 8), "engine-n".into());
+    let roomy = spawn(256, 8, "engine-n");
     let together = choices(&roomy, &prompt, p.clone(), 5).await;
     assert_eq!(together.len(), 5);
     for (i, c) in together.iter().enumerate() {
@@ -103,7 +98,7 @@ async fn n_choices_share_one_prefill_and_match_single_requests_seeded_seed_plus_
     // A pool that holds the five only because they share the prompt's full block (5 x 3 blocks
     // unshared, 3 + 4 x 2 = 11 shared), on an engine whose `max_running` (2) the job exceeds:
     // it runs alone, whole.
-    let tight = EngineHandle::spawn(model(), config(11, 2), "engine-n-tight".into());
+    let tight = spawn(11, 2, "engine-n-tight");
     let squeezed = choices(&tight, &prompt, p, 5).await;
     for (a, b) in together.iter().zip(&squeezed) {
         assert_eq!(a.output_ids, b.output_ids);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pdq_broker::Broker;
-use pdq_engine::Model;
+use pdq_engine::Device;
 use pdq_protocol::Mode;
 use pdq_store::{Store, WorkerRole};
 use tokio::sync::watch;
@@ -34,8 +34,15 @@ pub struct RunningWorker {
 }
 
 impl RunningWorker {
-    /// Everything that can fail at start (broker, data plane, registration) fails here.
-    pub async fn start(cfg: WorkerConfig, model: Arc<Model>, store: Store) -> Result<RunningWorker, WorkerError> {
+    /// Everything that can fail at start (broker, data plane, registration, the executor's KV
+    /// pool) fails here. `device` is the model on its device (an `Arc<Model>` is the CPU).
+    pub async fn start(
+        cfg: WorkerConfig,
+        device: impl Into<Device>,
+        store: Store,
+    ) -> Result<RunningWorker, WorkerError> {
+        let device = device.into();
+        let model = device.model().clone();
         let opts = cfg.broker.clone().named(format!("pdq:{}:{}", cfg.namespace(), cfg.tag()));
         let broker = Broker::connect_with(opts).await?;
         broker.declare(&cfg.shape).await?;
@@ -63,12 +70,12 @@ impl RunningWorker {
         metrics.engine(0, 0, 0.0);
         metrics.reconnects(0);
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
+        let exec = device.executor(cfg.kv_pool_bytes)?;
         let engine = EngineHandle::spawn(
-            model,
+            exec,
             EngineLoopConfig {
                 max_running: cfg.max_running,
                 prefill_token_budget: cfg.prefill_token_budget,
-                kv_pool_bytes: cfg.kv_pool_bytes,
                 metrics: metrics.clone(),
             },
             format!("engine-{}", cfg.tag()),
@@ -178,7 +185,13 @@ pub struct Cluster {
 pub type ClusterConfig = WorkerConfig;
 
 impl Cluster {
-    pub async fn start(template: &ClusterConfig, model: Arc<Model>, store: Store) -> Result<Cluster, WorkerError> {
+    /// Every rank's engine opens its own executor (and KV pool) on the one `device`.
+    pub async fn start(
+        template: &ClusterConfig,
+        device: impl Into<Device>,
+        store: Store,
+    ) -> Result<Cluster, WorkerError> {
+        let device = device.into();
         let shape = template.shape;
         let ranks = |role, n| (0..n).map(move |rank| WorkerConfig { role, rank, ..template.clone() });
         let (request_cfgs, decode_cfgs): (Vec<_>, Vec<_>) = match shape.mode {
@@ -190,10 +203,10 @@ impl Cluster {
         };
         let mut cluster = Cluster { request_side: Vec::new(), decoders: Vec::new() };
         for cfg in decode_cfgs {
-            cluster.decoders.push(RunningWorker::start(cfg, model.clone(), store.clone()).await?);
+            cluster.decoders.push(RunningWorker::start(cfg, device.clone(), store.clone()).await?);
         }
         for cfg in request_cfgs {
-            cluster.request_side.push(RunningWorker::start(cfg, model.clone(), store.clone()).await?);
+            cluster.request_side.push(RunningWorker::start(cfg, device.clone(), store.clone()).await?);
         }
         Ok(cluster)
     }
@@ -224,11 +237,11 @@ impl Cluster {
 /// `pdq serve`: runs until `shutdown` resolves, then drains.
 pub async fn serve(
     template: &ClusterConfig,
-    model: Arc<Model>,
+    device: impl Into<Device>,
     store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let cluster = Cluster::start(template, model, store).await?;
+    let cluster = Cluster::start(template, device, store).await?;
     shutdown.await;
     tracing::info!("draining");
     cluster.shutdown().await
@@ -237,11 +250,11 @@ pub async fn serve(
 /// `pdq worker`: one rank until `shutdown` resolves, then drains.
 pub async fn run_worker(
     cfg: WorkerConfig,
-    model: Arc<Model>,
+    device: impl Into<Device>,
     store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let RunningWorker { cfg, stop, mut task } = RunningWorker::start(cfg, model, store).await?;
+    let RunningWorker { cfg, stop, mut task } = RunningWorker::start(cfg, device, store).await?;
     let joined = |r: Result<Result<(), WorkerError>, tokio::task::JoinError>| {
         r.map_err(|e| WorkerError::Config(format!("worker task panicked: {e}")))?
     };

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use pdq_kernels::cuda::PagedKv as KvViews;
+use pdq_kernels::cuda::{KvViews, SampleArgs};
 use pdq_kernels::paged::{cu_seqlens, slot_mapping, BlockTables};
 use pdq_kernels::{AttnShape, CudaBackend};
 
+use super::staging::Staging;
 use super::weights::{self, DeviceLinear, DeviceWeights};
 use crate::error::EngineError;
+use crate::executor::{StepItem, StepOut, Want};
 use crate::model::Model;
 use crate::paged::{PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
 
@@ -37,6 +39,8 @@ pub struct GpuKv {
     /// Per layer, `[num_blocks, block_size, n_kv_heads, head_dim]`.
     pub(crate) k: Vec<CudaSlice<bf16>>,
     pub(crate) v: Vec<CudaSlice<bf16>>,
+    /// Where pages cross to and from the host.
+    pub(crate) staging: Staging,
 }
 
 impl GpuKv {
@@ -86,6 +90,10 @@ impl GpuModel {
         &self.model
     }
 
+    pub fn model_arc(&self) -> &Arc<Model> {
+        &self.model
+    }
+
     pub fn backend(&self) -> &CudaBackend {
         &self.cuda
     }
@@ -109,7 +117,7 @@ impl GpuModel {
             k.push(self.stream().alloc_zeros::<bf16>(elems.max(1)).map_err(dev_err)?);
             v.push(self.stream().alloc_zeros::<bf16>(elems.max(1)).map_err(dev_err)?);
         }
-        Ok(GpuKv { tables: PagedKv::tables_only(layout, n_blocks), k, v })
+        Ok(GpuKv { tables: PagedKv::tables_only(layout, n_blocks), k, v, staging: Staging::default() })
     }
 
     /// As [`Model::forward_batch`]: runs each item's tokens at positions `len(seq)..`, appends
@@ -129,6 +137,69 @@ impl GpuModel {
         self.cuda.argmax(&logits.as_view(), self.model.config.vocab_size, &mut out.as_view_mut())?;
         let ids = self.stream().clone_dtoh(&out).map_err(dev_err)?;
         Ok(ids.into_iter().map(|t| t as u32).collect())
+    }
+
+    /// The executor's step: one forward, then each item's [`Want`] served on the device. Every
+    /// row that wants a token is chosen by one sampling launch (greedy rows by the same rule
+    /// inside it) with the host's seeded uniform numbers ([`crate::Draw`]), and only the ids
+    /// come back; rows that want logits are copied back whole (f32, widened from bf16).
+    pub fn step_outputs(&self, kv: &mut GpuKv, batch: &[StepItem<'_>]) -> Result<Vec<StepOut>, EngineError> {
+        let items: Vec<(SeqId, &[u32])> = batch.iter().map(|i| (i.seq, i.tokens)).collect();
+        let logits = self.step(kv, &items)?;
+        let (s, vocab) = (self.stream(), self.model.config.vocab_size);
+        let tokens = if batch.iter().any(|i| matches!(i.want, Want::Token(_))) {
+            let rows = batch.len();
+            let (mut temp, mut top_k, mut top_p, mut min_p, mut u) =
+                (vec![0f32; rows], vec![0i32; rows], vec![1f32; rows], vec![0f32; rows], vec![0f32; rows]);
+            for (r, item) in batch.iter().enumerate() {
+                // A row that wants logits is sampled greedily and its id ignored: one launch
+                // serves the whole batch.
+                if let Want::Token(draw) = item.want {
+                    // Greedy draws keep temperature 0, whatever the filters say: the kernel's
+                    // greedy rule is the host's (`Draw::is_greedy`).
+                    let f = draw.filters;
+                    if let Some(x) = draw.uniform {
+                        temp[r] = f.temperature;
+                        u[r] = x as f32;
+                    }
+                    top_k[r] = i32::try_from(f.top_k).unwrap_or(i32::MAX);
+                    top_p[r] = f.top_p;
+                    min_p[r] = f.min_p;
+                }
+            }
+            let mut out = s.alloc_zeros::<i32>(rows).map_err(dev_err)?;
+            if temp.iter().all(|&t| t <= 0.0) {
+                self.cuda.argmax(&logits.as_view(), vocab, &mut out.as_view_mut())?;
+            } else {
+                let up_f = |x: &[f32]| s.clone_htod(x).map_err(dev_err);
+                let (temp, top_p, min_p, u) = (up_f(&temp)?, up_f(&top_p)?, up_f(&min_p)?, up_f(&u)?);
+                let top_k = s.clone_htod(&top_k).map_err(dev_err)?;
+                let args = SampleArgs {
+                    temperature: temp.as_view(),
+                    top_k: top_k.as_view(),
+                    top_p: top_p.as_view(),
+                    min_p: min_p.as_view(),
+                    uniform: u.as_view(),
+                };
+                self.cuda.sample(&logits.as_view(), vocab, &args, &mut out.as_view_mut())?;
+            }
+            s.clone_dtoh(&out).map_err(dev_err)?
+        } else {
+            Vec::new()
+        };
+        let host = if batch.iter().any(|i| matches!(i.want, Want::Logits)) {
+            s.clone_dtoh(&logits).map_err(dev_err)?
+        } else {
+            Vec::new()
+        };
+        Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(r, item)| match item.want {
+                Want::Token(_) => StepOut::Token(tokens[r] as u32),
+                Want::Logits => StepOut::Logits(host[r * vocab..(r + 1) * vocab].iter().map(|x| x.to_f32()).collect()),
+            })
+            .collect())
     }
 
     /// The step; returns bf16 logits `[batch.len(), vocab]` on the device, in batch order.

@@ -11,12 +11,17 @@
 //! - KV pages leave and enter in the host page format of `paged/pages.rs` (f32 values), so a
 //!   GPU prefill and a CPU decode (or the reverse) exchange KV freely.
 //!
-//! Nothing here has run on a GPU yet: `scripts/gpu-check.sh` checks it against the CPU forward.
+//! [`GpuExecutor`] is this forward behind the engine's executor seam (`crate::Executor`), what
+//! `--device cuda` runs. Nothing here has run on a GPU yet: `scripts/gpu-check.sh` checks it
+//! against the CPU forward and the CPU engine loop.
 
+mod executor;
 mod forward;
 mod pages;
+mod staging;
 #[cfg(test)]
 mod tests;
 mod weights;
 
+pub use executor::GpuExecutor;
 pub use forward::{GpuKv, GpuModel};

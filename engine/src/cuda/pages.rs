@@ -6,7 +6,6 @@
 //! copies once, and scatters the blocks on the device. The host side is plain (pageable)
 //! memory: pinned staging would roughly double the copy rate and is left for later.
 
-use cudarc::driver::CudaSlice;
 use half::bf16;
 
 use super::forward::{dev_err, GpuKv, GpuModel};
@@ -15,29 +14,30 @@ use crate::paged::{KvLayout, PageHeader, SeqId, HEADER_LEN};
 
 impl GpuModel {
     /// `id`'s KV as pages (header and layout as [`crate::PagedKv::export`]).
-    pub fn export_pages(&self, kv: &GpuKv, id: SeqId) -> Result<Vec<u8>, EngineError> {
+    pub fn export_pages(&self, kv: &mut GpuKv, id: SeqId) -> Result<Vec<u8>, EngineError> {
         let layout = *kv.tables.layout();
         let len = kv.tables.len(id)?;
         let table: Vec<i32> = kv.tables.block_table(id)?.iter().map(|&b| b as i32).collect();
-        let (nb, row, bs) = (table.len(), layout.row(), layout.block_size);
-        let be = bs * row;
+        let (nb, be) = (table.len(), layout.block_elems());
         let mut out = Vec::with_capacity(PageHeader::byte_len(&layout, len));
         PageHeader { layout, len }.write(&mut out);
         if nb == 0 {
             return Ok(out);
         }
-        let s = self.backend().stream();
-        let ids = s.clone_htod(&table).map_err(dev_err)?;
-        let mut staging: CudaSlice<bf16> = s.alloc_zeros(layout.n_layers * 2 * nb * be).map_err(dev_err)?;
+        let cuda = self.backend();
+        let ids = cuda.stream().clone_htod(&table).map_err(dev_err)?;
+        let n = layout.n_layers * 2 * nb * be;
+        let GpuKv { k, v, staging, .. } = kv;
+        let dev = staging.device(cuda, n)?;
         for layer in 0..layout.n_layers {
-            for (kv_i, cache) in [&kv.k[layer], &kv.v[layer]].into_iter().enumerate() {
+            for (kv_i, cache) in [&k[layer], &v[layer]].into_iter().enumerate() {
                 let at = (layer * 2 + kv_i) * nb * be;
-                let mut dst = staging.slice_mut(at..at + nb * be);
-                self.backend().kv_gather_blocks(&cache.as_view(), &ids.as_view(), be, &mut dst)?;
+                let mut dst = dev.slice_mut(at..at + nb * be);
+                cuda.kv_gather_blocks(&cache.as_view(), &ids.as_view(), be, &mut dst)?;
             }
         }
-        let host = s.clone_dtoh(&staging).map_err(dev_err)?;
-        write_rows(&layout, len, nb, &host, &mut out);
+        let host = staging.download(cuda, n)?;
+        write_rows(&layout, len, nb, host, &mut out);
         Ok(out)
     }
 
@@ -55,28 +55,56 @@ impl GpuModel {
         let id = kv.tables.add_sequence(max_len.max(h.len))?;
         kv.tables.grow(id, h.len).expect("the reservation covers the pages");
         let table: Vec<i32> = kv.tables.block_table(id)?.iter().map(|&b| b as i32).collect();
-        let (nb, row, bs) = (table.len(), mine.row(), mine.block_size);
+        let nb = table.len();
         if nb == 0 {
             return Ok(id);
         }
-        let be = bs * row;
-        let host = staging_from_pages(&mine, &h, bytes, nb);
-        let s = self.backend().stream();
-        let ids = s.clone_htod(&table).map_err(dev_err)?;
-        let staging = s.clone_htod(&host).map_err(dev_err)?;
+        let scattered = self.scatter_pages(kv, &mine, &h, bytes, &table);
+        if scattered.is_err() {
+            kv.tables.release(id);
+        }
+        scattered.map(|()| id)
+    }
+
+    fn scatter_pages(
+        &self,
+        kv: &mut GpuKv,
+        mine: &KvLayout,
+        h: &PageHeader,
+        bytes: &[u8],
+        table: &[i32],
+    ) -> Result<(), EngineError> {
+        let cuda = self.backend();
+        let (nb, be) = (table.len(), mine.block_elems());
+        let ids = cuda.stream().clone_htod(table).map_err(dev_err)?;
+        let GpuKv { k, v, staging, .. } = kv;
+        let staged =
+            staging.upload(cuda, mine.n_layers * 2 * nb * be, |host| fill_staging(mine, h, bytes, nb, host))?;
         for layer in 0..mine.n_layers {
             for kv_i in 0..2 {
                 let at = (layer * 2 + kv_i) * nb * be;
-                let cache = if kv_i == 0 { &mut kv.k[layer] } else { &mut kv.v[layer] };
-                self.backend().kv_scatter_blocks(
-                    &mut cache.as_view_mut(),
-                    &staging.slice(at..at + nb * be),
-                    &ids.as_view(),
-                    be,
-                )?;
+                let cache = if kv_i == 0 { &mut k[layer] } else { &mut v[layer] };
+                cuda.kv_scatter_blocks(&mut cache.as_view_mut(), &staged.slice(at..at + nb * be), &ids.as_view(), be)?;
             }
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Copies block `from` into block `to` in every layer's K and V (a fork's private copy of
+    /// its source's partly filled last block).
+    pub(crate) fn copy_block(&self, kv: &mut GpuKv, from: u32, to: u32) -> Result<(), EngineError> {
+        let cuda = self.backend();
+        let layout = *kv.tables.layout();
+        let be = layout.block_elems();
+        let s = cuda.stream();
+        let (src, dst) = (s.clone_htod(&[from as i32]).map_err(dev_err)?, s.clone_htod(&[to as i32]).map_err(dev_err)?);
+        let GpuKv { k, v, staging, .. } = kv;
+        let tmp = staging.device(cuda, be)?;
+        for cache in k.iter_mut().chain(v.iter_mut()) {
+            cuda.kv_gather_blocks(&cache.as_view(), &src.as_view(), be, &mut tmp.slice_mut(..be))?;
+            cuda.kv_scatter_blocks(&mut cache.as_view_mut(), &tmp.slice(..be), &dst.as_view(), be)?;
+        }
+        Ok(())
     }
 }
 
@@ -98,14 +126,15 @@ pub(crate) fn write_rows(layout: &KvLayout, len: usize, nb: usize, host: &[bf16]
     }
 }
 
-/// The staging copy for `nb` blocks of `mine` (block size included) holding validated pages
-/// `bytes` (header `h`, any sender block size): position `p` goes to block `p / bs`, slot
-/// `p % bs`; unfilled slots are zero.
-pub(crate) fn staging_from_pages(mine: &KvLayout, h: &PageHeader, bytes: &[u8], nb: usize) -> Vec<bf16> {
+/// Fills `host`, the staging copy for `nb` blocks of `mine` (block size included), with
+/// validated pages `bytes` (header `h`, any sender block size): position `p` goes to block
+/// `p / bs`, slot `p % bs`; unfilled slots are zero.
+pub(crate) fn fill_staging(mine: &KvLayout, h: &PageHeader, bytes: &[u8], nb: usize, host: &mut [bf16]) {
     let (row, bs) = (mine.row(), mine.block_size);
     let be = bs * row;
     let theirs = h.layout;
-    let mut host = vec![bf16::ZERO; mine.n_layers * 2 * nb * be];
+    assert_eq!(host.len(), mine.n_layers * 2 * nb * be, "staging sized for {nb} blocks");
+    host.fill(bf16::ZERO);
     let mut floats =
         bytes[HEADER_LEN..].chunks_exact(4).map(|c| bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
     for tb in 0..theirs.blocks_for(h.len) {
@@ -122,5 +151,4 @@ pub(crate) fn staging_from_pages(mine: &KvLayout, h: &PageHeader, bytes: &[u8], 
             }
         }
     }
-    host
 }

@@ -39,7 +39,7 @@ fn decode_rows_are_packed_first_and_logits_rows_follow_batch_order() {
 /// block size, and re-slotted rows for pages from a pool with another block size.
 #[test]
 fn staging_copies_round_trip_the_page_format() {
-    use super::pages::{staging_from_pages, write_rows};
+    use super::pages::{fill_staging, write_rows};
     use crate::paged::{KvLayout, PageHeader};
 
     let layout = |block_size| KvLayout { n_layers: 2, n_kv_heads: 2, head_dim: 4, block_size };
@@ -63,7 +63,8 @@ fn staging_copies_round_trip_the_page_format() {
         let h = PageHeader::parse(&pages).unwrap();
         let mine = layout(16);
         let nb = mine.blocks_for(len);
-        let staging = staging_from_pages(&mine, &h, &pages, nb);
+        let mut staging = vec![half::bf16::ZERO; mine.n_layers * 2 * nb * mine.block_elems()];
+        fill_staging(&mine, &h, &pages, nb, &mut staging);
         let mut out = Vec::new();
         PageHeader { layout: mine, len }.write(&mut out);
         write_rows(&mine, len, nb, &staging, &mut out);

@@ -95,3 +95,70 @@ impl GgufWriter {
         f.write_all(&self.to_bytes()).map_err(|e| EngineError::io(path, e))
     }
 }
+
+/// Writes the first `n_layers` blocks of the GGUF model at `src` to `dst`: the same metadata
+/// (block count lowered, alignment the writer's own), tokenizer, embeddings, final norm and
+/// head, and the tensors of blocks `0..n_layers`, byte for byte. A real checkpoint cut down to
+/// what a size limit carries (the GPU check ships SmolLM2 this way); it computes what the whole
+/// model's first layers compute, so its logits are not the model's.
+pub fn trim_layers(src: &Path, dst: &Path, n_layers: usize) -> Result<(), EngineError> {
+    let f = super::file::GgufFile::open(src)?;
+    let bad = |message: String| EngineError::Weights { path: src.to_path_buf(), message };
+    let arch = f.get("general.architecture").and_then(Value::as_str).ok_or(bad("no `general.architecture`".into()))?;
+    let count_key = format!("{arch}.block_count");
+    let have = f.get(&count_key).and_then(Value::as_u64).ok_or(bad(format!("no `{count_key}`")))?;
+    if n_layers == 0 || n_layers as u64 > have {
+        return Err(bad(format!("cannot keep {n_layers} of {have} layers")));
+    }
+    let mut w = GgufWriter::new();
+    for (k, v) in &f.metadata {
+        match k.as_str() {
+            "general.alignment" => {}
+            _ if *k == count_key => {
+                w.meta(k, Value::U32(n_layers as u32));
+            }
+            _ => {
+                w.meta(k, v.clone());
+            }
+        }
+    }
+    for (name, t) in &f.tensors {
+        let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        if layer.is_some_and(|l| l >= n_layers) {
+            continue;
+        }
+        let dtype =
+            t.dtype.map_err(|id| bad(format!("tensor `{name}` has ggml type {id}, which pdq does not read")))?;
+        w.tensor(name, &t.dims, dtype, f.map[t.range.clone()].to_vec());
+    }
+    w.write(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Model;
+
+    /// A trimmed model is the whole model's first layers: with every layer kept it is the same
+    /// model, and with fewer it loads with that many and its own (different) logits.
+    #[test]
+    fn trim_keeps_the_first_layers_byte_for_byte() {
+        let dir = std::env::temp_dir().join(format!("pdq-gguf-trim-{}", std::process::id()));
+        super::super::fixture::write(QuantType::Q4_1, &dir).unwrap();
+        let full = Model::load(&dir.join("model.gguf")).unwrap();
+        let layers = full.config.num_hidden_layers;
+        assert!(layers >= 2, "the fixture has {layers} layers");
+        let (same, one) = (dir.join("same.gguf"), dir.join("one.gguf"));
+        trim_layers(&dir.join("model.gguf"), &same, layers).unwrap();
+        trim_layers(&dir.join("model.gguf"), &one, 1).unwrap();
+        let (same, one) = (Model::load(&same).unwrap(), Model::load(&one).unwrap());
+        assert_eq!(one.config.num_hidden_layers, 1);
+        let prompt = full.encode("trim me").unwrap();
+        let logits = |m: &Model| m.prefill(&prompt).unwrap().1;
+        assert_eq!(logits(&same), logits(&full));
+        assert_ne!(logits(&one), logits(&full));
+        let e = trim_layers(&dir.join("model.gguf"), &dir.join("x.gguf"), layers + 1).unwrap_err();
+        assert!(e.to_string().contains(&format!("cannot keep {} of {layers} layers", layers + 1)), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

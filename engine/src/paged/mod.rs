@@ -24,35 +24,7 @@ pub(crate) use pages::HEADER_LEN;
 
 use crate::error::EngineError;
 
-/// Tokens per block: small enough that the last, partly filled block wastes little, large
-/// enough that a block's rows are contiguous for a sizeable stretch of attention.
-pub const DEFAULT_BLOCK_SIZE: usize = 16;
-
-/// Geometry of a pool: the model's KV shape and the block size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLayout {
-    pub n_layers: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub block_size: usize,
-}
-
-impl KvLayout {
-    /// Floats in one token row of one layer's K (or V).
-    pub fn row(&self) -> usize {
-        self.n_kv_heads * self.head_dim
-    }
-
-    /// Floats in one block (all layers, K and V).
-    pub fn block_floats(&self) -> usize {
-        self.n_layers * 2 * self.block_size * self.row()
-    }
-
-    /// Blocks needed for `tokens` tokens.
-    pub fn blocks_for(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.block_size)
-    }
-}
+pub use pdq_kernels::paged::{KvLayout, DEFAULT_BLOCK_SIZE};
 
 /// A sequence in a [`PagedKv`]; only meaningful for the pool that issued it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,8 +166,25 @@ impl PagedKv {
 
     /// A new sequence with `src`'s tokens, reserved for `max_len` tokens, that shares `src`'s
     /// full blocks and gets a copy of its partly filled last block (the one both would write
-    /// next). Takes [`PagedKv::fork_cost`] blocks; on error nothing changed.
+    /// next). Takes [`PagedKv::fork_cost`] blocks; on error nothing changed. A tables-only pool
+    /// cannot copy rows: its owner forks with [`PagedKv::fork_tables`] and copies the block.
     pub fn fork(&mut self, src: SeqId, max_len: usize) -> Result<SeqId, EngineError> {
+        if !self.host_data && self.seq(src)?.len % self.layout.block_size != 0 {
+            return Err(EngineError::KvCache("fork of a partly filled block in a tables-only pool".into()));
+        }
+        let (id, copy) = self.fork_tables(src, max_len)?;
+        if let Some((from, to)) = copy {
+            let floats = self.layout.block_floats();
+            let (from, to) = (from as usize * floats, to as usize * floats);
+            self.data.copy_within(from..from + floats, to);
+        }
+        Ok(id)
+    }
+
+    /// [`PagedKv::fork`]'s bookkeeping alone: returns the new sequence and, when `src`'s last
+    /// block is partly filled, `(from, to)`: the block whose rows the caller must copy into
+    /// the fork's fresh block before either sequence runs again.
+    pub fn fork_tables(&mut self, src: SeqId, max_len: usize) -> Result<(SeqId, Option<(u32, u32)>), EngineError> {
         let (len, blocks) = {
             let s = self.seq(src)?;
             (s.len, s.blocks.clone())
@@ -205,28 +194,22 @@ impl PagedKv {
             return Err(EngineError::KvCapacity { needed: need, available: self.available_blocks() });
         }
         let full = len / self.layout.block_size;
-        let partial = full < blocks.len();
-        if partial && !self.host_data {
-            return Err(EngineError::KvCache("fork of a partly filled block in a tables-only pool".into()));
-        }
         let mut table = blocks[..full].to_vec();
         for &b in &table {
             self.refs[b as usize] += 1;
         }
-        if partial {
-            let copy = self.free.pop().expect("the fork's cost was checked against the free blocks");
-            let floats = self.layout.block_floats();
-            let (from, to) = (blocks[full] as usize * floats, copy as usize * floats);
-            self.data.copy_within(from..from + floats, to);
-            self.refs[copy as usize] = 1;
-            table.push(copy);
-        }
+        let copy = (full < blocks.len()).then(|| {
+            let to = self.free.pop().expect("the fork's cost was checked against the free blocks");
+            self.refs[to as usize] = 1;
+            table.push(to);
+            (blocks[full], to)
+        });
         let id = SeqId(self.next_id);
         self.next_id += 1;
         let seq = Seq { blocks: table, len, max_len: max_len.max(len) };
         self.reserved += seq.reserved(&self.layout);
         self.seqs.insert(id, seq);
-        Ok(id)
+        Ok((id, copy))
     }
 
     /// Tokens held for `id` (the position its next token takes).

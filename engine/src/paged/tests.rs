@@ -154,3 +154,27 @@ fn forks_share_full_blocks_and_copy_the_partial_one() {
     assert_eq!(kv.fork(c, 1000).unwrap_err().error_type(), "kv_capacity");
     kv.check().unwrap();
 }
+
+/// A tables-only pool forks by bookkeeping alone and names the block its owner must copy; the
+/// tables match a host pool's fork exactly.
+#[test]
+fn tables_only_forks_name_the_block_to_copy() {
+    let (mut host, mut tables) = (PagedKv::new(layout(4), 12), PagedKv::tables_only(layout(4), 12));
+    let (ha, ta) = (host.add_sequence(10).unwrap(), tables.add_sequence(10).unwrap());
+    host.grow(ha, 10).unwrap();
+    tables.grow(ta, 10).unwrap();
+    assert!(tables.fork(ta, 14).unwrap_err().to_string().contains("tables-only"), "rows would be needed");
+    tables.check().unwrap();
+    let hb = host.fork(ha, 14).unwrap();
+    let (tb, copy) = tables.fork_tables(ta, 14).unwrap();
+    tables.check().unwrap();
+    assert_eq!(host.block_table(hb).unwrap(), tables.block_table(tb).unwrap());
+    assert_eq!(copy, Some((tables.block_table(ta).unwrap()[2], tables.block_table(tb).unwrap()[2])));
+    assert_eq!(host.available_blocks(), tables.available_blocks());
+    // On a block boundary nothing is copied, and `fork` works on tables alone.
+    let c = tables.add_sequence(8).unwrap();
+    tables.grow(c, 8).unwrap();
+    assert_eq!(tables.fork_tables(c, 9).unwrap().1, None);
+    assert!(tables.fork(c, 9).is_ok());
+    tables.check().unwrap();
+}

@@ -76,7 +76,7 @@ impl CudaBackend {
         let (dq, dk, dv) = (self.up("attention", q), self.up("attention", k), self.up("attention", v));
         let (dt, dl) = (self.up("attention", &[0i32]), self.up("attention", &[len as i32]));
         let mut dout = self.up("attention", out);
-        let kv = super::PagedKv {
+        let kv = super::KvViews {
             k_cache: dk.as_view(),
             v_cache: dv.as_view(),
             block_tables: dt.as_view(),

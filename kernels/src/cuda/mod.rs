@@ -26,7 +26,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 
 pub use dtype::DType;
 pub use module::{compile, kernel_names, program_source};
-pub use ops::{PagedKv, SampleArgs};
+pub use ops::{KvViews, SampleArgs};
 
 use crate::KernelError;
 
@@ -117,6 +117,11 @@ impl CudaBackend {
     /// The stream every op is queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+
+    /// The device's context (pinned host allocations are made through it).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
     }
 
     /// Device name and compute capability, for logs.

@@ -33,7 +33,7 @@ fn rows_of(name: &str, len: usize, row: usize) -> Result<usize, KernelError> {
 /// One layer's paged K/V cache plus the batch's block tables (layout: [`crate::paged`]).
 /// Contract the launchers cannot check without a copy: every id in `block_tables` is below
 /// `num_blocks`, and `context_lens[s] <= max_blocks * block_size`.
-pub struct PagedKv<'a, T> {
+pub struct KvViews<'a, T> {
     /// `[num_blocks, block_size, n_kv_heads, head_dim]`.
     pub k_cache: CudaView<'a, T>,
     pub v_cache: CudaView<'a, T>,
@@ -45,7 +45,7 @@ pub struct PagedKv<'a, T> {
     pub block_size: usize,
 }
 
-impl<T> PagedKv<'_, T> {
+impl<T> KvViews<'_, T> {
     fn check(&self, shape: AttnShape) -> Result<usize, KernelError> {
         let num_seqs = self.context_lens.len();
         expect_len("block_tables", self.block_tables.len(), num_seqs * self.max_blocks)?;
@@ -269,7 +269,7 @@ impl CudaBackend {
     pub fn paged_attention_decode<T: DType>(
         &self,
         q: &CudaView<T>,
-        kv: &PagedKv<T>,
+        kv: &KvViews<T>,
         shape: AttnShape,
         out: &mut CudaViewMut<T>,
     ) -> Result<(), KernelError> {
@@ -287,7 +287,7 @@ impl CudaBackend {
         b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&mb).arg(&scale);
         // SAFETY: matches `paged_attention_decode_<T>(T*, const T*, const T*, const T*, const int*,
         // const int*, int, int, int, int, int, float)`; lengths checked above, block ids and
-        // context lengths in range by the PagedKv contract.
+        // context lengths in range by the KvViews contract.
         unsafe { b.launch(cfg(l)) }.map_err(driver_err)?;
         self.after_launch("paged_attention_decode")
     }
@@ -300,7 +300,7 @@ impl CudaBackend {
         q: &CudaView<T>,
         cu_q_lens: &CudaView<i32>,
         max_q_len: usize,
-        kv: &PagedKv<T>,
+        kv: &KvViews<T>,
         shape: AttnShape,
         out: &mut CudaViewMut<T>,
     ) -> Result<(), KernelError> {
@@ -324,7 +324,7 @@ impl CudaBackend {
         b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&mb).arg(&scale);
         // SAFETY: matches `prefill_attention_<T>(T*, const T*, const T*, const T*, const int*,
         // const int*, const int*, int, int, int, int, int, float)`; lengths checked above, the
-        // rest by the contracts of this op and PagedKv.
+        // rest by the contracts of this op and KvViews.
         unsafe { b.launch(cfg(l)) }.map_err(driver_err)?;
         self.after_launch("prefill_attention")
     }

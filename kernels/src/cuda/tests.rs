@@ -314,7 +314,7 @@ fn decode_case<T: DType>(g: &CudaBackend, r: &mut Rng) {
     let mut want = vec![0f32; q.len()];
     cpu::paged_attention_decode(&q, &c.k, &c.v, &c.tables, &ctx, shape, bs, &mut want);
     let (dq, dt, dl) = (up::<T>(g, &q), up_raw(g, &c.tables.flat), up_raw(g, &ctx));
-    let kv = PagedKv {
+    let kv = KvViews {
         k_cache: c.dk.as_view(),
         v_cache: c.dv.as_view(),
         block_tables: dt.as_view(),
@@ -346,7 +346,7 @@ fn prefill_case<T: DType>(g: &CudaBackend, r: &mut Rng) {
     let mut want = vec![0f32; q.len()];
     cpu::prefill_attention(&q, &c.k, &c.v, &cu, &ctx32, &c.tables, shape, bs, &mut want);
     let (dq, dcu, dt, dl) = (up::<T>(g, &q), up_raw(g, &cu), up_raw(g, &c.tables.flat), up_raw(g, &ctx32));
-    let kv = PagedKv {
+    let kv = KvViews {
         k_cache: c.dk.as_view(),
         v_cache: c.dv.as_view(),
         block_tables: dt.as_view(),

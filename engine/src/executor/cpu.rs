@@ -1,0 +1,70 @@
+//! The CPU executor: [`Model::forward_batch`] over a host [`PagedKv`], sampling on the host.
+
+use std::sync::Arc;
+
+use super::{Executor, StepItem, StepOut, Want};
+use crate::error::EngineError;
+use crate::model::Model;
+use crate::paged::{PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
+
+pub struct CpuExecutor {
+    model: Arc<Model>,
+    kv: PagedKv,
+}
+
+impl CpuExecutor {
+    /// A pool of `pool_bytes / block bytes` f32 blocks (at least one), committed by the OS only
+    /// as blocks are written.
+    pub fn new(model: Arc<Model>, pool_bytes: usize) -> CpuExecutor {
+        let block_bytes = model.kv_layout(DEFAULT_BLOCK_SIZE).block_floats() * 4;
+        let kv = model.new_paged_kv((pool_bytes / block_bytes).max(1));
+        CpuExecutor { model, kv }
+    }
+}
+
+impl Executor for CpuExecutor {
+    fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    fn device(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn pool(&self) -> &PagedKv {
+        &self.kv
+    }
+
+    fn add_sequence(&mut self, max_len: usize) -> Result<SeqId, EngineError> {
+        self.kv.add_sequence(max_len)
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        self.kv.release(seq)
+    }
+
+    fn fork(&mut self, src: SeqId, max_len: usize) -> Result<SeqId, EngineError> {
+        self.kv.fork(src, max_len)
+    }
+
+    fn export(&mut self, seq: SeqId) -> Result<Vec<u8>, EngineError> {
+        self.kv.export(seq)
+    }
+
+    fn import(&mut self, pages: &[u8], max_len: usize) -> Result<SeqId, EngineError> {
+        self.kv.import(pages, max_len)
+    }
+
+    fn step(&mut self, batch: &[StepItem<'_>]) -> Result<Vec<StepOut>, EngineError> {
+        let items: Vec<(SeqId, &[u32])> = batch.iter().map(|i| (i.seq, i.tokens)).collect();
+        let logits = self.model.forward_batch(&mut self.kv, &items)?;
+        Ok(batch
+            .iter()
+            .zip(logits)
+            .map(|(item, logits)| match item.want {
+                Want::Logits => StepOut::Logits(logits),
+                Want::Token(draw) => StepOut::Token(draw.pick(&logits)),
+            })
+            .collect())
+    }
+}
