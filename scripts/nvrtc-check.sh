@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Compiles every CUDA kernel (kernels/cuda/*.cu) with NVRTC for sm_90 (compute_90) and checks
 # that each exports its f32 and bf16 entry points, then type-checks the GPU-only Rust code (the
-# engine's GPU forward and gpu_check example) so it cannot rot where CI has no GPU. Needs no GPU
-# and no driver: NVRTC is a compiler library, installed here from NVIDIA's pip wheel (once, under
-# the cargo target dir). Extra arguments go to cargo test.
+# engine's GPU executor and gpu_check example, the workers' loop_check) so it cannot rot where
+# CI has no GPU. Needs no GPU and no driver: NVRTC is a compiler library, installed here from
+# NVIDIA's pip wheel (once, under the cargo target dir). Extra arguments go to cargo test.
 #
 #   NVRTC_WHEEL   pip requirement (default: NVRTC of CUDA 13.0, what the GPU machines run)
 #   PDQ_NVRTC_CHECK_ROOT=1   also `cargo check -p pdq --features cuda` (off by default: the root
@@ -23,7 +23,7 @@ if [[ ! -e $lib/libnvrtc.so.13 || "$(cat "$dir/.requirement" 2>/dev/null)" != "$
 fi
 export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cargo test -p pdq-kernels --features cuda nvrtc "$@"
-cargo check -p pdq-engine --features cuda --all-targets
+cargo check -p pdq-engine -p pdq-workers --features cuda --all-targets
 # The GPU forward's host-side packing, which needs no GPU.
 cargo test -p pdq-engine --features cuda --lib cuda::
 if [[ ${PDQ_NVRTC_CHECK_ROOT:-0} != 0 ]]; then

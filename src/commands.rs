@@ -191,9 +191,8 @@ pub fn load_model(arg: &ModelArg) -> Result<Device> {
         }
         model = m;
     }
-    let device = Device::open(Arc::new(model), arg.device)?;
-    tracing::info!(device = device.name(), "compute device");
-    Ok(device)
+    // One log line says where it runs when `auto` fell back, or which GPU it took.
+    Ok(Device::open(Arc::new(model), arg.device)?)
 }
 
 pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {

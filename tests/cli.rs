@@ -95,6 +95,17 @@ async fn errors_are_one_line_naming_the_service_without_its_password(pool: PgPoo
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no live workers"), "{}", stderr(&out));
 
+    // `--device cuda` where the build has no CUDA: one error line saying how to get it, before
+    // the worker registers anywhere.
+    if !pdq_engine::cuda_built() {
+        let out = env.run(&["worker", "--role", "decode", "--dp-rank", "0", "--device", "cuda"]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("pdq: ")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains("built without CUDA; rebuild with --features cuda"), "{err}");
+    }
+
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-{}", env.namespace));
     let out = env.run(&["model", "tiny", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -16,6 +16,13 @@ pub struct GpuExecutor {
 }
 
 impl GpuExecutor {
+    /// Makes the device's context current on the calling thread. The executor is built on one
+    /// thread and driven from the engine's; cudarc binds before its own copies and launches,
+    /// but cuBLAS calls run on whatever context is current.
+    fn bind(&self) -> Result<(), EngineError> {
+        self.gpu.backend().context().bind_to_thread().map_err(super::forward::dev_err)
+    }
+
     /// A device pool of `pool_bytes / block bytes` bf16 blocks (at least one), allocated and
     /// zeroed now, so a pool that does not fit fails at start, not mid-batch.
     pub fn new(gpu: Arc<GpuModel>, pool_bytes: usize) -> Result<GpuExecutor, EngineError> {
@@ -47,6 +54,7 @@ impl Executor for GpuExecutor {
     }
 
     fn fork(&mut self, src: SeqId, max_len: usize) -> Result<SeqId, EngineError> {
+        self.bind()?;
         let (id, copy) = self.kv.tables_mut().fork_tables(src, max_len)?;
         if let Some((from, to)) = copy {
             if let Err(e) = self.gpu.copy_block(&mut self.kv, from, to) {
@@ -58,14 +66,17 @@ impl Executor for GpuExecutor {
     }
 
     fn export(&mut self, seq: SeqId) -> Result<Vec<u8>, EngineError> {
+        self.bind()?;
         self.gpu.export_pages(&mut self.kv, seq)
     }
 
     fn import(&mut self, pages: &[u8], max_len: usize) -> Result<SeqId, EngineError> {
+        self.bind()?;
         self.gpu.import_pages(&mut self.kv, pages, max_len)
     }
 
     fn step(&mut self, batch: &[StepItem<'_>]) -> Result<Vec<StepOut>, EngineError> {
+        self.bind()?;
         self.gpu.step_outputs(&mut self.kv, batch)
     }
 }
