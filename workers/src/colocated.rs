@@ -1,4 +1,5 @@
-//! A colocated rank: prefill and decode on one engine, no KV hop. The baseline that the
+//! A colocated rank: prefill and decode on one engine, no KV hop (the prompt's KV never leaves
+//! the engine's pool). The baseline that the
 //! disaggregated pipeline is compared against, and a mode of its own for small deployments.
 
 use std::sync::Arc;
@@ -28,8 +29,8 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
         Ok(g) => g,
         Err(e) => return Ok(a.failed_row().write(e.to_body())),
     };
-    let pre = ctx.engine.prefill(a.tokens.clone(), params.clone(), a.req.sampling.n as usize, grammar.clone()).await?;
-    let out = ctx.engine.decode(pre.pages, pre.firsts, params, grammar).await?;
+    // Prefill and decode on this rank's engine, the KV staying in its pool.
+    let (prefill_time, out) = ctx.engine.generate(a.tokens.clone(), params, a.req.sampling.n as usize, grammar).await?;
     let decode_time = out.elapsed.as_secs_f64();
     let answer = answer(ctx.engine.model(), out, a.req.sampling.logprobs.is_some());
     let rank = ctx.cfg.rank;
@@ -41,7 +42,7 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
         e2e_latency: (now_ms() - a.enqueued_at_ms).max(0) as f64 / 1000.0,
         timings: Timings {
             queue_time: a.queue_time,
-            prefill_time: pre.elapsed.as_secs_f64(),
+            prefill_time: prefill_time.as_secs_f64(),
             kv_transfer_time: 0.0,
             decode_time,
         },

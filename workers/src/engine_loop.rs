@@ -7,8 +7,10 @@
 //!
 //! Each iteration (continuous batching):
 //! 1. admits waiting prompts while they fit the prefill token budget (always at least one) and
-//!    the pool has blocks for them, and prefills them as one batch; each prompt's pages are
-//!    exported and its blocks released at once (the KV store holds the bytes, not the pool);
+//!    the pool has blocks for them, and prefills them as one batch. A prefill rank's prompt has
+//!    its pages exported and its blocks released at once (the KV store holds the bytes, not the
+//!    pool); a colocated rank's prompt ([`EngineHandle::generate`]) was admitted with blocks for
+//!    its whole generation and goes straight on to decoding in the pool, its KV never copied;
 //! 2. admits waiting decode jobs in arrival order while fewer than `max_running` run and the pool
 //!    can reserve blocks for their whole generation (prompt + `max_new_tokens`, capped at the
 //!    context), writing their received pages straight into those blocks; a job with `n` choices
@@ -66,7 +68,25 @@ struct PrefillJob {
     params: SamplingParams,
     n: usize,
     grammar: Option<Constrained>,
-    reply: oneshot::Sender<Result<PrefillOut, EngineError>>,
+    reply: PrefillReply,
+}
+
+/// Where a prefilled prompt goes.
+enum PrefillReply {
+    /// Out as pages (a prefill rank): the KV leaves the pool.
+    Pages(oneshot::Sender<Result<PrefillOut, EngineError>>),
+    /// On to decoding in this pool (a colocated rank): the prefill time once it ran, then the
+    /// choices.
+    Decode { prefilled: oneshot::Sender<Duration>, reply: oneshot::Sender<Result<DecodeOut, EngineError>> },
+}
+
+impl PrefillReply {
+    fn fail(self, e: EngineError) {
+        match self {
+            PrefillReply::Pages(tx) => drop(tx.send(Err(e))),
+            PrefillReply::Decode { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
 }
 
 /// A decode job waiting for blocks; its pages were validated when it was queued.
@@ -204,9 +224,28 @@ impl EngineHandle {
         grammar: Option<Constrained>,
     ) -> Result<PrefillOut, WorkerError> {
         let (reply, rx) = oneshot::channel();
-        let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply };
+        let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Pages(reply) };
         self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
         Ok(rx.await.map_err(|_| WorkerError::EngineStopped)??)
+    }
+
+    /// Prefill and decode on this engine, the KV staying in its pool (a colocated rank): the
+    /// same tokens as [`EngineHandle::prefill`] then [`EngineHandle::decode`], without the
+    /// pages' export and import. Returns the prefill time beside the choices, whose `elapsed`
+    /// is the decoding alone.
+    pub async fn generate(
+        &self,
+        tokens: Vec<u32>,
+        params: SamplingParams,
+        n: usize,
+        grammar: Option<Constrained>,
+    ) -> Result<(Duration, DecodeOut), WorkerError> {
+        let ((prefilled, prefill_rx), (reply, rx)) = (oneshot::channel(), oneshot::channel());
+        let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Decode { prefilled, reply } };
+        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
+        let out = rx.await.map_err(|_| WorkerError::EngineStopped)??;
+        // Sent before any choice could finish; absent only when the prompt failed first.
+        Ok((prefill_rx.await.unwrap_or_default(), out))
     }
 
     /// Generates every choice from prefilled KV pages whose first tokens were already sampled
@@ -253,7 +292,7 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
         while let Ok(job) = rx.try_recv() {
             enqueue(job, &mut prefills, &mut waiting);
         }
-        let prefilled = prefill_batch(&model, &cfg, exec, &mut prefills);
+        let prefilled = prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
         let admitted = admit_decodes(&model, &cfg, exec, &mut waiting, &mut dec);
 
         if !prefilled && !admitted && dec.running.is_empty() {
@@ -277,22 +316,20 @@ fn enqueue(job: Job, prefills: &mut VecDeque<PrefillJob>, waiting: &mut VecDeque
     }
 }
 
-/// The error for work needing more blocks than the whole pool: it would wait forever.
-fn never_fits(kv: &PagedKv, tokens: usize) -> Option<EngineError> {
-    let needed = kv.layout().blocks_for(tokens);
-    (needed > kv.n_blocks()).then_some(EngineError::KvCapacity { needed, available: kv.n_blocks() })
-}
-
 /// Step 1 of the loop; returns whether any prompt ran.
 fn prefill_batch(
     model: &Model,
     cfg: &EngineLoopConfig,
     exec: &mut dyn Executor,
     queue: &mut VecDeque<PrefillJob>,
+    dec: &mut Decoding,
 ) -> bool {
     let started = Instant::now();
     let mut batch: Vec<(SeqId, PrefillJob)> = Vec::new();
     let mut budget = cfg.prefill_token_budget;
+    // Blocks the batch's kept prompts will fork into after the step (not reserved in the pool
+    // until then), and the sequences they will add to the running batch.
+    let (mut promised, mut joining) = (0usize, 0usize);
     while let Some(job) = queue.front() {
         let n = job.tokens.len();
         // Always admit one prompt per iteration, even one longer than the budget.
@@ -300,20 +337,35 @@ fn prefill_batch(
             break;
         }
         if let Err(e) = model.check_tokens(0, &job.tokens) {
-            let job = queue.pop_front().expect("front exists");
-            let _ = job.reply.send(Err(e));
+            queue.pop_front().expect("front exists").reply.fail(e);
             continue;
         }
-        if let Some(e) = never_fits(exec.pool(), n) {
-            let job = queue.pop_front().expect("front exists");
-            let _ = job.reply.send(Err(e));
+        // A kept prompt reserves its whole generation now, so decoding never waits for blocks
+        // (and never deadlocks holding a prompt's): the longest choice's blocks, plus the
+        // blocks each other choice's fork takes.
+        let keep = matches!(job.reply, PrefillReply::Decode { .. });
+        let max_len = if keep { generation_len(model, n, &job.params) } else { n };
+        let pool = exec.pool();
+        let forks = if keep { (job.n - 1) * pool.fork_cost(n, max_len) } else { 0 };
+        let need = pool.layout().blocks_for(max_len) + forks;
+        if need > pool.n_blocks() {
+            let available = pool.n_blocks();
+            queue.pop_front().expect("front exists").reply.fail(EngineError::KvCapacity { needed: need, available });
             continue;
         }
-        if !exec.pool().can_admit(n) {
+        if need > pool.available_blocks().saturating_sub(promised) {
             break;
         }
-        let seq = exec.add_sequence(n).expect("admission was checked");
+        // As in step 2: a job with more choices than `max_running` runs alone rather than never.
+        let running = dec.running.len() + joining;
+        if keep && running > 0 && running + job.n > cfg.max_running {
+            break;
+        }
+        let seq = exec.add_sequence(max_len).expect("admission was checked");
         budget = budget.saturating_sub(n);
+        if keep {
+            (promised, joining) = (promised + forks, joining + job.n);
+        }
         batch.push((seq, queue.pop_front().expect("front exists")));
     }
     if batch.is_empty() {
@@ -323,24 +375,129 @@ fn prefill_batch(
         batch.iter().map(|(seq, job)| StepItem { seq: *seq, tokens: &job.tokens, want: first_want(job) }).collect();
     let result = exec.step(&items);
     let elapsed = started.elapsed();
-    match result {
-        Ok(outs) => {
-            for ((seq, job), out) in batch.into_iter().zip(outs) {
-                let out = first_tokens(out, &job)
-                    .and_then(|firsts| exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
-                exec.release(seq);
-                let _ = job.reply.send(out);
-            }
-        }
+    let outs = match result {
+        Ok(outs) => outs,
         Err(e) => {
             tracing::error!(error = %e, "prefill batch failed");
             for (seq, job) in batch {
                 exec.release(seq);
-                let _ = job.reply.send(Err(EngineError::KvCache(format!("prefill batch failed: {e}"))));
+                job.reply.fail(EngineError::KvCache(format!("prefill batch failed: {e}")));
             }
+            return true;
+        }
+    };
+    for ((seq, job), out) in batch.into_iter().zip(outs) {
+        let firsts = first_tokens(out, &job);
+        match job.reply {
+            PrefillReply::Pages(tx) => {
+                let out = firsts.and_then(|firsts| exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
+                exec.release(seq);
+                let _ = tx.send(out);
+            }
+            PrefillReply::Decode { prefilled, reply } => match firsts {
+                Err(e) => {
+                    exec.release(seq);
+                    let _ = reply.send(Err(e));
+                }
+                Ok(firsts) => {
+                    let _ = prefilled.send(elapsed);
+                    let gens = choices(model, job.tokens.len(), &job.params, &job.grammar, &firsts);
+                    let max_len = generation_len(model, job.tokens.len(), &job.params);
+                    let group = Start { firsts: &firsts, started: Instant::now(), reply, max_len };
+                    start_group(model, exec, dec, group, gens, Source::Kept(seq));
+                }
+            },
         }
     }
     true
+}
+
+/// Tokens a generation can reach: prompt plus `max_new_tokens`, capped at the context. Every
+/// sequence of a job is reserved for this, so growth within it never fails.
+fn generation_len(model: &Model, prompt_len: usize, params: &SamplingParams) -> usize {
+    prompt_len.saturating_add(params.max_new_tokens).min(model.max_context())
+}
+
+/// A choice's generation per first token, each already holding its first token (which may
+/// finish it).
+fn choices(
+    model: &Model,
+    prompt_len: usize,
+    params: &SamplingParams,
+    grammar: &Option<Constrained>,
+    firsts: &[First],
+) -> Vec<Generation> {
+    firsts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut gen = Generation::new(prompt_len, params.for_choice(i), model.eos_token_ids(), model.max_context())
+                .with_grammar(grammar.clone());
+            gen.push_scored(model, f.token, f.logprob.clone());
+            gen
+        })
+        .collect()
+}
+
+/// Where a starting group's KV comes from.
+enum Source<'a> {
+    /// Received pages, imported by the first live choice.
+    Pages(&'a [u8]),
+    /// A prompt prefilled in this pool (reserved for the whole generation), which the first
+    /// live choice takes over; released when no choice lives.
+    Kept(SeqId),
+}
+
+struct Start<'a> {
+    firsts: &'a [First],
+    started: Instant,
+    reply: oneshot::Sender<Result<DecodeOut, EngineError>>,
+    /// The longest choice's length: what every sequence is reserved for.
+    max_len: usize,
+}
+
+/// Registers a job's choices as a group and starts its live ones: the first takes the KV from
+/// `source`, the others fork it (sharing its full blocks).
+fn start_group(
+    model: &Model,
+    exec: &mut dyn Executor,
+    dec: &mut Decoding,
+    job: Start<'_>,
+    gens: Vec<Generation>,
+    source: Source<'_>,
+) {
+    let group = dec.next_group;
+    dec.next_group += 1;
+    let outs = (0..gens.len()).map(|_| None).collect();
+    dec.groups.insert(group, Group { outs, left: gens.len(), started: job.started, reply: job.reply });
+    let (mut source, mut root) = (Some(source), None);
+    for (choice, (gen, first)) in gens.into_iter().zip(job.firsts).enumerate() {
+        if gen.is_finished() {
+            dec.complete(model, group, choice, &gen);
+            continue;
+        }
+        let seq = match (root, source.take()) {
+            (Some(root), _) => exec.fork(root, job.max_len),
+            (None, Some(Source::Pages(pages))) => exec.import(pages, job.max_len),
+            (None, Some(Source::Kept(seq))) => Ok(seq),
+            (None, None) => unreachable!("the first live choice takes the source"),
+        };
+        match seq {
+            Ok(seq) => {
+                root.get_or_insert(seq);
+                dec.running.push(Running { seq, gen, last: first.token, group, choice });
+            }
+            Err(e) => {
+                dec.fail(group, e);
+                break;
+            }
+        }
+    }
+    // No choice lived (or the first failed before taking it): the kept prompt goes back.
+    if let Some(Source::Kept(seq)) = source {
+        exec.release(seq);
+    }
+    dec.sweep(exec);
 }
 
 /// What a prompt needs back: its first token alone, unless a grammar masks it, it is scored,
@@ -389,18 +546,7 @@ fn admit_decodes(
     while dec.running.len() < cfg.max_running {
         let Some(job) = waiting.front() else { break };
         // The first tokens came from prefill; they may already end some choices, needing no blocks.
-        let gens: Vec<Generation> = job
-            .firsts
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let params = job.params.for_choice(i);
-                let mut gen = Generation::new(job.prompt_len, params, model.eos_token_ids(), model.max_context())
-                    .with_grammar(job.grammar.clone());
-                gen.push_scored(model, f.token, f.logprob.clone());
-                gen
-            })
-            .collect();
+        let gens = choices(model, job.prompt_len, &job.params, &job.grammar, &job.firsts);
         let live = gens.iter().filter(|g| !g.is_finished()).count();
         // A job with more choices than `max_running` runs alone rather than never.
         if live > 0 && !dec.running.is_empty() && dec.running.len() + live > cfg.max_running {
@@ -408,7 +554,7 @@ fn admit_decodes(
         }
         // Reserve for the longest generation, so growth never fails and nothing is preempted:
         // the first live choice imports the pages, the others fork them.
-        let max_len = job.prompt_len.saturating_add(job.params.max_new_tokens).min(model.max_context());
+        let max_len = generation_len(model, job.prompt_len, &job.params);
         let pool = exec.pool();
         let need = match live {
             0 => 0,
@@ -426,32 +572,9 @@ fn admit_decodes(
         }
         let job = waiting.pop_front().expect("front exists");
         admitted = true;
-        let group = dec.next_group;
-        dec.next_group += 1;
-        let outs = (0..gens.len()).map(|_| None).collect();
-        dec.groups.insert(group, Group { outs, left: gens.len(), started: job.started, reply: job.reply });
-        let mut root = None;
-        for (choice, (gen, first)) in gens.into_iter().zip(&job.firsts).enumerate() {
-            if gen.is_finished() {
-                dec.complete(model, group, choice, &gen);
-                continue;
-            }
-            let seq = match root {
-                None => exec.import(&job.pages, max_len),
-                Some(root) => exec.fork(root, max_len),
-            };
-            match seq {
-                Ok(seq) => {
-                    root.get_or_insert(seq);
-                    dec.running.push(Running { seq, gen, last: first.token, group, choice });
-                }
-                Err(e) => {
-                    dec.fail(group, e);
-                    break;
-                }
-            }
-        }
-        dec.sweep(exec);
+        let DecodeJob { pages, firsts, started, reply, .. } = *job;
+        let start = Start { firsts: &firsts, started, reply, max_len };
+        start_group(model, exec, dec, start, gens, Source::Pages(&pages));
     }
     admitted
 }

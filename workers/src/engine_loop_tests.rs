@@ -104,3 +104,40 @@ async fn n_choices_share_one_prefill_and_match_single_requests_seeded_seed_plus_
         assert_eq!(a.output_ids, b.output_ids);
     }
 }
+
+/// A colocated rank's `generate` keeps the KV in the pool and gets exactly the tokens (and
+/// log-probabilities) of prefill then decode through pages, alone or squeezed into a pool that
+/// holds one generation at a time; work that could never fit fails instead of waiting.
+#[tokio::test]
+async fn generate_keeps_the_kv_in_the_pool_with_the_tokens_of_the_page_hop() {
+    let prompts: Vec<Vec<u32>> =
+        (0..6u32).map(|i| (0..10 + 5 * i).map(|j| (i * 41 + j * 7) % 500 + 3).collect()).collect();
+    let want = |i: usize| SamplingParams { logprobs: i.is_multiple_of(2).then_some(2), ..params(18, 70 + i as u64) };
+    let n = |i: usize| 1 + i % 3;
+    let hop = spawn(1024, 8, "engine-hop");
+    let mut reference = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        reference.push(choices(&hop, p, want(i), n(i)).await);
+    }
+    // Roomy, all at once; then 8 blocks: the largest job (35 + 18 tokens, 3 choices sharing two
+    // full prompt blocks: 4 + 2 + 2 blocks) just fits, so jobs wait for each other's blocks.
+    for (blocks, name) in [(1024, "engine-gen"), (8, "engine-gen-tight")] {
+        let engine = spawn(blocks, 8, name);
+        let runs = prompts.iter().enumerate().map(|(i, p)| {
+            let engine = engine.clone();
+            async move { engine.generate(p.clone(), want(i), n(i), None).await }
+        });
+        for (i, out) in join_all(runs).await.into_iter().enumerate() {
+            let (prefill, out) = out.unwrap_or_else(|e| panic!("{name} request {i}: {e}"));
+            assert!(prefill > Duration::ZERO, "{name} request {i}: a prefill time");
+            assert_eq!(out.choices.len(), n(i));
+            for (c, r) in out.choices.iter().zip(&reference[i]) {
+                assert_eq!(c.output_ids, r.output_ids, "{name} request {i}");
+                assert_eq!(c.logprobs, r.logprobs, "{name} request {i}");
+            }
+        }
+    }
+    let tiny = spawn(2, 8, "engine-gen-none");
+    let e = tiny.generate(vec![5; 20], params(100, 1), 1, None).await.err().expect("needs 8 blocks of 2");
+    assert_eq!(e.code(), "kv_capacity");
+}
