@@ -167,7 +167,7 @@ skipped=$(grep -c 'SKIPPED: no CUDA driver' "$out/kernels.log")
     printf '%-28s %-5s %-18s %-10s %s\n' op dtype rel_err tol result
     grep '^CHECK ' "$out/kernels.log" | awk '{ printf "%-28s %-5s %-18s %-10s %s\n", $2, $3, $4, $5, $6 }'
     grep '^test result:' "$out/kernels.log"
-    grep -E '^(device:|MODEL |TIME |gpu_check:)' "$out/model.log"
+    grep -E '^(device:|MODEL |TIME |AIM |gpu_check:)' "$out/model.log"
     grep -E '^(LOOP |loop_check:)' "$out/loop.log"
     [[ $skipped_models -eq 0 ]] || echo "SmolLM2: SKIPPED (the bundle has no GGUF: it could not be fetched when bundling)"
     [[ $rc -eq 0 ]] || grep -E -A2 "^thread '.*' .*panicked" "$out/kernels.log" | grep -v should_panic | head -n 20

@@ -15,7 +15,8 @@
 //!    tokens/s for 1024-token prompts, each the median of repeats after warm-up, timed with
 //!    CUDA events, next to its floor.
 //!
-//! Lines starting `MODEL ` and `TIME ` are the summary rows; exit 1 when a check fails.
+//! Lines starting `MODEL `, `TIME ` and `AIM ` (the aims, met or missed; they do not decide
+//! the exit) are the summary rows; exit 1 when a check fails.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,8 +69,7 @@ fn run(out: &Path, skip_timing: bool, ggufs: &[PathBuf]) -> Res<bool> {
         .unwrap_or_else(|| std::env::temp_dir().join("pdq-gpu-check-models"));
     let tiny = models.join("tiny");
     pdq_engine::tiny::write(&tiny)?;
-    let mut pass = true;
-    let mut big = None;
+    let (mut pass, mut big, mut worst_logits, mut greedy) = (true, None, 0f64, (0usize, 0usize));
     let mut list: Vec<(String, PathBuf)> = vec![
         ("tiny".into(), tiny),
         ("qwen2.5-0.5b".into(), models.join("qwen")),
@@ -87,15 +87,27 @@ fn run(out: &Path, skip_timing: bool, ggufs: &[PathBuf]) -> Res<bool> {
         }
         let model = Arc::new(Model::load(dir)?);
         let gpu = Arc::new(GpuModel::new(model.clone(), cuda.clone())?);
-        pass &= check_model(name, &model, &gpu)?;
+        let m = check_model(name, &model, &gpu)?;
+        pass &= m.pass;
+        worst_logits = worst_logits.max(m.max_rel);
+        greedy = (greedy.0 + m.greedy.0, greedy.1 + m.greedy.1);
         pass &= check_sampling(name, &gpu)?;
         if name == "llama-3.2-1b" {
             big = Some(gpu);
         }
     }
+    // The aims, reported beside the checks (they do not decide PASS).
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!("AIM greedy tokens identical, every model: {}/{} {}", greedy.0, greedy.1, met(greedy.0 == greedy.1));
+    println!(
+        "AIM bf16 logits within 1e-2 relative (max-rel, worst model): {worst_logits:.2e} {}",
+        met(worst_logits <= 1e-2)
+    );
     if !skip_timing {
         let gpu = big.expect("the 1B model was loaded");
-        timing(&gpu)?;
+        let (decode_b1, prefill) = timing(&gpu)?;
+        println!("AIM batch-1 decode >= 70% of the HBM roofline: {:.0}% {}", decode_b1 * 100.0, met(decode_b1 >= 0.7));
+        println!("AIM 1k prefill >= 50% of the bf16 GEMM peak: {:.0}% {}", prefill * 100.0, met(prefill >= 0.5));
     }
     Ok(pass)
 }
@@ -127,7 +139,15 @@ fn argmax(x: &[f32]) -> (usize, f32) {
     (best.0, best.1 - second)
 }
 
-fn check_model(name: &str, model: &Model, gpu: &GpuModel) -> Res<bool> {
+/// One model's whole-forward check: whether it passed, its worst max-relative logits error,
+/// and (identical, compared) greedy choices.
+struct ModelCheck {
+    pass: bool,
+    max_rel: f64,
+    greedy: (usize, usize),
+}
+
+fn check_model(name: &str, model: &Model, gpu: &GpuModel) -> Res<ModelCheck> {
     let vocab = model.config.vocab_size.min(model.tokenizer_vocab_size());
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let prompts: Vec<Vec<u32>> =
@@ -219,7 +239,7 @@ fn check_model(name: &str, model: &Model, gpu: &GpuModel) -> Res<bool> {
         if pages_ok { "ok" } else { "FAIL" },
         if ok { "PASS" } else { "FAIL" }
     );
-    Ok(ok)
+    Ok(ModelCheck { pass: ok, max_rel: worst.0, greedy })
 }
 
 /// The executor's device sampling against the host's choice from the same (device) logits: two
@@ -294,7 +314,10 @@ fn random_bf16(stream: &Arc<CudaStream>, n: usize, seed: u64) -> Res<CudaSlice<b
     Ok(stream.clone_htod(&host)?)
 }
 
-fn timing(gpu: &GpuModel) -> Res<()> {
+/// Prints the TIME rows; returns batch-1 decode's fraction of the roofline and the best
+/// prefill's fraction of the GEMM peak.
+fn timing(gpu: &GpuModel) -> Res<(f64, f64)> {
+    let (mut decode_b1, mut prefill_best) = (0f64, 0f64);
     let cu = gpu.backend();
     let s = cu.stream().clone();
     let c = &gpu.model().config;
@@ -348,6 +371,9 @@ fn timing(gpu: &GpuModel) -> Res<()> {
             batch as f64 / (floor_ms * 1e-3),
             100.0 * floor_ms / ms
         );
+        if batch == 1 {
+            decode_b1 = floor_ms / ms;
+        }
     }
 
     // Prefill: fresh 1024-token prompts each repeat (batch 1 and 4), released afterwards.
@@ -380,6 +406,7 @@ fn timing(gpu: &GpuModel) -> Res<()> {
             tokens / (floor_ms * 1e-3),
             100.0 * floor_ms / ms
         );
+        prefill_best = prefill_best.max(floor_ms / ms);
     }
-    Ok(())
+    Ok((decode_b1, prefill_best))
 }
