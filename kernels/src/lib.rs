@@ -1,10 +1,11 @@
 //! Compute kernels for pdq's engine.
 //!
-//! Every op exists on the CPU reference backend ([`cpu`]); [`Backend`] is the closed enum the
-//! engine calls through. The CUDA backend ([`cuda`], feature `cuda`) keeps its kernels in
-//! `kernels/cuda/*.cu`, compiled by NVRTC at run time; without the feature, [`CudaBackend`] is an
-//! empty enum that cannot be constructed, so `cfg` stays at this module boundary. Invariants
-//! every backend keeps:
+//! Every op exists on the CPU reference backend ([`cpu`]); [`Backend`] is what the engine's CPU
+//! forward calls through. The CUDA backend ([`cuda`], feature `cuda`) keeps its kernels in
+//! `kernels/cuda/*.cu`, compiled by NVRTC at run time, with device-resident buffers: the engine's
+//! GPU executor calls [`CudaBackend`] directly, never through host slices. Without the feature,
+//! [`CudaBackend`] is an empty enum that cannot be constructed, so `cfg` stays at this module
+//! boundary. Invariants every backend keeps:
 //! - tensors are dense row-major slices; shapes are passed explicitly and asserted;
 //! - each output row is computed independently with a fixed summation order, so a row's result
 //!   does not depend on which other rows share the batch (prefill == incremental decode, bit for
@@ -27,19 +28,11 @@ pub use cuda::CudaBackend;
 pub use error::KernelError;
 pub use quant::{Activations, QMatrix, QuantType};
 
-/// The compute backend. Closed on purpose: adding a device means adding a variant here and a
-/// module beside [`cpu`], not threading `cfg` through the engine.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    Cpu(CpuBackend),
-    Cuda(CudaBackend),
-}
-
-impl Default for Backend {
-    fn default() -> Self {
-        Backend::cpu()
-    }
-}
+/// The CPU forward's kernels on host slices. A device is not a variant here: a GPU runs a whole
+/// step on device-resident buffers (`pdq_engine`'s executors), since copying in and out per op
+/// would cost more than the op.
+#[derive(Debug, Clone, Default)]
+pub struct Backend(CpuBackend);
 
 /// The `--device` flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,115 +56,64 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// The backend for `--device`. `cuda` fails with a one-line reason when the build lacks the
-/// feature or the machine lacks a driver or GPU; `auto` falls back to the CPU in exactly those
-/// cases and reports any other CUDA failure (a kernel that does not compile is a bug, not a
-/// reason to run slowly).
-pub fn select(device: DeviceChoice) -> Result<Backend, KernelError> {
-    match device {
-        DeviceChoice::Cpu => Ok(Backend::cpu()),
-        DeviceChoice::Cuda => CudaBackend::new(0).map(Backend::Cuda),
-        DeviceChoice::Auto => match CudaBackend::new(0) {
-            Ok(c) => Ok(Backend::Cuda(c)),
-            Err(KernelError::NotBuilt | KernelError::NoDevice(_)) => Ok(Backend::cpu()),
-            Err(e) => Err(e),
-        },
-    }
-}
-
 impl Backend {
     /// The CPU reference backend.
     pub fn cpu() -> Backend {
-        Backend::Cpu(CpuBackend)
+        Backend(CpuBackend)
     }
 
-    /// Short name for logs and metrics labels.
+    /// Short name for logs.
     pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Cpu(_) => "cpu",
-            Backend::Cuda(_) => "cuda",
-        }
+        "cpu"
     }
-
-    // The host-slice ops below are the engine's current f32 interface. On CUDA each call copies
-    // in and out (correct, not fast: the device-resident API is on `CudaBackend`) and panics on a
-    // device error, which mid-forward is not recoverable anyway.
 
     /// `y[m, n] = x[m, k] · w[n, k]^T (+ bias[n])`, the layout of an HF `nn.Linear` weight.
     /// `m` and `n` are derived from the slice lengths and `k`.
     pub fn matmul(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, y: &mut [f32]) {
-        match self {
-            Backend::Cpu(_) => cpu::matmul(x, w, bias, k, y),
-            Backend::Cuda(c) => c.host_matmul(x, w, bias, k, y),
-        }
+        cpu::matmul(x, w, bias, k, y)
     }
 
-    /// [`Backend::matmul`] with a weight kept in a ggml block format: on the CPU the blocks are
-    /// dequantized panel by panel, bit-identical to `matmul` on the dequantized matrix. CUDA
-    /// widens the whole matrix per call (correct, slow; GGUF models on CUDA are not a goal yet).
-    /// With [`Activations::Int8`] the CPU quantizes each row of `x` per block and takes integer
-    /// dots where the weight type has an int8 kernel (else it stays exact); CUDA ignores it.
+    /// [`Backend::matmul`] with a weight kept in a ggml block format: the blocks are dequantized
+    /// panel by panel, bit-identical to `matmul` on the dequantized matrix. With
+    /// [`Activations::Int8`] each row of `x` is quantized per block and the dots are taken in
+    /// integers where the weight type has an int8 kernel (else it stays exact).
     pub fn matmul_quant(&self, x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f32], act: Activations) {
-        match self {
-            Backend::Cpu(_) if act == Activations::Int8 && quant::int8::supported(w.dtype) => {
-                quant::int8::matmul_int8(x, w, bias, y)
-            }
-            Backend::Cpu(_) => cpu::matmul_quant(x, w, bias, y),
-            Backend::Cuda(c) => c.host_matmul(x, &w.to_f32(), bias, w.cols, y),
+        if act == Activations::Int8 && quant::int8::supported(w.dtype) {
+            quant::int8::matmul_int8(x, w, bias, y)
+        } else {
+            cpu::matmul_quant(x, w, bias, y)
         }
     }
 
     /// [`Backend::matmul_quant`] for several matrices on the same `x` (Q, K and V; gate and up):
-    /// one parallel region on the CPU, the same results as separate calls.
+    /// one parallel region, the same results as separate calls.
     pub fn matmul_quant_many(&self, x: &[f32], ws: &[cpu::QLinear<'_, '_>], ys: &mut [&mut [f32]], act: Activations) {
-        match self {
-            Backend::Cpu(_) => cpu::matmul_quant_many(x, ws, ys, act),
-            Backend::Cuda(_) => {
-                for (l, y) in ws.iter().zip(ys.iter_mut()) {
-                    self.matmul_quant(x, &l.w, l.bias, y, act);
-                }
-            }
-        }
+        cpu::matmul_quant_many(x, ws, ys, act)
     }
 
     /// Row-wise RMS norm over rows of `weight.len()` values.
     pub fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
-        match self {
-            Backend::Cpu(_) => cpu::rms_norm(x, weight, eps, y),
-            Backend::Cuda(c) => c.host_rms_norm(x, weight, eps, y),
-        }
+        cpu::rms_norm(x, weight, eps, y)
     }
 
     /// Rotary embedding in place on `x[tokens, n_heads, head_dim]`, token `t` at `positions[t]`.
     pub fn rope(&self, x: &mut [f32], n_heads: usize, positions: &[usize], inv_freq: &[f32]) {
-        match self {
-            Backend::Cpu(_) => cpu::rope_inplace(x, n_heads, positions, inv_freq),
-            Backend::Cuda(c) => c.host_rope(x, n_heads, positions, inv_freq),
-        }
+        cpu::rope_inplace(x, n_heads, positions, inv_freq)
     }
 
     /// Numerically stable softmax of one row, in place.
     pub fn softmax(&self, x: &mut [f32]) {
-        match self {
-            Backend::Cpu(_) => cpu::softmax_inplace(x),
-            Backend::Cuda(c) => c.host_softmax(x),
-        }
+        cpu::softmax_inplace(x)
     }
 
     /// `out = silu(gate) * up`, element-wise.
     pub fn silu_mul(&self, gate: &[f32], up: &[f32], out: &mut [f32]) {
-        match self {
-            Backend::Cpu(_) => cpu::silu_mul(gate, up, out),
-            Backend::Cuda(c) => c.host_silu_mul(gate, up, out),
-        }
+        cpu::silu_mul(gate, up, out)
     }
 
     /// One query token attending over every row of a K/V cache (grouped-query attention).
     pub fn attention(&self, q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, out: &mut [f32]) {
-        match self {
-            Backend::Cpu(_) => cpu::attention(q, k, v, shape, out),
-            Backend::Cuda(c) => c.host_attention(q, k, v, shape, out),
-        }
+        cpu::attention(q, k, v, shape, out)
     }
 
     /// [`Backend::attention`] over the first `len` rows of a paged cache: `blocks[b]` holds the
@@ -185,10 +127,7 @@ impl Backend {
         shape: AttnShape,
         out: &mut [f32],
     ) {
-        match self {
-            Backend::Cpu(_) => cpu::attention_paged(q, blocks, len, block_size, shape, out),
-            Backend::Cuda(c) => c.host_attention_paged(q, blocks, len, block_size, shape, out),
-        }
+        cpu::attention_paged(q, blocks, len, block_size, shape, out)
     }
 }
 
@@ -197,20 +136,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_choice_parses_and_cpu_always_selects() {
+    fn device_choice_parses() {
         assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
         assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda);
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
         let e = "gpu".parse::<DeviceChoice>().unwrap_err();
         assert_eq!(e.to_string(), "unknown device `gpu`: expected `auto`, `cpu` or `cuda`");
         assert_eq!(e.error_type(), "config");
-        assert_eq!(select(DeviceChoice::Cpu).unwrap().name(), "cpu");
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
-    fn without_the_feature_cuda_is_refused_and_auto_falls_back() {
-        let e = select(DeviceChoice::Cuda).unwrap_err();
+    fn without_the_feature_cuda_is_not_built() {
+        let e = CudaBackend::new(0).unwrap_err();
         assert!(matches!(e, KernelError::NotBuilt), "{e}");
-        assert_eq!(select(DeviceChoice::Auto).unwrap().name(), "cpu");
     }
 }

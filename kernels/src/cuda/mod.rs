@@ -12,7 +12,6 @@
 
 mod dtype;
 mod gemm;
-mod host;
 mod module;
 mod ops;
 #[cfg(test)]
