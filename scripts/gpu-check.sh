@@ -28,6 +28,10 @@
 #                                        tok/s for 1k-token prompts next to the GEMM peak;
 #                                     full logs to LOG_DIR, a table last
 #
+# With this workplace's device tool: carry target/gpu-bundle.tar.gz (with the tree, under its
+# 64 MiB) and run `bash scripts/gpu-check.sh $OUT`; the three timed steps are bounded to 120 +
+# 240 + 150 s, inside one 600 s call.
+#
 # Exit: 0 all checks passed; 1 a check failed or was skipped; 2 this machine cannot run them
 # (no driver, no libraries, no bundle), said in one line.
 #   PDQ_GPU_BUNDLE   bundle folder (default target/gpu-bundle; its .tar.gz beside it is what a
@@ -142,20 +146,20 @@ export LD_LIBRARY_PATH=$cuda_dir:$nvrtc_dir:$cublas_dir${LD_LIBRARY_PATH:+:$LD_L
 # Kernel checks: every gpu_* test (they are #[ignore]d elsewhere), one at a time so the CHECK
 # lines stay in order. Debug assertions are on in this build: each launch is synchronized and
 # a fault is reported by the op that caused it.
-timeout 180 "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
+timeout 120 "$bundle/pdq-kernels-tests" --include-ignored --test-threads=1 --nocapture >"$out/kernels.log" 2>&1
 rc=$?
 
 # Whole model (step 2) and timing (step 4), from the release build: MODEL and TIME lines are the
 # summary rows. The CPU side of the 1B check is a few short prompts (seconds on 16 cores).
 gguf_args=()
 for g in "${ggufs[@]}"; do gguf_args+=(--gguf "$g"); done
-timeout 300 "$bundle/gpu_check" "$out" "${gguf_args[@]}" >"$out/model.log" 2>&1
+timeout 240 "$bundle/gpu_check" "$out" "${gguf_args[@]}" >"$out/model.log" 2>&1
 model_rc=$?
 
 # The engine loop (step 3): LOOP lines. The CPU reference loop runs on this machine's cores.
 loop_models=tiny
 for g in "${ggufs[@]}"; do loop_models+=",$g"; done
-timeout 240 "$bundle/loop_check" --device cuda --model "$loop_models" >"$out/loop.log" 2>&1
+timeout 150 "$bundle/loop_check" --device cuda --model "$loop_models" >"$out/loop.log" 2>&1
 loop_rc=$?
 skipped_models=0
 [[ ${#ggufs[@]} -gt 0 ]] || skipped_models=1
