@@ -13,8 +13,9 @@
 //! own path: prefill, pages out, pages in, decode.
 //!
 //! Prints one `LOOP` summary row per model (identical requests, greedy and seeded apart; the
-//! first differing position of each differing request; tokens/s of both loops) and exits 1
-//! when any request differs.
+//! first differing position of each differing request; tokens/s of both loops; on a GPU, how
+//! many requests get the same tokens batched as alone on the device) and exits 1 when any
+//! request differs from the CPU.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -153,6 +154,16 @@ async fn check(spec: &str, a: &Args) -> Result<bool, Box<dyn std::error::Error>>
     let ref_running = if dev.name() == "cpu" { 1 } else { 64 };
     let (want, ref_tps) = run(&cpu, &reqs, ref_running).await?;
     let (got, dev_tps) = run(&dev, &reqs, 64).await?;
+    // On a GPU, also the device against itself one request at a time: whether its batched
+    // step is batch-invariant (cuBLAS may pick other kernels, and so other summation orders,
+    // for other row counts), apart from whether it matches the CPU.
+    let invariant = if dev.name() == "cpu" {
+        String::new()
+    } else {
+        let (alone, _) = run(&dev, &reqs, 1).await?;
+        let same = alone.iter().zip(&got).filter(|(a, g)| a == g).count();
+        format!(" device_alone_vs_batched={same}/{}", reqs.len())
+    };
     let (mut same, mut greedy, mut greedy_same) = (0, 0, 0);
     let mut diffs = Vec::new();
     for (i, ((w, g), r)) in want.iter().zip(&got).zip(&reqs).enumerate() {
@@ -170,7 +181,7 @@ async fn check(spec: &str, a: &Args) -> Result<bool, Box<dyn std::error::Error>>
     let n = reqs.len();
     println!(
         "LOOP model={spec} device={} requests={n} identical={same}/{n} greedy={greedy_same}/{greedy} seeded={}/{} \
-         ref_tok_s={ref_tps:.0} dev_tok_s={dev_tps:.0} differing={}",
+         ref_tok_s={ref_tps:.0} dev_tok_s={dev_tps:.0}{invariant} differing={}",
         dev.name(),
         same - greedy_same,
         n - greedy,
