@@ -57,6 +57,10 @@ fn pdq(model: &Model) -> Figures {
         DECODE_STEPS as f64 / t.elapsed().as_secs_f64()
     });
 
+    // `PDQ_BENCH_ONLY=decode`: batch-1 decode alone (for profiling it).
+    if std::env::var("PDQ_BENCH_ONLY").is_ok_and(|v| v == "decode") {
+        return Figures { decode, prefill: 0.0, concurrent: 0.0 };
+    }
     let prefill = best(|| {
         let mut kv = model.new_paged_kv(blocks(PREFILL) + 2);
         let seq = kv.add_sequence(PREFILL).unwrap();
