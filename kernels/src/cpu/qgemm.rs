@@ -38,7 +38,7 @@ pub fn matmul_quant(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if m < FUSED_MAX_M && crate::quant::x86::fused_available(w.dtype) {
+    if m < FUSED_MAX_M && crate::quant::x86::fused_any(w.dtype) {
         return fused(x, w, bias, y);
     }
     matmul_quant_with(Kernel::detect(), x, w, bias, y);
@@ -65,15 +65,35 @@ pub(super) fn fused(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f
 /// Columns `cols` of the fused path.
 ///
 /// # Safety
-/// [`crate::quant::x86::fused_available`] holds for `w.dtype`; `x` is whole rows of `w.cols`;
-/// `y` points at `x.len() / w.cols * w.rows` floats; no other thread writes columns `cols`.
+/// [`crate::quant::x86::fused_any`] holds for `w.dtype`; `x` is whole rows of `w.cols`, fewer
+/// than [`FUSED_MAX_M`]; `y` points at `x.len() / w.cols * w.rows` floats; no other thread
+/// writes columns `cols`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn fused_columns(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: OutPtr, cols: Range<usize>) {
-    use crate::quant::x86::{dot_rows, dot_rows4_avx512, fused512_available};
+    use crate::quant::x86::{dot_rows, dot_rows4_avx512, dot_rows_dequant, fused512_available};
     let wide = fused512_available();
     let (k, n) = (w.cols, w.rows);
     let m = x.len() / k;
     let out = y;
+    if crate::quant::x86::fused_dequant_available(w.dtype) {
+        let mut res = [[0f32; 4]; 8];
+        let mut j = cols.start;
+        while j < cols.end {
+            let nr = 4.min(cols.end - j);
+            let ws = [0, 1, 2, 3].map(|t| w.row_data(j + t.min(nr - 1)..j + t.min(nr - 1) + 1).as_ptr());
+            // SAFETY: the K kernel's features held; `m < FUSED_MAX_M <= 8` rows of `k` floats.
+            unsafe { dot_rows_dequant(w.dtype, x, m, &ws, nr, k, &mut res) };
+            for (r, row) in res.iter().enumerate().take(m) {
+                for (t, &v) in row.iter().enumerate().take(nr) {
+                    let c = j + t;
+                    // SAFETY: `r * n + c < m * n`; only this task writes column `c`.
+                    unsafe { *out.get().add(r * n + c) = v + bias.map_or(0.0, |b| b[c]) };
+                }
+            }
+            j += nr;
+        }
+        return;
+    }
     let run = |cols: Range<usize>| {
         let mut res = [[0f32; 4]; 4];
         let mut j = cols.start;

@@ -180,3 +180,34 @@ fn every_fused_kernel_is_dot_on_dequantized_rows() {
         }
     }
 }
+
+/// The K formats' fused kernel (each super-block dequantized into L1, then the eight-lane sums)
+/// for every `m` and short weight groups, against `dot` on the dequantized rows.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_k_fused_kernel_is_dot_on_dequantized_rows() {
+    use super::x86::{dot_rows_dequant, fused_dequant_available};
+    let mut rng = Lcg(4);
+    let k = 512;
+    for t in [QuantType::Q4_K, QuantType::Q6_K] {
+        if !fused_dequant_available(t) {
+            eprintln!("SKIPPED fused {t}: no AVX2/F16C");
+            continue;
+        }
+        let bytes = random_blocks(t, 4 * k, &mut rng);
+        let w = QMatrix::new(t, 4, k, &bytes).unwrap();
+        let dense = w.to_f32();
+        let x: Vec<f32> = (0..8 * k).map(|_| rng.next_f32()).collect();
+        let want = |i: usize, j: usize| crate::cpu::dot(&x[i * k..(i + 1) * k], &dense[j * k..(j + 1) * k]).to_bits();
+        let ws = [0, 1, 2, 3].map(|j| w.row_data(j..j + 1).as_ptr());
+        for m in 1..=8 {
+            for nr in 1..=4 {
+                let mut out = [[f32::NAN; 4]; 8];
+                // SAFETY: features checked above; `x` holds 8 rows of `k`; whole weight rows.
+                unsafe { dot_rows_dequant(t, &x, m, &ws, nr, k, &mut out) };
+                let same = (0..m).all(|i| (0..nr).all(|j| out[i][j].to_bits() == want(i, j)));
+                assert!(same, "{t} m {m} nr {nr}");
+            }
+        }
+    }
+}
