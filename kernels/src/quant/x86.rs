@@ -415,6 +415,7 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 pub(crate) fn fused512_available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("fma")
 }
 
@@ -425,7 +426,7 @@ pub(crate) fn fused512_available() -> bool {
 /// # Safety
 /// [`fused_available`] for `t` and [`fused512_available`] hold; `xs[0]` points at `k` floats;
 /// `ws[..4]` at one weight row each.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
 pub(crate) unsafe fn dot_rows4_avx512(
     t: QuantType,
     xs: &[*const f32; 4],
@@ -447,11 +448,41 @@ unsafe fn spread(v: __m512, lo: i32, hi: i32) -> __m512 {
     _mm512_permutexvar_ps(_mm512_setr_epi32(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi), v)
 }
 
+/// Weights reach 32-bit lanes by one in-lane byte shuffle each (`vpshufb`, which also zeroes
+/// the other three bytes): the source register holds rows `2p` and `2p + 1`'s packed bytes as
+/// [row 2p's 16, the same, row 2p + 1's 16, the same], so every 128-bit lane has the bytes its
+/// four lanes need. Each weight lands at a power-of-two multiple of its value (Q8_0 in the top
+/// byte, for its sign; a Q4 high nibble still times 16), and the scale is divided by the same
+/// power: both products are exact, so `q * d` (and Q4_1's one rounding of `q * d + m`) is the
+/// portable value bit for bit. Where a half load, an unpack and a widening were, per eight
+/// weights of two rows.
 #[inline(always)]
 unsafe fn dot_rows4_512_as<const T: u8>(x: *const f32, ws: &[*const u8; 4], k: usize, out: &mut [[f32; 4]; 4]) {
     let bb = [18, 20, 34][T as usize];
-    let mask = _mm512_set1_epi32(0x0F);
-    let eight = _mm512_set1_epi32(8);
+    let off = [2, 4, 2][T as usize];
+    // Shuffle indices (within each 128-bit lane L): bytes 4 (L % 2) + i of the lane's copy, or
+    // 8 + that, into byte 0 (Q4) or byte 3 (Q8_0) of lane i; 0x80 zeroes.
+    let index = |plus: usize| {
+        let bytes: [u8; 64] = std::array::from_fn(|o| {
+            let (lane, i, at) = (o / 16, (o % 16) / 4, o % 4);
+            let target = if T == 2 { 3 } else { 0 };
+            if at == target {
+                (plus + 4 * (lane % 2) + i) as u8
+            } else {
+                0x80
+            }
+        });
+        _mm512_loadu_si512(bytes.as_ptr() as *const __m512i)
+    };
+    let (idx0, idx8) = (index(0), index(8));
+    let (lo_mask, hi_mask) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0xF0u8 as i8));
+    // Q4_0's `- 8` at each nibble's position (low: 8, high: 8 * 16).
+    let (eight_lo, eight_hi) = (_mm512_set1_epi32(8), _mm512_set1_epi32(128));
+    let (s_lo, s_hi) = if T == 2 {
+        (_mm512_set1_ps(1.0 / 16_777_216.0), _mm512_set1_ps(1.0 / 16_777_216.0))
+    } else {
+        (_mm512_set1_ps(1.0), _mm512_set1_ps(1.0 / 16.0))
+    };
     let mut acc = [_mm512_setzero_ps(); 2];
     for bi in 0..k / 32 {
         let b = [ws[0].add(bi * bb), ws[1].add(bi * bb), ws[2].add(bi * bb), ws[3].add(bi * bb)];
@@ -467,38 +498,38 @@ unsafe fn dot_rows4_512_as<const T: u8>(x: *const f32, ws: &[*const u8; 4], k: u
         let dm = _mm512_castps256_ps512(dm);
         let d = [spread(dm, 0, 2), spread(dm, 4, 6)];
         let m = if T == 1 { [spread(dm, 1, 3), spread(dm, 5, 7)] } else { [_mm512_setzero_ps(); 2] };
+        // [row 2p's 16 bytes at `at`, the same, row 2p + 1's, the same].
+        let pair = |p: usize, at: usize| {
+            let lo = _mm512_broadcast_i32x4(_mm_loadu_si128(b[2 * p].add(at) as *const __m128i));
+            _mm512_mask_broadcast_i32x4(lo, 0xFF00, _mm_loadu_si128(b[2 * p + 1].add(at) as *const __m128i))
+        };
+        // Per pair, the sources of groups (0, 1) and (2, 3), and the scales they need.
+        let mut src = [[_mm512_setzero_si512(); 2]; 2];
+        let mut ds = [[_mm512_setzero_ps(); 2]; 2];
+        for p in 0..2 {
+            if T == 2 {
+                src[p] = [pair(p, off), pair(p, off + 16)];
+            } else {
+                let raw = pair(p, off);
+                src[p] = [_mm512_and_si512(raw, lo_mask), _mm512_and_si512(raw, hi_mask)];
+            }
+            ds[p] = [_mm512_mul_ps(d[p], s_lo), _mm512_mul_ps(d[p], s_hi)];
+        }
         for g in 0..4 {
             let xv = _mm256_castps_pd(_mm256_loadu_ps(x.add(bi * 32 + 8 * g)));
             let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(xv));
             for p in 0..2 {
-                let (lo, hi) = (b[2 * p], b[2 * p + 1]);
-                let off = match T {
-                    2 => 2 + 8 * g,
-                    1 => 4 + 8 * (g % 2),
-                    _ => 2 + 8 * (g % 2),
-                };
-                let bytes = _mm_unpacklo_epi64(
-                    _mm_loadl_epi64(lo.add(off) as *const __m128i),
-                    _mm_loadl_epi64(hi.add(off) as *const __m128i),
-                );
-                let q = if T == 2 {
-                    _mm512_cvtepi8_epi32(bytes)
-                } else {
-                    let raw = _mm512_cvtepu8_epi32(bytes);
-                    let nib = if g < 2 { _mm512_and_si512(raw, mask) } else { _mm512_srli_epi32::<4>(raw) };
-                    if T == 0 {
-                        _mm512_sub_epi32(nib, eight)
-                    } else {
-                        nib
+                let q = _mm512_shuffle_epi8(src[p][g / 2], if g % 2 == 0 { idx0 } else { idx8 });
+                let scale = ds[p][g / 2];
+                let v = match T {
+                    // `q * d + m` as one fused multiply-add: `q * d` is exact in f32 (4 bits
+                    // times an f16's 11), so rounding once after adding `m` rounds the unfused sum.
+                    1 => _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), scale, m[p]),
+                    0 => {
+                        let q = _mm512_sub_epi32(q, if g < 2 { eight_lo } else { eight_hi });
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale)
                     }
-                };
-                // Q4_1's `q * d + m` as one fused multiply-add: `q * d` is exact in f32 (4 bits
-                // times an f16's 11), so rounding once after adding `m` rounds the unfused sum;
-                // one operation fewer per weight in a kernel bound by them, not by memory.
-                let v = if T == 1 {
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), d[p], m[p])
-                } else {
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(q), d[p])
+                    _ => _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale),
                 };
                 acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(xv, v));
             }
