@@ -81,8 +81,16 @@ pub(crate) unsafe fn fused_columns(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f3
         while j < cols.end {
             let nr = 4.min(cols.end - j);
             let ws = [0, 1, 2, 3].map(|t| w.row_data(j + t.min(nr - 1)..j + t.min(nr - 1) + 1).as_ptr());
-            // SAFETY: the K kernel's features held; `m < FUSED_MAX_M <= 8` rows of `k` floats.
-            unsafe { dot_rows_dequant(w.dtype, x, m, &ws, nr, k, &mut res) };
+            if w.dtype == crate::QuantType::Q4_K && wide && nr == 4 && m < 4 {
+                // Q4_K in registers, one row of `x` at a time.
+                for r in 0..m {
+                    // SAFETY: `fused512_available` held; row `r` of `x` is `k` floats.
+                    unsafe { crate::quant::x86::dot_rows4_q4k_avx512(x[r * k..].as_ptr(), &ws, k, &mut res[r]) };
+                }
+            } else {
+                // SAFETY: the K kernel's features held; `m < FUSED_MAX_M <= 8` rows of `k` floats.
+                unsafe { dot_rows_dequant(w.dtype, x, m, &ws, nr, k, &mut res) };
+            }
             for (r, row) in res.iter().enumerate().take(m) {
                 for (t, &v) in row.iter().enumerate().take(nr) {
                     let c = j + t;

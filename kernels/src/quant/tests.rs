@@ -200,6 +200,12 @@ fn the_k_fused_kernel_is_dot_on_dequantized_rows() {
         let x: Vec<f32> = (0..8 * k).map(|_| rng.next_f32()).collect();
         let want = |i: usize, j: usize| crate::cpu::dot(&x[i * k..(i + 1) * k], &dense[j * k..(j + 1) * k]).to_bits();
         let ws = [0, 1, 2, 3].map(|j| w.row_data(j..j + 1).as_ptr());
+        if t == QuantType::Q4_K && super::x86::fused512_available() {
+            let mut out = [f32::NAN; 4];
+            // SAFETY: features checked; `x` row 0 is `k` floats; four whole weight rows.
+            unsafe { super::x86::dot_rows4_q4k_avx512(x.as_ptr(), &ws, k, &mut out) };
+            assert!((0..4).all(|j| out[j].to_bits() == want(0, j)), "{t} avx512 registers");
+        }
         for m in 1..=8 {
             for nr in 1..=4 {
                 let mut out = [[f32::NAN; 4]; 8];

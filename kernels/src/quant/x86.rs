@@ -542,3 +542,113 @@ unsafe fn dot_rows4_512_as<const T: u8>(x: *const f32, ws: &[*const u8; 4], k: u
         out[0][2 * p + 1] = crate::cpu::combine_lanes(lanes[8..].try_into().expect("8"), 0.0);
     }
 }
+
+/// Q4_K's eight 6-bit (scale, min) pairs of one block as bytes `[sc0..sc8]` and `[m0..m8]`,
+/// unpacked four at a time in 32-bit words (what [`super::blocks::scale_min_k4`] computes one
+/// by one).
+#[inline(always)]
+unsafe fn q4_k_scales(q: *const u8) -> (u64, u64) {
+    let w = |i: usize| (q.add(4 * i) as *const u32).read_unaligned();
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    let sc_lo = w0 & 0x3F3F_3F3F;
+    let m_lo = w1 & 0x3F3F_3F3F;
+    let sc_hi = (w2 & 0x0F0F_0F0F) | ((w0 >> 2) & 0x3030_3030);
+    let m_hi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030);
+    (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
+}
+
+/// [`dot_rows4_avx512`] for Q4_K: four weight rows against one row of `x`, two rows per 512-bit
+/// register as in the 32-weight kernels, each block's sub-block scales `d * sc` and mins
+/// `dmin * m` computed once per block in vector registers (the portable path's f32 multiplies),
+/// each group of eight weights one in-lane byte shuffle. `d1 * q - m1` is one fused
+/// multiply-subtract: `d1 * q` is exact (an f16 times a 6-bit scale times a 4-bit quant, 21
+/// bits), so one rounding is the portable result. Bit for bit [`crate::cpu::dot`] on the
+/// dequantized rows.
+///
+/// # Safety
+/// [`fused512_available`] holds; `x` points at `k` floats; `ws[..4]` at one Q4_K row each.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
+pub(crate) unsafe fn dot_rows4_q4k_avx512(x: *const f32, ws: &[*const u8; 4], k: usize, out: &mut [f32; 4]) {
+    let index = |plus: usize| {
+        let bytes: [u8; 64] = std::array::from_fn(|o| {
+            let (lane, i, at) = (o / 16, (o % 16) / 4, o % 4);
+            if at == 0 {
+                (plus + 4 * (lane % 2) + i) as u8
+            } else {
+                0x80
+            }
+        });
+        _mm512_loadu_si512(bytes.as_ptr() as *const __m512i)
+    };
+    let (idx0, idx8) = (index(0), index(8));
+    let (lo_mask, hi_mask) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0xF0u8 as i8));
+    // Odd sub-blocks take high nibbles, which the shuffle leaves at 16 times their value.
+    let parity = _mm256_setr_ps(1.0, 1.0 / 16.0, 1.0, 1.0 / 16.0, 1.0, 1.0 / 16.0, 1.0, 1.0 / 16.0);
+    // Lane s of the low half and 8 + s of the high half, for sub-block s of (row 2p, 2p + 1).
+    let sub: [__m512i; 8] = std::array::from_fn(|s| {
+        let (a, b) = (s as i32, 8 + s as i32);
+        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+    });
+    let mut acc = [_mm512_setzero_ps(); 2];
+    for bi in 0..k / 256 {
+        let b = [ws[0].add(bi * 144), ws[1].add(bi * 144), ws[2].add(bi * 144), ws[3].add(bi * 144)];
+        for bj in b {
+            _mm_prefetch::<_MM_HINT_T0>(bj.wrapping_add(PREFETCH_BYTES) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(bj.wrapping_add(PREFETCH_BYTES + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(bj.wrapping_add(PREFETCH_BYTES + 128) as *const i8);
+        }
+        // Per row: [d * sc0..8] and [dmin * m0..8] (with odd sub-blocks' scales over 16).
+        let mut dsc = [_mm256_setzero_ps(); 4];
+        let mut dmn = [_mm256_setzero_ps(); 4];
+        for j in 0..4 {
+            let (sc, mn) = q4_k_scales(b[j].add(4));
+            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128((b[j] as *const i32).read_unaligned()));
+            let d = _mm256_broadcastss_ps(dd);
+            let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            let to_f = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
+            dsc[j] = _mm256_mul_ps(_mm256_mul_ps(d, to_f(sc)), parity);
+            dmn[j] = _mm256_mul_ps(dmin, to_f(mn));
+        }
+        let join = |a: __m256, b: __m256| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(a), b);
+        let scales = [join(dsc[0], dsc[1]), join(dsc[2], dsc[3])];
+        let mins = [join(dmn[0], dmn[1]), join(dmn[2], dmn[3])];
+        for c in 0..4 {
+            // [row 2p's 16 bytes, the same, row 2p + 1's, the same] of qs[32c..32c + 32].
+            let pair = |p: usize, at: usize| {
+                let lo = _mm512_broadcast_i32x4(_mm_loadu_si128(b[2 * p].add(16 + at) as *const __m128i));
+                _mm512_mask_broadcast_i32x4(lo, 0xFF00, _mm_loadu_si128(b[2 * p + 1].add(16 + at) as *const __m128i))
+            };
+            let mut src = [[_mm512_setzero_si512(); 4]; 2];
+            for p in 0..2 {
+                let (s0, s1) = (pair(p, 32 * c), pair(p, 32 * c + 16));
+                src[p] = [
+                    _mm512_and_si512(s0, lo_mask),
+                    _mm512_and_si512(s1, lo_mask),
+                    _mm512_and_si512(s0, hi_mask),
+                    _mm512_and_si512(s1, hi_mask),
+                ];
+            }
+            for h in 0..2 {
+                let s = 2 * c + h;
+                let d1 = [_mm512_permutexvar_ps(sub[s], scales[0]), _mm512_permutexvar_ps(sub[s], scales[1])];
+                let m1 = [_mm512_permutexvar_ps(sub[s], mins[0]), _mm512_permutexvar_ps(sub[s], mins[1])];
+                for l in 0..4 {
+                    let at = bi * 256 + 64 * c + 32 * h + 8 * l;
+                    let xv = _mm256_castps_pd(_mm256_loadu_ps(x.add(at)));
+                    let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(xv));
+                    for p in 0..2 {
+                        let q = _mm512_shuffle_epi8(src[p][2 * h + l / 2], if l % 2 == 0 { idx0 } else { idx8 });
+                        let v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(q), d1[p], m1[p]);
+                        acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(xv, v));
+                    }
+                }
+            }
+        }
+    }
+    for p in 0..2 {
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc[p]);
+        out[2 * p] = crate::cpu::combine_lanes(lanes[..8].try_into().expect("8"), 0.0);
+        out[2 * p + 1] = crate::cpu::combine_lanes(lanes[8..].try_into().expect("8"), 0.0);
+    }
+}
