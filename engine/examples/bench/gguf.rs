@@ -145,7 +145,9 @@ fn llama_cpp(path: &Path, threads: usize) -> Result<(f64, f64), String> {
     let mut out = run(1)?;
     #[cfg(unix)]
     if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
-        println!("llama.cpp died on signal {signal}; running it again with use_extra_bufts = false (no AMX, no repacking)");
+        println!(
+            "llama.cpp died on signal {signal}; running it again with use_extra_bufts = false (no AMX, no repacking)"
+        );
         out = run(0)?;
     }
     if !out.status.success() {

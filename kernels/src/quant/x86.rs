@@ -618,16 +618,15 @@ pub(crate) unsafe fn dot_rows4_q4k_avx512(x: *const f32, ws: &[*const u8; 4], k:
                 let lo = _mm512_broadcast_i32x4(_mm_loadu_si128(b[2 * p].add(16 + at) as *const __m128i));
                 _mm512_mask_broadcast_i32x4(lo, 0xFF00, _mm_loadu_si128(b[2 * p + 1].add(16 + at) as *const __m128i))
             };
-            let mut src = [[_mm512_setzero_si512(); 4]; 2];
-            for p in 0..2 {
+            let src: [[__m512i; 4]; 2] = std::array::from_fn(|p| {
                 let (s0, s1) = (pair(p, 32 * c), pair(p, 32 * c + 16));
-                src[p] = [
+                [
                     _mm512_and_si512(s0, lo_mask),
                     _mm512_and_si512(s1, lo_mask),
                     _mm512_and_si512(s0, hi_mask),
                     _mm512_and_si512(s1, hi_mask),
-                ];
-            }
+                ]
+            });
             for h in 0..2 {
                 let s = 2 * c + h;
                 let d1 = [_mm512_permutexvar_ps(sub[s], scales[0]), _mm512_permutexvar_ps(sub[s], scales[1])];
