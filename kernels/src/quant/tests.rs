@@ -124,7 +124,7 @@ fn rejects_partial_blocks_and_wrong_sizes() {
 fn matmul_quant_is_the_reference_on_dequantized_weights() {
     let mut rng = Lcg(9);
     for t in QuantType::ALL {
-        for &(m, k, n) in &[(1, 256, 7), (5, 512, 33), (70, 256, 300), (1, 1024, 600)] {
+        for &(m, k, n) in &[(1, 256, 7), (5, 512, 33), (70, 256, 300), (1, 1024, 600), (33, 256, 37)] {
             let bytes = random_blocks(t, n * k, &mut rng);
             let w = QMatrix::new(t, n, k, &bytes).unwrap();
             let dense = w.to_f32();
