@@ -57,16 +57,33 @@ fn pdq(model: &Model) -> Figures {
         DECODE_STEPS as f64 / t.elapsed().as_secs_f64()
     });
 
-    let prefill = best(|| {
+    // `PDQ_BENCH_ONLY=decode` (or `concurrent`): that figure alone, for profiling it.
+    let only = std::env::var("PDQ_BENCH_ONLY").unwrap_or_default();
+    if only == "decode" {
+        return Figures { decode, prefill: 0.0, concurrent: 0.0 };
+    }
+    let prefill = if only == "concurrent" { 0.0 } else { prefill_rate(model) };
+    let concurrent = concurrent_rate(model);
+    Figures { decode, prefill, concurrent }
+}
+
+fn prefill_rate(model: &Model) -> f64 {
+    let vocab = model.config.vocab_size;
+    let blocks = |len: usize| len.div_ceil(pdq_engine::DEFAULT_BLOCK_SIZE);
+    best(|| {
         let mut kv = model.new_paged_kv(blocks(PREFILL) + 2);
         let seq = kv.add_sequence(PREFILL).unwrap();
         let long = tokens(PREFILL, 2, vocab);
         let t = Instant::now();
         model.forward_batch(&mut kv, &[(seq, &long)]).unwrap();
         PREFILL as f64 / t.elapsed().as_secs_f64()
-    });
+    })
+}
 
-    let concurrent = best(|| {
+fn concurrent_rate(model: &Model) -> f64 {
+    let vocab = model.config.vocab_size;
+    let blocks = |len: usize| len.div_ceil(pdq_engine::DEFAULT_BLOCK_SIZE);
+    best(|| {
         let len = PROMPT + CONCURRENT_STEPS + 1;
         let mut kv = model.new_paged_kv(CONCURRENT * blocks(len) + 2);
         let seqs: Vec<SeqId> = (0..CONCURRENT).map(|_| kv.add_sequence(len).unwrap()).collect();
@@ -80,14 +97,24 @@ fn pdq(model: &Model) -> Figures {
             logits = model.forward_batch(&mut kv, &items).unwrap();
         }
         (CONCURRENT * CONCURRENT_STEPS) as f64 / t.elapsed().as_secs_f64()
-    });
-    Figures { decode, prefill, concurrent }
+    })
 }
 
 const LLAMA_CPP: &str = r#"
 import json, sys, time
+import llama_cpp
 from llama_cpp import Llama
-path, threads, prompt, steps, prefill, repeats = sys.argv[1], *map(int, sys.argv[2:7])
+path, threads, prompt, steps, prefill, repeats, extra = sys.argv[1], *map(int, sys.argv[2:8])
+if not extra:
+    # Without ggml's extra buffer types (AMX, weight repacking): their AMX path crashes on
+    # some CPUs (a segfault in ggml_backend_amx_mul_mat on this one).
+    default_params = llama_cpp.llama_model_default_params
+    def no_extra():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+    llama_cpp.llama_model_default_params = no_extra
+    llama_cpp.llama.llama_cpp.llama_model_default_params = no_extra
 llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=1024, n_batch=512, verbose=False)
 vocab = llm.n_vocab()
 toks = lambda n, salt: [(salt * 7919 + i * 31) % (vocab - 100) + 50 for i in range(n)]
@@ -103,15 +130,26 @@ for r in range(repeats):
 print(json.dumps({"decode": decode, "prefill": prefill_rate}))
 "#;
 
-/// llama.cpp's (decode, prefill) tok/s, or why it did not run.
+/// llama.cpp's (decode, prefill) tok/s, or why it did not run. If it dies on a signal (its AMX
+/// path segfaults on some CPUs), it runs again without ggml's extra buffer types and says so.
 fn llama_cpp(path: &Path, threads: usize) -> Result<(f64, f64), String> {
     let python = std::env::var("PDQ_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .args(["-c", LLAMA_CPP])
-        .arg(path)
-        .args([threads, PROMPT, DECODE_STEPS, PREFILL, REPEATS].map(|n| n.to_string()))
-        .output()
-        .map_err(|e| format!("{python}: {e}"))?;
+    let run = |extra: usize| {
+        Command::new(&python)
+            .args(["-c", LLAMA_CPP])
+            .arg(path)
+            .args([threads, PROMPT, DECODE_STEPS, PREFILL, REPEATS, extra].map(|n| n.to_string()))
+            .output()
+            .map_err(|e| format!("{python}: {e}"))
+    };
+    let mut out = run(1)?;
+    #[cfg(unix)]
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+        println!(
+            "llama.cpp died on signal {signal}; running it again with use_extra_bufts = false (no AMX, no repacking)"
+        );
+        out = run(0)?;
+    }
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(err.lines().last().unwrap_or("failed").to_string());

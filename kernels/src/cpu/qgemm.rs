@@ -38,7 +38,7 @@ pub fn matmul_quant(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if m < FUSED_MAX_M && crate::quant::x86::fused_available(w.dtype) {
+    if m < FUSED_MAX_M && crate::quant::x86::fused_any(w.dtype) {
         return fused(x, w, bias, y);
     }
     matmul_quant_with(Kernel::detect(), x, w, bias, y);
@@ -65,15 +65,43 @@ pub(super) fn fused(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: &mut [f
 /// Columns `cols` of the fused path.
 ///
 /// # Safety
-/// [`crate::quant::x86::fused_available`] holds for `w.dtype`; `x` is whole rows of `w.cols`;
-/// `y` points at `x.len() / w.cols * w.rows` floats; no other thread writes columns `cols`.
+/// [`crate::quant::x86::fused_any`] holds for `w.dtype`; `x` is whole rows of `w.cols`, fewer
+/// than [`FUSED_MAX_M`]; `y` points at `x.len() / w.cols * w.rows` floats; no other thread
+/// writes columns `cols`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn fused_columns(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, y: OutPtr, cols: Range<usize>) {
-    use crate::quant::x86::{dot_rows, dot_rows4_avx512, fused512_available};
+    use crate::quant::x86::{dot_rows, dot_rows4_avx512, dot_rows_dequant, fused512_available};
     let wide = fused512_available();
     let (k, n) = (w.cols, w.rows);
     let m = x.len() / k;
     let out = y;
+    if crate::quant::x86::fused_dequant_available(w.dtype) {
+        let mut res = [[0f32; 4]; 8];
+        let mut j = cols.start;
+        while j < cols.end {
+            let nr = 4.min(cols.end - j);
+            let ws = [0, 1, 2, 3].map(|t| w.row_data(j + t.min(nr - 1)..j + t.min(nr - 1) + 1).as_ptr());
+            if w.dtype == crate::QuantType::Q4_K && wide && nr == 4 && m < 4 {
+                // Q4_K in registers, one row of `x` at a time.
+                for r in 0..m {
+                    // SAFETY: `fused512_available` held; row `r` of `x` is `k` floats.
+                    unsafe { crate::quant::x86::dot_rows4_q4k_avx512(x[r * k..].as_ptr(), &ws, k, &mut res[r]) };
+                }
+            } else {
+                // SAFETY: the K kernel's features held; `m < FUSED_MAX_M <= 8` rows of `k` floats.
+                unsafe { dot_rows_dequant(w.dtype, x, m, &ws, nr, k, &mut res) };
+            }
+            for (r, row) in res.iter().enumerate().take(m) {
+                for (t, &v) in row.iter().enumerate().take(nr) {
+                    let c = j + t;
+                    // SAFETY: `r * n + c < m * n`; only this task writes column `c`.
+                    unsafe { *out.get().add(r * n + c) = v + bias.map_or(0.0, |b| b[c]) };
+                }
+            }
+            j += nr;
+        }
+        return;
+    }
     let run = |cols: Range<usize>| {
         let mut res = [[0f32; 4]; 4];
         let mut j = cols.start;
@@ -152,6 +180,10 @@ unsafe fn columns(
     panel_rows: usize,
     y: *mut f32,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && m >= WIDE_MIN_M && k_is_whole_groups(w.cols) {
+        return columns512(x, w, bias, m, cols, y);
+    }
     let k = w.cols;
     let mut buf = vec![0f32; panel_rows.min(cols.len()) * k];
     let mut j0 = cols.start;
@@ -161,5 +193,106 @@ unsafe fn columns(
         w.dequantize_rows(j0..j1, wp);
         panel(kernel, x, wp, bias, k, m, w.rows, j0, y);
         j0 = j1;
+    }
+}
+
+/// Whether rows of `k` split into whole groups of eight (always, for block formats).
+fn k_is_whole_groups(k: usize) -> bool {
+    k.is_multiple_of(8)
+}
+
+/// From this many rows of `x` the 512-bit panel path wins (its interleaving copy is paid once
+/// per panel; measured: m = 8 is 10% slower, m = 32 11% faster, m = 512 16% faster).
+const WIDE_MIN_M: usize = 16;
+
+/// Weight rows per 512-bit panel tile: four pairs, two rows per register.
+#[cfg(target_arch = "x86_64")]
+const PAIRS: usize = 4;
+
+/// [`columns`] on AVX-512 with 512-bit arithmetic: each panel is dequantized with rows `2q`
+/// and `2q + 1` interleaved by groups of eight (`[row 2q's 8, row 2q + 1's 8]` per group), so
+/// one 512-bit multiply and add feed two rows' eight-lane sums: the same products, added in
+/// the same order as [`super::gemm`]'s tiles (`acc[l] += x[l] * w[l]` over `k`, unfused; the
+/// same combination), so the bits are the reference's; twice the lanes per instruction.
+///
+/// # Safety
+/// As [`columns`]; AVX-512F/VL are available (the caller picked [`Kernel::Avx512`]).
+#[cfg(target_arch = "x86_64")]
+unsafe fn columns512(x: &[f32], w: &QMatrix<'_>, bias: Option<&[f32]>, m: usize, cols: Range<usize>, y: *mut f32) {
+    let (k, n) = (w.cols, w.rows);
+    let tile_rows = 2 * PAIRS;
+    let panel_rows = (PANEL_FLOATS / k / tile_rows * tile_rows).max(tile_rows);
+    let mut row = vec![0f32; k];
+    let mut buf = vec![0f32; panel_rows.min(cols.len()).next_multiple_of(2) * k];
+    let mut j0 = cols.start;
+    while j0 < cols.end {
+        let j1 = cols.end.min(j0 + panel_rows);
+        let rows = j1 - j0;
+        let pairs = rows.div_ceil(2);
+        for r in 0..2 * pairs {
+            // A missing odd row repeats the last one; its results are dropped.
+            let src = j0 + r.min(rows - 1);
+            w.dequantize_rows(src..src + 1, &mut row);
+            let base = (r / 2) * 2 * k + 8 * (r % 2);
+            for (g, chunk) in row.chunks_exact(8).enumerate() {
+                buf[base + 16 * g..base + 16 * g + 8].copy_from_slice(chunk);
+            }
+        }
+        let mut q0 = 0;
+        while q0 < pairs {
+            let np = PAIRS.min(pairs - q0);
+            // Short groups repeat their last pair; the extra results are dropped.
+            let ws: [*const f32; PAIRS] = std::array::from_fn(|q| buf.as_ptr().add((q0 + q.min(np - 1)) * 2 * k));
+            let mut i = 0;
+            while i < m {
+                let mr = if i + 4 <= m { 4 } else { 1 };
+                let xs: [*const f32; 4] = std::array::from_fn(|t| x.as_ptr().add((i + t.min(mr - 1)) * k));
+                let mut out = [[0f32; 2 * PAIRS]; 4];
+                if mr == 4 {
+                    tile512::<4>(&xs, &ws, k, &mut out);
+                } else {
+                    tile512::<1>(&xs, &ws, k, &mut out);
+                }
+                for (r, o) in out.iter().enumerate().take(mr) {
+                    for (t, &v) in o.iter().enumerate().take((2 * np).min(rows - 2 * q0)) {
+                        let c = j0 + 2 * q0 + t;
+                        *y.add((i + r) * n + c) = v + bias.map_or(0.0, |b| b[c]);
+                    }
+                }
+                i += mr;
+            }
+            q0 += np;
+        }
+        j0 = j1;
+    }
+}
+
+/// `MR` rows of `x` against four interleaved pairs of weight rows: `out[i][2q + h]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl")]
+unsafe fn tile512<const MR: usize>(
+    xs: &[*const f32; 4],
+    ws: &[*const f32; PAIRS],
+    k: usize,
+    out: &mut [[f32; 2 * PAIRS]; 4],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); PAIRS]; MR];
+    for g in 0..k / 8 {
+        let wv: [__m512; PAIRS] = std::array::from_fn(|q| _mm512_loadu_ps(ws[q].add(16 * g)));
+        for i in 0..MR {
+            let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(xs[i].add(8 * g)))));
+            for q in 0..PAIRS {
+                acc[i][q] = _mm512_add_ps(acc[i][q], _mm512_mul_ps(xv, wv[q]));
+            }
+        }
+    }
+    for i in 0..MR {
+        for q in 0..PAIRS {
+            let mut lanes = [0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[i][q]);
+            out[i][2 * q] = super::combine_lanes(lanes[..8].try_into().expect("8"), 0.0);
+            out[i][2 * q + 1] = super::combine_lanes(lanes[8..].try_into().expect("8"), 0.0);
+        }
     }
 }

@@ -48,7 +48,7 @@ pub fn matmul_quant_many(x: &[f32], ws: &[QLinear<'_, '_>], ys: &mut [&mut [f32]
     } else {
         #[cfg(target_arch = "x86_64")]
         {
-            (m < super::qgemm::FUSED_MAX_M && all(crate::quant::x86::fused_available)).then_some(Mode::Fused)
+            (m < super::qgemm::FUSED_MAX_M && all(crate::quant::x86::fused_any)).then_some(Mode::Fused)
         }
         #[cfg(not(target_arch = "x86_64"))]
         None

@@ -124,7 +124,7 @@ fn rejects_partial_blocks_and_wrong_sizes() {
 fn matmul_quant_is_the_reference_on_dequantized_weights() {
     let mut rng = Lcg(9);
     for t in QuantType::ALL {
-        for &(m, k, n) in &[(1, 256, 7), (5, 512, 33), (70, 256, 300), (1, 1024, 600)] {
+        for &(m, k, n) in &[(1, 256, 7), (5, 512, 33), (70, 256, 300), (1, 1024, 600), (33, 256, 37)] {
             let bytes = random_blocks(t, n * k, &mut rng);
             let w = QMatrix::new(t, n, k, &bytes).unwrap();
             let dense = w.to_f32();
@@ -177,6 +177,43 @@ fn every_fused_kernel_is_dot_on_dequantized_rows() {
             assert!((0..4).all(|j| out[0][j].to_bits() == want(0, j)), "{t} avx512 1x4");
         } else {
             eprintln!("SKIPPED fused avx512 {t}: no AVX-512");
+        }
+    }
+}
+
+/// The K formats' fused kernel (each super-block dequantized into L1, then the eight-lane sums)
+/// for every `m` and short weight groups, against `dot` on the dequantized rows.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_k_fused_kernel_is_dot_on_dequantized_rows() {
+    use super::x86::{dot_rows_dequant, fused_dequant_available};
+    let mut rng = Lcg(4);
+    let k = 512;
+    for t in [QuantType::Q4_K, QuantType::Q6_K] {
+        if !fused_dequant_available(t) {
+            eprintln!("SKIPPED fused {t}: no AVX2/F16C");
+            continue;
+        }
+        let bytes = random_blocks(t, 4 * k, &mut rng);
+        let w = QMatrix::new(t, 4, k, &bytes).unwrap();
+        let dense = w.to_f32();
+        let x: Vec<f32> = (0..8 * k).map(|_| rng.next_f32()).collect();
+        let want = |i: usize, j: usize| crate::cpu::dot(&x[i * k..(i + 1) * k], &dense[j * k..(j + 1) * k]).to_bits();
+        let ws = [0, 1, 2, 3].map(|j| w.row_data(j..j + 1).as_ptr());
+        if t == QuantType::Q4_K && super::x86::fused512_available() {
+            let mut out = [f32::NAN; 4];
+            // SAFETY: features checked; `x` row 0 is `k` floats; four whole weight rows.
+            unsafe { super::x86::dot_rows4_q4k_avx512(x.as_ptr(), &ws, k, &mut out) };
+            assert!((0..4).all(|j| out[j].to_bits() == want(0, j)), "{t} avx512 registers");
+        }
+        for m in 1..=8 {
+            for nr in 1..=4 {
+                let mut out = [[f32::NAN; 4]; 8];
+                // SAFETY: features checked above; `x` holds 8 rows of `k`; whole weight rows.
+                unsafe { dot_rows_dequant(t, &x, m, &ws, nr, k, &mut out) };
+                let same = (0..m).all(|i| (0..nr).all(|j| out[i][j].to_bits() == want(i, j)));
+                assert!(same, "{t} m {m} nr {nr}");
+            }
         }
     }
 }

@@ -15,6 +15,8 @@ pub(super) fn vnni512_available() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+        && std::arch::is_x86_feature_detected!("gfni")
 }
 
 /// [`super::Q8Rows::quantize`]'s per-row work compiled for AVX-512 (or AVX2): the same IEEE
@@ -107,12 +109,29 @@ fn finish(even: &[f32; 8], odd: &[f32; 8], mc: [f32; 2]) -> f32 {
     (tree(even, 0.0) + tree(odd, 0.0)) + (mc[0] + mc[1])
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni,avx512vbmi,gfni")]
 unsafe fn tile_vnni<const T: u8, const MR: usize>(a: &Q8Rows, i0: usize, ws: &[*const u8; 4], out: &mut [[f32; 4]; 4]) {
     let (blocks, stride) = (a.blocks, a.stride);
     let bb = BLOCK_BYTES[T as usize];
-    let nibbles = _mm256_set1_epi8(0x0F);
     let flip = _mm512_set1_epi8(0x80u8 as i8);
+    let off = if T == 1 { 4 } else { 2 };
+    // Byte o of the unpacked pair: 128-bit lanes 0 and 1 take block b0's packed bytes (low
+    // nibbles, weights 0..16, then high, 16..32), lanes 2 and 3 block b1's.
+    let place_bytes: [u8; 64] = std::array::from_fn(|o| ((o / 32) * bb + off + o % 16) as u8);
+    let place = _mm512_loadu_si512(place_bytes.as_ptr() as *const __m512i);
+    // Each byte's low nibble (lanes 0, 2) or high nibble (lanes 1, 3) in one GF(2) affine map
+    // per qword: output bit k is input bit k (or k + 4) for k < 4, zero above.
+    let (low, high) = (0x0102_0408_0000_0000u64 as i64, 0x1020_4080_0000_0000u64 as i64);
+    let nibble_of = _mm512_set_epi64(high, high, low, low, high, high, low, low);
+    // Bytes 0..16 from rows 0 and 1, 16..32 (the same indices) from rows 2 and 3.
+    let gather_bytes: [u8; 64] = std::array::from_fn(|o| {
+        let (row, h, byte) = ((o / 8) % 2, (o / 4) % 2, o % 4);
+        (64 * row + h * bb + byte) as u8
+    });
+    let gather_heads = _mm512_loadu_si512(gather_bytes.as_ptr() as *const __m512i);
+    // The first `n` bytes (Q8_0's pair, 68 bytes, is never loaded whole: its mask is unused).
+    let first = |n: usize| if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+    let (pair_mask, one_mask, head_mask) = (first(2 * bb), first(bb), first(bb + 4));
     // Lane 4j + 2h of the scale products is row j's `d_w * d_x` for block h of the pair.
     let spread: [__m512i; 4] = std::array::from_fn(|j| {
         let (e, o) = (4 * j as i32, 4 * j as i32 + 2);
@@ -123,35 +142,45 @@ unsafe fn tile_vnni<const T: u8, const MR: usize>(a: &Q8Rows, i0: usize, ws: &[*
     for b0 in (0..stride).step_by(2) {
         let b1 = b0 + 1;
         let has1 = b1 < blocks;
+        let whole = (blocks - b0) * bb >= 64;
         // Each row's pair of blocks as 64 unsigned bytes in quant order (block b0's 32, then b1's).
+        // Q4: one 64-byte load from the pair's start, one byte permute that places each block's
+        // 16 packed bytes twice, one GF(2) affine map that takes the low nibbles of one copy and
+        // the high of the other: where two half loads, two inserts, two shifts, two masks and a
+        // lane shuffle were (the kernel is bound by these operations, not by memory). The heads
+        // come out of the same registers.
         let mut wv = [_mm512_setzero_si512(); 4];
+        let mut raw = [_mm512_setzero_si512(); 4];
         for (j, v) in wv.iter_mut().enumerate() {
             let p0 = ws[j].add(b0 * bb);
             // A pair of blocks spans up to two cache lines (Q8_0: 68 bytes).
             _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(PREFETCH_BYTES) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(PREFETCH_BYTES + 2 * bb - 1) as *const i8);
-            let p1 = ws[j].add(b1 * bb);
-            *v = if T == 2 {
+            if T == 2 {
+                let p1 = ws[j].add(b1 * bb);
                 let lo = _mm256_loadu_si256(p0.add(2) as *const __m256i);
                 let hi = if has1 { _mm256_loadu_si256(p1.add(2) as *const __m256i) } else { _mm256_setzero_si256() };
                 // Signed weights made unsigned (w + 128); the activations' sums take the 128 back off.
-                _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi), flip)
+                *v = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi), flip);
+                // The two heads (bytes 0..4 of each block) for the scales below.
+                raw[j] = _mm512_maskz_loadu_epi8(if has1 { head_mask } else { 0xF }, p0 as *const i8);
             } else {
-                let off = if T == 1 { 4 } else { 2 };
-                let q0 = _mm_loadu_si128(p0.add(off) as *const __m128i);
-                let q1 = if has1 { _mm_loadu_si128(p1.add(off) as *const __m128i) } else { _mm_setzero_si128() };
-                let q = _mm256_set_m128i(q1, q0);
-                let lo = _mm256_and_si256(q, nibbles);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibbles);
-                // [lo0, lo1, hi0, hi1] as 128-bit lanes, reordered to [lo0, hi0, lo1, hi1].
-                let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z)
-            };
+                // A plain 64-byte load where the row has that many bytes left (masked loads cost
+                // about 8% here); the row's last pair is masked, so nothing past it is read.
+                raw[j] = if whole {
+                    _mm512_loadu_si512(p0 as *const __m512i)
+                } else {
+                    _mm512_maskz_loadu_epi8(if has1 { pair_mask } else { one_mask }, p0 as *const i8)
+                };
+                let twice = _mm512_permutexvar_epi8(place, raw[j]);
+                *v = _mm512_gf2p8affine_epi64_epi8::<0>(twice, nibble_of);
+            }
         }
-        // [d, m] of (row j, block h) at halves 4j + 2h, 4j + 2h + 1.
-        // Built in registers: eight 4-byte stores reloaded as one vector would stall forwarding.
-        let h = |j: usize, b: usize| head::<T>(ws[j], b, blocks);
-        let heads = _mm256_setr_epi32(h(0, b0), h(0, b1), h(1, b0), h(1, b1), h(2, b0), h(2, b1), h(3, b0), h(3, b1));
+        // [d, m] of (row j, block h) at halves 4j + 2h, 4j + 2h + 1: bytes 0..4 and bb..bb + 4
+        // of each row's pair, gathered by two two-source byte permutes.
+        let h01 = _mm512_permutex2var_epi8(raw[0], gather_heads, raw[1]);
+        let h23 = _mm512_permutex2var_epi8(raw[2], gather_heads, raw[3]);
+        let heads = _mm512_castsi512_si256(_mm512_mask_blend_epi32(0x00F0, h01, h23));
         let dm = _mm512_cvtph_ps(heads);
         for i in 0..MR {
             let at = (i0 + i) * stride + b0;
