@@ -149,24 +149,7 @@ impl GpuModel {
         let (s, vocab) = (self.stream(), self.model.config.vocab_size);
         let tokens = if batch.iter().any(|i| matches!(i.want, Want::Token(_))) {
             let rows = batch.len();
-            let (mut temp, mut top_k, mut top_p, mut min_p, mut u) =
-                (vec![0f32; rows], vec![0i32; rows], vec![1f32; rows], vec![0f32; rows], vec![0f32; rows]);
-            for (r, item) in batch.iter().enumerate() {
-                // A row that wants logits is sampled greedily and its id ignored: one launch
-                // serves the whole batch.
-                if let Want::Token(draw) = item.want {
-                    // Greedy draws keep temperature 0, whatever the filters say: the kernel's
-                    // greedy rule is the host's (`Draw::is_greedy`).
-                    let f = draw.filters;
-                    if let Some(x) = draw.uniform {
-                        temp[r] = f.temperature;
-                        u[r] = x as f32;
-                    }
-                    top_k[r] = i32::try_from(f.top_k).unwrap_or(i32::MAX);
-                    top_p[r] = f.top_p;
-                    min_p[r] = f.min_p;
-                }
-            }
+            let SamplingRows { temperature: temp, top_k, top_p, min_p, uniform: u } = sampling_rows(batch);
             let mut out = s.alloc_zeros::<i32>(rows).map_err(dev_err)?;
             if temp.iter().all(|&t| t <= 0.0) {
                 self.cuda.argmax(&logits.as_view(), vocab, &mut out.as_view_mut())?;
@@ -326,6 +309,43 @@ impl GpuModel {
         cu.matmul(&last.as_view(), &self.w.lm_head().as_view(), None, h, &mut logits.as_view_mut())?;
         Ok(logits)
     }
+}
+
+/// The sampling kernel's per-row inputs for a step (rules in `pdq_kernels::cpu::sample`).
+#[derive(Debug, PartialEq)]
+pub(crate) struct SamplingRows {
+    pub temperature: Vec<f32>,
+    pub top_k: Vec<i32>,
+    pub top_p: Vec<f32>,
+    pub min_p: Vec<f32>,
+    pub uniform: Vec<f32>,
+}
+
+/// One row per batch item. A row that wants logits is sampled greedily and its id ignored (one
+/// launch serves the whole batch); a greedy draw keeps temperature 0 whatever its filters say,
+/// so the kernel's greedy rule is the host's ([`crate::Draw::is_greedy`]).
+pub(crate) fn sampling_rows(batch: &[StepItem<'_>]) -> SamplingRows {
+    let rows = batch.len();
+    let mut r = SamplingRows {
+        temperature: vec![0.0; rows],
+        top_k: vec![0; rows],
+        top_p: vec![1.0; rows],
+        min_p: vec![0.0; rows],
+        uniform: vec![0.0; rows],
+    };
+    for (i, item) in batch.iter().enumerate() {
+        if let Want::Token(draw) = item.want {
+            let f = draw.filters;
+            if let Some(u) = draw.uniform {
+                r.temperature[i] = f.temperature;
+                r.uniform[i] = u as f32;
+            }
+            r.top_k[i] = i32::try_from(f.top_k).unwrap_or(i32::MAX);
+            r.top_p[i] = f.top_p;
+            r.min_p[i] = f.min_p;
+        }
+    }
+    r
 }
 
 /// Validates the batch, grows each sequence, and packs the host inputs of one step. Pure host

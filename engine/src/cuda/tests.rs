@@ -74,3 +74,37 @@ fn staging_copies_round_trip_the_page_format() {
         assert_eq!(out, reference.export(rid).unwrap(), "sender block size {sender_bs}");
     }
 }
+
+/// The device sampler's per-row inputs: seeded draws carry their filters and the host's
+/// uniform number; greedy draws (temperature 0, or top-k 1) and rows that want logits run the
+/// kernel's greedy rule.
+#[test]
+fn sampling_rows_follow_the_hosts_draws() {
+    use super::forward::{sampling_rows, SamplingRows};
+    use crate::executor::{StepItem, Want};
+    use crate::SamplingParams;
+
+    let mut kv = PagedKv::tables_only(tiny().kv_layout(DEFAULT_BLOCK_SIZE), 8);
+    let ids: Vec<_> = (0..4).map(|_| kv.add_sequence(4).unwrap()).collect();
+    let seeded = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.05, seed: 9, ..Default::default() };
+    let top1 = SamplingParams { temperature: 0.8, top_k: 1, ..Default::default() };
+    let draw = seeded.draw(3);
+    let t = [1u32];
+    let batch = [
+        StepItem { seq: ids[0], tokens: &t, want: Want::Token(draw) },
+        StepItem { seq: ids[1], tokens: &t, want: Want::Token(SamplingParams::default().draw(0)) },
+        StepItem { seq: ids[2], tokens: &t, want: Want::Token(top1.draw(0)) },
+        StepItem { seq: ids[3], tokens: &t, want: Want::Logits },
+    ];
+    let u = draw.uniform.expect("a seeded draw draws") as f32;
+    assert_eq!(
+        sampling_rows(&batch),
+        SamplingRows {
+            temperature: vec![0.8, 0.0, 0.0, 0.0],
+            top_k: vec![40, 0, 1, 0],
+            top_p: vec![0.9, 1.0, 1.0, 1.0],
+            min_p: vec![0.05, 0.0, 0.0, 0.0],
+            uniform: vec![u, 0.0, 0.0, 0.0],
+        }
+    );
+}
