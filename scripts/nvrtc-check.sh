@@ -24,8 +24,9 @@ fi
 export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cargo test -p pdq-kernels --features cuda nvrtc "$@"
 cargo check -p pdq-engine -p pdq-workers --features cuda --all-targets
-# The GPU forward's host-side packing, which needs no GPU.
-cargo test -p pdq-engine --features cuda --lib cuda::
+# The GPU executor's host-side parts (batch packing, page staging, sampling rows) and device
+# selection on a CUDA build without a driver, which need no GPU.
+cargo test -p pdq-engine --features cuda --lib -- cuda:: executor::
 if [[ ${PDQ_NVRTC_CHECK_ROOT:-0} != 0 ]]; then
     cargo check -p pdq --features cuda
 fi

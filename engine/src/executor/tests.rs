@@ -20,6 +20,12 @@ fn cpu_always_and_auto_falls_back_without_a_gpu() {
         let e = Device::open(m, DeviceChoice::Cuda).err().expect("no CUDA in this build");
         assert_eq!(e.to_string(), format!("device: {NOT_BUILT}"));
         assert_eq!(e.error_type(), "device");
+    } else if !pdq_kernels::cuda::is_available() {
+        // A CUDA build on a machine without a driver (the NVRTC check in CI runs this).
+        assert_eq!(Device::open(m.clone(), DeviceChoice::Auto).unwrap().name(), "cpu");
+        let e = Device::open(m, DeviceChoice::Cuda).err().expect("no driver here");
+        assert!(e.to_string().contains("libcuda"), "{e}");
+        assert_eq!(e.error_type(), "device");
     }
 }
 
