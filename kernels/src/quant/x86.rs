@@ -448,6 +448,21 @@ unsafe fn spread(v: __m512, lo: i32, hi: i32) -> __m512 {
     _mm512_permutexvar_ps(_mm512_setr_epi32(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi), v)
 }
 
+/// The `vpshufb` indices that move byte `plus + 4 (L % 2) + i` of each 128-bit lane L into
+/// byte `at` of its 32-bit lane i, zeroing the other three bytes (index 0x80).
+#[inline(always)]
+unsafe fn pair_shuffle(plus: usize, at: usize) -> __m512i {
+    let bytes: [u8; 64] = std::array::from_fn(|o| {
+        let (lane, i, byte) = (o / 16, (o % 16) / 4, o % 4);
+        if byte == at {
+            (plus + 4 * (lane % 2) + i) as u8
+        } else {
+            0x80
+        }
+    });
+    _mm512_loadu_si512(bytes.as_ptr() as *const __m512i)
+}
+
 /// Weights reach 32-bit lanes by one in-lane byte shuffle each (`vpshufb`, which also zeroes
 /// the other three bytes): the source register holds rows `2p` and `2p + 1`'s packed bytes as
 /// [row 2p's 16, the same, row 2p + 1's 16, the same], so every 128-bit lane has the bytes its
@@ -462,19 +477,8 @@ unsafe fn dot_rows4_512_as<const T: u8>(x: *const f32, ws: &[*const u8; 4], k: u
     let off = [2, 4, 2][T as usize];
     // Shuffle indices (within each 128-bit lane L): bytes 4 (L % 2) + i of the lane's copy, or
     // 8 + that, into byte 0 (Q4) or byte 3 (Q8_0) of lane i; 0x80 zeroes.
-    let index = |plus: usize| {
-        let bytes: [u8; 64] = std::array::from_fn(|o| {
-            let (lane, i, at) = (o / 16, (o % 16) / 4, o % 4);
-            let target = if T == 2 { 3 } else { 0 };
-            if at == target {
-                (plus + 4 * (lane % 2) + i) as u8
-            } else {
-                0x80
-            }
-        });
-        _mm512_loadu_si512(bytes.as_ptr() as *const __m512i)
-    };
-    let (idx0, idx8) = (index(0), index(8));
+    let target = if T == 2 { 3 } else { 0 };
+    let (idx0, idx8) = (pair_shuffle(0, target), pair_shuffle(8, target));
     let (lo_mask, hi_mask) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0xF0u8 as i8));
     // Q4_0's `- 8` at each nibble's position (low: 8, high: 8 * 16).
     let (eight_lo, eight_hi) = (_mm512_set1_epi32(8), _mm512_set1_epi32(128));
@@ -569,18 +573,7 @@ unsafe fn q4_k_scales(q: *const u8) -> (u64, u64) {
 /// [`fused512_available`] holds; `x` points at `k` floats; `ws[..4]` at one Q4_K row each.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
 pub(crate) unsafe fn dot_rows4_q4k_avx512(x: *const f32, ws: &[*const u8; 4], k: usize, out: &mut [f32; 4]) {
-    let index = |plus: usize| {
-        let bytes: [u8; 64] = std::array::from_fn(|o| {
-            let (lane, i, at) = (o / 16, (o % 16) / 4, o % 4);
-            if at == 0 {
-                (plus + 4 * (lane % 2) + i) as u8
-            } else {
-                0x80
-            }
-        });
-        _mm512_loadu_si512(bytes.as_ptr() as *const __m512i)
-    };
-    let (idx0, idx8) = (index(0), index(8));
+    let (idx0, idx8) = (pair_shuffle(0, 0), pair_shuffle(8, 0));
     let (lo_mask, hi_mask) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0xF0u8 as i8));
     // Odd sub-blocks take high nibbles, which the shuffle leaves at 16 times their value.
     let parity = _mm256_setr_ps(1.0, 1.0 / 16.0, 1.0, 1.0 / 16.0, 1.0, 1.0 / 16.0, 1.0, 1.0 / 16.0);
