@@ -223,12 +223,22 @@ pub(crate) fn fused_any(t: QuantType) -> bool {
     fused_available(t) || fused_dequant_available(t)
 }
 
+#[inline(always)]
+unsafe fn dequant_block(t: QuantType, b: *const u8, y: *mut f32, gs: usize) {
+    match t {
+        QuantType::Q4_K => q4_k_block::<true>(b, y, gs),
+        _ => q6_k_block(b, y, gs),
+    }
+}
+
 /// Rows `x[..m]` (each `k` floats, `m <= 8`) against weight rows `ws[..nr]` (`nr <= 4`) of a K
 /// format: each super-block of the `nr` rows is dequantized (AVX2, the portable bits) into a
 /// stack buffer in L1, then fed to eight-lane sums in `k` order with unfused multiplies and
 /// adds, so `out[i][j]` is [`crate::cpu::dot`] of row `i` with dequantized row `j`, bit for bit
 /// (`k` is a multiple of 256, so no tail). The buffer is written once per super-block and
 /// reused by all `m` rows, where the panel path widens a 32 KiB panel and runs a GEMM tile.
+/// A 512-bit variant (two rows per register, interleaved buffer) measured slower here: the
+/// dequantization dominates and runs at a lower clock in 512-bit code.
 ///
 /// # Safety
 /// [`fused_dequant_available`] holds for `t`; `x` is `m * k` floats; `ws[..nr]` point at one
@@ -244,29 +254,6 @@ pub(crate) unsafe fn dot_rows_dequant(
     out: &mut [[f32; 4]; 8],
 ) {
     debug_assert!(m <= 8 && nr <= 4 && x.len() >= m * k);
-    // A 512-bit variant (two rows per register, interleaved buffer) measured slower here: the
-    // dequantization dominates and runs at a lower clock in 512-bit code.
-    dot_rows_dequant256(t, x, m, ws, nr, k, out)
-}
-
-#[inline(always)]
-unsafe fn dequant_block(t: QuantType, b: *const u8, y: *mut f32, gs: usize) {
-    match t {
-        QuantType::Q4_K => q4_k_block::<true>(b, y, gs),
-        _ => q6_k_block(b, y, gs),
-    }
-}
-
-#[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn dot_rows_dequant256(
-    t: QuantType,
-    x: &[f32],
-    m: usize,
-    ws: &[*const u8; 4],
-    nr: usize,
-    k: usize,
-    out: &mut [[f32; 4]; 8],
-) {
     let bb = t.block_bytes();
     let mut buf = [[0f32; 256]; 4];
     let mut acc = [[_mm256_setzero_ps(); 4]; 8];
