@@ -4,26 +4,13 @@
 //! matrix for scale. Then every type at 768 x 1536.
 //! `cargo run --release -p pdq-kernels --example qmatmul [-- --all]`.
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use pdq_kernels::cpu::{matmul, matmul_quant};
 use pdq_kernels::quant::int8;
 use pdq_kernels::quant::random::{random_blocks, Lcg};
 use pdq_kernels::{QMatrix, QuantType};
-
-/// Median seconds per call over `reps` calls after one warm-up.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
 
 fn row(t: QuantType, k: usize, n: usize, rng: &mut Lcg) {
     let bytes = random_blocks(t, n * k, rng);
@@ -34,10 +21,10 @@ fn row(t: QuantType, k: usize, n: usize, rng: &mut Lcg) {
         let x: Vec<f32> = (0..m * k).map(|_| rng.next_f32()).collect();
         let mut y = vec![0f32; m * n];
         let reps = if m == 1 { 400 } else { 40 } * 576 * 576 / (k * n).max(576 * 576) + 5;
-        let q = time(reps, || matmul_quant(&x, &w, None, &mut y));
-        let f = time(reps, || matmul(&x, &dense, None, k, &mut y));
+        let q = timing::median_secs(reps, || matmul_quant(&x, &w, None, &mut y));
+        let f = timing::median_secs(reps, || matmul(&x, &dense, None, k, &mut y));
         let i8 = if int8::supported(t) {
-            format!("{:.1}", time(reps, || int8::matmul_int8(&x, &w, None, &mut y)) * 1e6)
+            format!("{:.1}", timing::median_secs(reps, || int8::matmul_int8(&x, &w, None, &mut y)) * 1e6)
         } else {
             "-".into()
         };

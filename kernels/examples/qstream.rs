@@ -6,25 +6,13 @@
 //! call goes over that many distinct copies of the matrix in turn, as a model's layers do, so
 //! the weights come from L3 or DRAM instead of staying in L2.
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use pdq_kernels::cpu::matmul_quant;
 use pdq_kernels::quant::int8;
 use pdq_kernels::quant::random::{random_blocks, Lcg};
 use pdq_kernels::{QMatrix, QuantType};
-
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,7 +30,7 @@ fn main() {
     let mut y = vec![0f32; m * n];
     let reps = (200_000_000 / (copies * bytes.len())).clamp(5, 2000);
     let gbs = |s: f64| (copies * bytes.len()) as f64 / s / 1e9;
-    let e = median(reps, || ws.iter().for_each(|w| matmul_quant(&x, w, None, &mut y)));
+    let e = timing::median_secs(reps, || ws.iter().for_each(|w| matmul_quant(&x, w, None, &mut y)));
     print!(
         "{t} {k}x{n} x{copies} m={m} threads={}: exact {:.1} us {:.1} GB/s",
         rayon::current_num_threads(),
@@ -50,7 +38,7 @@ fn main() {
         gbs(e)
     );
     if int8::supported(t) {
-        let i = median(reps, || ws.iter().for_each(|w| int8::matmul_int8(&x, w, None, &mut y)));
+        let i = timing::median_secs(reps, || ws.iter().for_each(|w| int8::matmul_int8(&x, w, None, &mut y)));
         print!("; int8 {:.1} us {:.1} GB/s", i * 1e6, gbs(i));
     }
     println!();

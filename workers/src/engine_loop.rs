@@ -504,7 +504,8 @@ fn start_group(
 /// or several choices sample it.
 fn first_want(job: &PrefillJob) -> Want {
     if job.n == 1 && job.grammar.is_none() && job.params.logprobs.is_none() {
-        Want::Token(job.params.for_choice(0).draw(0))
+        // Choice 0's seed is the request's own (`for_choice(0)` changes nothing).
+        Want::Token(job.params.draw(0))
     } else {
         Want::Logits
     }
