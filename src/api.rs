@@ -1,17 +1,13 @@
-//! `pdq api`: binds, then serves until SIGINT/SIGTERM.
-
-use std::sync::Arc;
+//! `pdq api`: binds, then serves (and feeds the namespace's jobs) until SIGINT/SIGTERM.
 
 use anyhow::{Context, Result};
 use pdq_api::{ApiConfig, ApiState};
-use pdq_broker::Broker;
 use pdq_store::Store;
 
-use crate::cli::{ApiArgs, Global};
+use crate::cli::{ApiArgs, FeederArgs, Global};
 
-pub async fn run(g: &Global, a: ApiArgs) -> Result<()> {
+pub async fn run(g: &Global, a: ApiArgs, feeder: FeederArgs) -> Result<()> {
     let store = Store::connect(&g.database_url).await?;
-    let broker = Arc::new(Broker::connect_with(g.broker().named(format!("pdq:{}:api", g.namespace))).await?);
     let listener =
         tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("cannot listen on {}", a.addr))?;
     let config = ApiConfig {
@@ -22,8 +18,8 @@ pub async fn run(g: &Global, a: ApiArgs) -> Result<()> {
         ..ApiConfig::default()
     };
     tracing::info!(addr = %listener.local_addr()?, auth = config.api_key.is_some(), "serving the OpenAI Batch API at /v1");
-    let state = ApiState::new(store, broker.clone(), config);
-    pdq_api::serve(listener, state, crate::commands::shutdown_signal()).await.context("api server")?;
-    broker.close().await;
+    let shutdown = crate::commands::feeding_until_shutdown(g, &feeder, &store, None);
+    let state = ApiState::new(store, &g.namespace, config);
+    pdq_api::serve(listener, state, shutdown).await.context("api server")?;
     Ok(())
 }

@@ -116,6 +116,45 @@ pub struct ClusterArgs {
     pub mode: pdq_protocol::Mode,
 }
 
+/// The feeder that runs in every long-lived process (CONTRACT §13).
+#[derive(Args, Debug, Clone)]
+pub struct FeederArgs {
+    /// Run a feeder here: it publishes accepted jobs' requests while this process holds the
+    /// namespace's feeder lease (one process at a time; the others stand by).
+    #[arg(long, env = "PDQ_FEEDER", default_value = "on", value_parser = on_off)]
+    pub feeder: bool,
+    /// Requests in flight the feeder keeps per prefill queue (per rank for the shared queue).
+    #[arg(long, env = "PDQ_FEEDER_WINDOW", default_value_t = pdq_producer::feeder::DEFAULT_FEEDER_WINDOW)]
+    pub feeder_window: u32,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("must be on or off, got '{other}'")),
+    }
+}
+
+impl FeederArgs {
+    /// Starts this process's feeder when `--feeder on`; `stop` ends it and gives its lease up.
+    pub fn spawn(
+        &self,
+        g: &Global,
+        store: &pdq_store::Store,
+        shape: Option<pdq_protocol::ClusterShape>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let cfg = pdq_producer::feeder::FeederConfig {
+            namespace: g.namespace.clone(),
+            broker: g.broker(),
+            window: self.feeder_window.max(1),
+            shape,
+        };
+        self.feeder.then(|| pdq_producer::feeder::spawn(store.clone(), cfg, stop))
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct TuningArgs {
     /// Host that decoders dial for this process's KV (set it to this host's address across hosts).
@@ -169,6 +208,8 @@ pub enum Command {
         model: ModelArg,
         #[command(flatten)]
         tuning: TuningArgs,
+        #[command(flatten)]
+        feeder: FeederArgs,
     },
     /// One worker rank, for ranks in separate processes or on separate hosts.
     Worker {
@@ -182,8 +223,11 @@ pub enum Command {
         model: ModelArg,
         #[command(flatten)]
         tuning: TuningArgs,
+        #[command(flatten)]
+        feeder: FeederArgs,
     },
-    /// Validates and enqueues a batch file (OpenAI Batch JSONL); prints the job id first.
+    /// Validates a batch file (OpenAI Batch JSONL) and accepts it as a job; prints the job id
+    /// first. The feeders of the long-lived processes publish it.
     Submit {
         file: String,
         #[arg(long, env = "PDQ_JOB_NAME")]
@@ -194,6 +238,16 @@ pub enum Command {
         /// Dispatch policy for unpinned stages: shared, round-robin, least-loaded.
         #[arg(long, env = "PDQ_POLICY", default_value = "shared")]
         policy: pdq_producer::Policy,
+        /// A larger share of the ranks: the job weighs 2^PRIORITY against the other active jobs.
+        #[arg(long, env = "PDQ_PRIORITY", default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// At most this many of the job's requests in the pipeline at once.
+        #[arg(long, env = "PDQ_MAX_IN_FLIGHT")]
+        max_in_flight: Option<u32>,
+        /// Requests not finished this long after acceptance end `batch_expired`, and the job
+        /// `expired`.
+        #[arg(long, env = "PDQ_COMPLETION_WINDOW", default_value = "24h", value_parser = parse_duration)]
+        completion_window: Duration,
     },
     /// A job's status.
     Status {
@@ -220,6 +274,8 @@ pub enum Command {
     Api {
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        feeder: FeederArgs,
     },
     /// Model utilities.
     Model {

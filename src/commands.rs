@@ -4,28 +4,28 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use pdq_broker::Broker;
 use pdq_engine::{Device, Model};
 use pdq_producer::{export_lines, wait_for_job, ExportKind, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::{JobRow, Store};
 use pdq_workers::{WorkerConfig, WorkerRole};
 
-use crate::cli::{Cli, ClusterArgs, Command, Global, ModelArg, ModelCommand, TuningArgs};
+use crate::cli::{Cli, ClusterArgs, Command, FeederArgs, Global, ModelArg, ModelCommand, TuningArgs};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Serve { cluster, model, tuning } => {
+        Command::Serve { cluster, model, tuning, feeder } => {
             let shape = shape(&cluster)?;
             let model = load_model(&model)?;
             let store = Store::connect(&g.database_url).await?;
             let template = worker_config(g, WorkerRole::Prefill, 0, shape, &tuning);
             g.serve_metrics().await?;
             tracing::info!(?shape, model = model.model().name(), "serving");
-            pdq_workers::serve(&template, model, store, shutdown_signal()).await?;
+            let shutdown = feeding_until_shutdown(g, &feeder, &store, Some(shape));
+            pdq_workers::serve(&template, model, store, shutdown).await?;
         }
-        Command::Worker { role, dp_rank, mut cluster, model, tuning } => {
+        Command::Worker { role, dp_rank, mut cluster, model, tuning, feeder } => {
             if role == WorkerRole::Colocated {
                 cluster.mode = Mode::Colocated;
             }
@@ -40,20 +40,20 @@ pub async fn run(cli: Cli) -> Result<()> {
             let store = Store::connect(&g.database_url).await?;
             let cfg = worker_config(g, role, dp_rank, shape, &tuning);
             g.serve_metrics().await?;
-            pdq_workers::run_worker(cfg, model, store, shutdown_signal()).await?;
+            let shutdown = feeding_until_shutdown(g, &feeder, &store, Some(shape));
+            pdq_workers::run_worker(cfg, model, store, shutdown).await?;
         }
-        Command::Submit { file, name, wait, policy } => {
+        Command::Submit { file, name, wait, policy, priority, max_in_flight, completion_window } => {
             let store = Store::connect(&g.database_url).await?;
-            let broker = Broker::connect_with(g.broker().named(format!("pdq:{}:submit", g.namespace))).await?;
             let shape = pdq_producer::cluster_shape(&store, &g.namespace).await?;
-            broker.declare(&shape).await?;
-            let report = pdq_producer::submit(&store, &broker, &file, &shape, &SubmitOptions { name, policy }).await?;
+            let opts = SubmitOptions { name, policy, priority, max_in_flight, completion_window };
+            let report = pdq_producer::submit(&store, &g.namespace, &file, &shape, &opts).await?;
             println!("{}", report.job_id);
             eprintln!(
-                "{} lines: {} enqueued, {} failed validation (see `pdq results {} --errors`)",
+                "{} lines accepted: {} to run, {} failed validation (see `pdq results {} --errors`)",
                 report.total, report.enqueued, report.invalid, report.job_id
             );
-            broker.close().await;
+            warn_without_feeder(&store, &g.namespace).await;
             if wait {
                 let job = wait_for_job(&store, report.job_id, WaitMode::Progress).await?;
                 print_status(&job, false)?;
@@ -110,9 +110,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 _ => {}
             }
         }
-        Command::Api { api } => {
+        Command::Api { api, feeder } => {
             g.serve_metrics().await?;
-            crate::api::run(g, api).await?
+            crate::api::run(g, api, feeder).await?
         }
         Command::Model { command: ModelCommand::Tiny { dir } } => {
             pdq_engine::tiny::write(&dir)?;
@@ -238,6 +238,39 @@ fn print_status(job: &JobRow, json: bool) -> Result<()> {
         job.cancelled
     );
     Ok(())
+}
+
+/// Runs this process's feeder (when `--feeder on`) until SIGINT or SIGTERM, then stops it,
+/// giving its lease to another process, before the workers drain.
+pub fn feeding_until_shutdown(
+    g: &Global,
+    feeder: &FeederArgs,
+    store: &Store,
+    shape: Option<ClusterShape>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = feeder.spawn(g, store, shape, stop_rx);
+    async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+        if let Some(task) = task {
+            task.await.ok();
+        }
+    }
+}
+
+/// A job nobody publishes waits: say so when no feeder holds the namespace's lease.
+async fn warn_without_feeder(store: &Store, namespace: &str) {
+    let live = match store.feeder_lease(namespace).await {
+        Ok(lease) => lease.is_some_and(|l| l.heartbeat_age_s < pdq_producer::feeder::LEASE_TTL.as_secs_f64()),
+        Err(_) => return,
+    };
+    if !live {
+        eprintln!(
+            "note: no feeder is running in namespace '{namespace}': the job starts when a `pdq serve`, \
+             `pdq worker` or `pdq api` (with --feeder on) runs"
+        );
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

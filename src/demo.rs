@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use pdq_broker::Broker;
 use pdq_engine::Device;
-use pdq_producer::{submit_text, wait_for_job, BatchInput, Policy, SubmitOptions, WaitMode};
+use pdq_producer::feeder::{FeederConfig, DEFAULT_FEEDER_WINDOW};
+use pdq_producer::{submit_text, wait_for_job, BatchInput, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::JobRow;
 use pdq_store::Store;
@@ -110,12 +110,13 @@ pub async fn run_batch(
     Ok(BatchRun { job, wall_s })
 }
 
-/// A fresh cluster in this process, in a namespace of its own, with a connection to submit to it.
+/// A fresh cluster in this process, in a namespace of its own, with its feeder.
 pub struct LocalCluster {
     namespace: String,
     shape: ClusterShape,
-    broker: Broker,
     cluster: Cluster,
+    stop_feeder: tokio::sync::watch::Sender<bool>,
+    feeder: tokio::task::JoinHandle<()>,
 }
 
 impl LocalCluster {
@@ -129,12 +130,21 @@ impl LocalCluster {
         tweak: impl FnOnce(&mut WorkerConfig),
     ) -> Result<LocalCluster> {
         let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
-        let broker = Broker::connect_with(opts.clone().named(format!("pdq:{namespace}:submit"))).await?;
-        let mut template =
-            WorkerConfig { broker: opts, ..WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url) };
+        let mut template = WorkerConfig {
+            broker: opts.clone(),
+            ..WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url)
+        };
         tweak(&mut template);
         let cluster = Cluster::start(&template, model, store.clone()).await?;
-        Ok(LocalCluster { namespace: namespace.to_string(), shape, broker, cluster })
+        let (stop_feeder, stop_rx) = tokio::sync::watch::channel(false);
+        let cfg = FeederConfig {
+            namespace: namespace.to_string(),
+            broker: opts,
+            window: DEFAULT_FEEDER_WINDOW,
+            shape: Some(shape),
+        };
+        let feeder = pdq_producer::feeder::spawn(store.clone(), cfg, stop_rx);
+        Ok(LocalCluster { namespace: namespace.to_string(), shape, cluster, stop_feeder, feeder })
     }
 
     /// Submits `text` (JSONL) as one job; returns its id.
@@ -145,14 +155,15 @@ impl LocalCluster {
             endpoint: None,
             job_id: uuid::Uuid::now_v7(),
         };
-        let opts = SubmitOptions { name: Some(self.namespace.clone()), policy: Policy::Shared };
-        Ok(submit_text(store, &self.broker, &input, &self.shape, &opts).await?.job_id)
+        let opts = SubmitOptions { name: Some(self.namespace.clone()), ..SubmitOptions::default() };
+        Ok(submit_text(store, &self.namespace, &input, &self.shape, &opts).await?.job_id)
     }
 
-    /// Drains the cluster.
+    /// Stops the feeder, then drains the cluster.
     pub async fn stop(self) -> Result<()> {
+        let _ = self.stop_feeder.send(true);
+        self.feeder.await.ok();
         self.cluster.shutdown().await?;
-        self.broker.close().await;
         Ok(())
     }
 }

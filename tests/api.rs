@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{amqp_url, Harness};
+use common::Harness;
 use pdq_api::{ApiConfig, ApiState};
-use pdq_broker::Broker;
+
 use pdq_protocol::ClusterShape;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -24,21 +23,19 @@ struct Api {
     key: Option<String>,
     stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    broker: Arc<Broker>,
 }
 
 impl Api {
     async fn start(h: &Harness, config: ApiConfig) -> Api {
-        let broker = Arc::new(Broker::connect(&amqp_url(), &h.ns).await.expect("RabbitMQ on PDQ_AMQP_URL"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let key = config.api_key.clone();
-        let state = ApiState::new(h.store.clone(), broker.clone(), config);
+        let state = ApiState::new(h.store.clone(), &h.ns, config);
         let server = tokio::spawn(pdq_api::serve(listener, state, async {
             stopped.await.ok();
         }));
-        Api { base, http: reqwest::Client::new(), key, stop, server, broker }
+        Api { base, http: reqwest::Client::new(), key, stop, server }
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -103,7 +100,6 @@ impl Api {
     async fn stop(self) {
         self.stop.send(()).ok();
         self.server.await.unwrap().expect("server ran");
-        self.broker.close().await;
     }
 }
 
@@ -395,23 +391,23 @@ async fn a_batch_past_its_window_expires(pool: PgPool) {
     .execute(h.store.pool())
     .await
     .unwrap();
-    let api = Api::start(&h, ApiConfig { expiry_every: Duration::from_millis(50), ..ApiConfig::default() }).await;
+    let api = Api::start(&h, ApiConfig::default()).await;
     let (_, file) = api.upload(&lines(&[completion("e0"), completion("e1")])).await;
     let body = json!({"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "1h"});
     let (status, batch) = api.post("/batches", body).await;
     assert_eq!((status, &batch["status"]), (StatusCode::OK, &json!("in_progress")), "{batch}");
     assert_eq!(batch["expires_at"].as_i64().unwrap() - batch["created_at"].as_i64().unwrap(), 3600);
-    // The hour passes.
-    sqlx::query("UPDATE batches SET expires_at = now() - interval '1 second'").execute(h.store.pool()).await.unwrap();
+    // The hour passes; the namespace's feeder expires the job within a second.
+    sqlx::query("UPDATE jobs SET expires_at = now() - interval '1 second'").execute(h.store.pool()).await.unwrap();
     let batch = api.wait(&batch["id"]).await;
     assert_eq!(batch["status"], "expired", "{batch}");
     assert!(batch["expired_at"].is_i64() && batch["cancelled_at"].is_null(), "{batch}");
     assert_eq!(batch["request_counts"], json!({"total": 2, "completed": 0, "failed": 2}));
     let errors = parse_lines(&api.text(&format!("/files/{}/content", batch["error_file_id"].as_str().unwrap())).await);
     assert_eq!(errors.iter().map(|l| l["error"]["code"].as_str().unwrap()).collect::<Vec<_>>(), ["batch_expired"; 2]);
-    // The job ended like a cancelled one, so `pdq status` and SQL add up.
+    // The job ended `expired`, with a row for every request, so `pdq status` and SQL add up.
     let job = h.store.job(batch["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
-    assert_eq!((job.status.as_str(), job.cancelled, job.total), ("cancelled", 2, 2));
+    assert_eq!((job.status.as_str(), job.cancelled, job.total), ("expired", 2, 2));
     api.stop().await;
     h.finish().await;
 }

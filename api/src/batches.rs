@@ -40,6 +40,9 @@ struct ValidBatch {
     window_hours: u32,
     completion_window: String,
     metadata: Option<Value>,
+    /// `metadata.priority` (CONTRACT §13): the job's priority, an integer written as a string
+    /// since OpenAI's metadata values are strings.
+    priority: i32,
 }
 
 impl TryFrom<CreateBatch> for ValidBatch {
@@ -81,7 +84,14 @@ impl TryFrom<CreateBatch> for ValidBatch {
         if let Some(m) = &raw.metadata {
             check_metadata(m)?;
         }
+        let priority = match raw.metadata.as_ref().and_then(|m| m.get("priority")).and_then(Value::as_str) {
+            None => 0,
+            Some(p) => p.trim().parse::<i32>().map_err(|_| {
+                ApiError::invalid(format!("`metadata.priority` must be an integer, got '{p}'"), "metadata")
+            })?,
+        };
         Ok(ValidBatch {
+            priority,
             input_file,
             endpoint,
             window_hours,
@@ -119,8 +129,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
     }
     let text = String::from_utf8(s.store.file_bytes(file.id).await?)
         .map_err(|e| ApiError::invalid(format!("the input file is not UTF-8: {e}"), "input_file_id"))?;
-    let shape = pdq_producer::cluster_shape(&s.store, &s.broker.topology.namespace).await?;
-    s.broker.declare(&shape).await.map_err(ProducerError::from)?;
+    let shape = pdq_producer::cluster_shape(&s.store, &s.namespace).await?;
     let id = Uuid::now_v7();
     s.store
         .create_batch(&NewBatch {
@@ -132,16 +141,22 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
             expires_at: Utc::now() + Duration::hours(valid.window_hours.into()),
         })
         .await?;
-    // Submitted on a task of its own: a client that hangs up mid-request must not stop the
-    // job half-published.
+    // Accepted on a task of its own: a client that hangs up mid-request must not stop it; the
+    // job is accepted whole or not at all either way, and the feeders publish it.
     let task = {
         let s = s.clone();
-        let opts = SubmitOptions { name: Some(format!("batch {id}")), policy: s.config.policy };
+        let opts = SubmitOptions {
+            name: Some(format!("batch {id}")),
+            policy: s.config.policy,
+            priority: valid.priority,
+            completion_window: std::time::Duration::from_secs(u64::from(valid.window_hours) * 3600),
+            ..SubmitOptions::default()
+        };
         let source = FileId::Upload(file.id).to_string();
         let endpoint = valid.endpoint;
         tokio::spawn(async move {
             let input = BatchInput { text: &text, source, endpoint: Some(endpoint), job_id: id };
-            pdq_producer::submit_text(&s.store, &s.broker, &input, &shape, &opts).await
+            pdq_producer::submit_text(&s.store, &s.namespace, &input, &shape, &opts).await
         })
     };
     let submitted = task.await.map_err(|e| ApiError::Internal(format!("batch submission stopped: {e}")))?;

@@ -6,7 +6,6 @@
 mod auth;
 mod batches;
 mod error;
-mod expiry;
 mod files;
 mod ids;
 mod metrics;
@@ -15,12 +14,10 @@ mod reply;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use pdq_broker::Broker;
 use pdq_producer::Policy;
 use pdq_store::Store;
 
@@ -30,8 +27,6 @@ pub use metrics::serve_metrics;
 /// OpenAI's limits on a batch input file.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
 pub const DEFAULT_MAX_FILE_LINES: u64 = 50_000;
-/// How often batches past their `completion_window` are looked for.
-pub const DEFAULT_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -41,7 +36,6 @@ pub struct ApiConfig {
     pub max_file_lines: u64,
     /// Dispatch policy of the jobs batches create.
     pub policy: Policy,
-    pub expiry_every: Duration,
 }
 
 impl Default for ApiConfig {
@@ -51,7 +45,6 @@ impl Default for ApiConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_file_lines: DEFAULT_MAX_FILE_LINES,
             policy: Policy::Shared,
-            expiry_every: DEFAULT_EXPIRY_EVERY,
         }
     }
 }
@@ -60,15 +53,16 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct ApiState {
     store: Store,
-    broker: Arc<Broker>,
+    /// The namespace whose cluster runs the batches.
+    namespace: Arc<str>,
     config: Arc<ApiConfig>,
     key: Option<auth::KeyDigest>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, broker: Arc<Broker>, config: ApiConfig) -> ApiState {
+    pub fn new(store: Store, namespace: &str, config: ApiConfig) -> ApiState {
         let key = config.api_key.as_deref().map(auth::KeyDigest::of);
-        ApiState { store, broker, config: Arc::new(config), key }
+        ApiState { store, namespace: namespace.into(), config: Arc::new(config), key }
     }
 }
 
@@ -89,15 +83,12 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves, and expires batches past their window, until `shutdown` resolves; then finishes the
-/// requests in flight.
+/// Serves until `shutdown` resolves; then finishes the requests in flight. (Batches past their
+/// window are expired by the namespace's feeder, like every job.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = tokio::spawn(expiry::sweep(state.store.clone(), state.config.expiry_every));
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
-    sweeper.abort();
-    served
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

@@ -1,9 +1,11 @@
-//! The producer side: `pdq submit` (validate a batch file, record it, dispatch and publish its
-//! requests), job status and progress, cancellation, and the OpenAI Batch output export.
+//! The producer side: `pdq submit` (validate a batch file and accept it as a job), the feeder
+//! (publish accepted jobs' requests, fairly, a bounded window at a time), job status and
+//! progress, and the OpenAI Batch output export.
 
 mod dispatch;
 mod error;
 mod export;
+pub mod feeder;
 mod progress;
 mod shape;
 mod submit;
@@ -13,4 +15,4 @@ pub use error::ProducerError;
 pub use export::{export_line, export_lines, ExportKind};
 pub use progress::{wait_for_job, WaitMode};
 pub use shape::cluster_shape;
-pub use submit::{parse_batch, submit, submit_text, BatchInput, BatchPlan, SubmitOptions, SubmitReport};
+pub use submit::{check_line, submit, submit_text, BatchInput, CheckedLine, SubmitOptions, SubmitReport};

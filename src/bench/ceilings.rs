@@ -66,8 +66,7 @@ pub async fn database(store: &Store, rows: usize, sample: &Outcome) -> Result<Da
 /// request's status and the job's counters in one statement), `batch` rows per transaction,
 /// into a real job.
 pub async fn writer(store: &Store, namespace: &str, rows: usize, batch: usize, sample: &Outcome) -> Result<f64> {
-    let job =
-        NewJob { id: Uuid::now_v7(), name: Some("bench-writer".into()), namespace: namespace.into(), input_file: None };
+    let job = NewJob { name: Some("bench-writer".into()), ..NewJob::new(Uuid::now_v7(), namespace) };
     let requests: Vec<NewRequest> = (0..rows)
         .map(|i| NewRequest {
             id: Uuid::now_v7(),
@@ -78,6 +77,9 @@ pub async fn writer(store: &Store, namespace: &str, rows: usize, batch: usize, s
             body: Value::Null,
             routed_dp_rank: None,
             disagg_prefill_dp_rank: None,
+            pins: Default::default(),
+            // Rows only for the write: no feeder publishes them.
+            line: None,
         })
         .collect();
     store.create_job(&job, &requests, &[]).await?;

@@ -1,14 +1,11 @@
 //! Batches of `pdq api`: what OpenAI's batch object holds beyond its job (endpoint, window,
 //! metadata). A batch and its job share one id; a batch refused at validation has no job.
-//! Expiry ends a batch's job the way cancellation does, with OpenAI's `batch_expired` code.
+//! Expiry is the job's (`feed.rs`), which also stamps the batch's `expired_at`.
 
 use chrono::{DateTime, Utc};
-use pdq_protocol::{ErrorBody, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::jobs::JobStatus;
-use crate::results::insert_outcomes;
 use crate::{Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -102,47 +99,5 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Expires every batch whose completion window has passed and whose job is still running;
-    /// returns their ids. Safe to run from several processes at once (the job row is locked).
-    pub async fn expire_batches(&self) -> Result<Vec<Uuid>, StoreError> {
-        let due: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT b.id FROM batches b JOIN jobs j ON j.id = b.id
-             WHERE b.expires_at <= now() AND b.expired_at IS NULL
-               AND j.status NOT IN ('completed', 'failed', 'cancelled')",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut expired = Vec::new();
-        for id in due {
-            if self.expire_batch(id).await? {
-                expired.push(id);
-            }
-        }
-        Ok(expired)
-    }
-
-    async fn expire_batch(&self, id: Uuid) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if status.as_deref().and_then(JobStatus::parse).is_none_or(JobStatus::is_terminal) {
-            return Ok(false);
-        }
-        // `cancelling` makes the last result row end the job `cancelled`, not `completed`.
-        sqlx::query("UPDATE jobs SET status = 'cancelling' WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE batches SET expired_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        let pending = crate::jobs::unfinished(&mut tx, id).await?;
-        let expired = ErrorBody::new("batch_expired", "the batch's completion window passed before this request ran");
-        let outcomes: Vec<Outcome> = pending
-            .into_iter()
-            .map(|(rid, cid)| Outcome { error: Some(expired.clone()), ..Outcome::cancelled(rid, Some(id), cid) })
-            .collect();
-        insert_outcomes(&mut tx, &outcomes).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 }

@@ -6,7 +6,7 @@ use pdq_protocol::Outcome;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::requests::{insert_requests, NewRequest};
+use crate::requests::NewRequest;
 use crate::results::insert_outcomes;
 use crate::{Store, StoreError};
 
@@ -20,6 +20,8 @@ pub enum JobStatus {
     Failed,
     Cancelling,
     Cancelled,
+    /// Its `completion_window` passed first: unfinished requests ended `batch_expired`.
+    Expired,
 }
 
 impl JobStatus {
@@ -32,12 +34,13 @@ impl JobStatus {
             "failed" => JobStatus::Failed,
             "cancelling" => JobStatus::Cancelling,
             "cancelled" => JobStatus::Cancelled,
+            "expired" => JobStatus::Expired,
             _ => return None,
         })
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired)
     }
 }
 
@@ -52,9 +55,11 @@ pub struct JobRow {
     pub completed: i32,
     pub failed: i32,
     pub cancelled: i32,
+    pub priority: i32,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl JobRow {
@@ -67,49 +72,56 @@ impl JobRow {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: Uuid,
     pub name: Option<String>,
     pub namespace: String,
     pub input_file: Option<String>,
+    /// Weight 2^priority against the namespace's other active jobs (CONTRACT §13).
+    pub priority: i32,
+    /// At most this many of the job's requests in the pipeline at once.
+    pub max_in_flight: Option<u32>,
+    /// The dispatch policy for unpinned stages, as `Policy`'s name.
+    pub dispatch: String,
+    /// `completion_window` after acceptance.
+    pub window: std::time::Duration,
 }
 
-const JOB_COLUMNS: &str =
-    "id, name, namespace, input_file, status, total, completed, failed, cancelled, created_at, started_at, finished_at";
+impl NewJob {
+    /// A job with the defaults: priority 0, no cap, `shared` dispatch, a 24 h window.
+    pub fn new(id: Uuid, namespace: &str) -> NewJob {
+        NewJob {
+            id,
+            name: None,
+            namespace: namespace.to_string(),
+            input_file: None,
+            priority: 0,
+            max_in_flight: None,
+            dispatch: "shared".into(),
+            window: DEFAULT_COMPLETION_WINDOW,
+        }
+    }
+}
+
+/// OpenAI's only `completion_window`, and pdq's default.
+pub const DEFAULT_COMPLETION_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+const JOB_COLUMNS: &str = "id, name, namespace, input_file, status, total, completed, failed, cancelled, priority, \
+     created_at, started_at, finished_at, expires_at";
 
 impl Store {
     /// Writes a job with all its request rows, and the failed results of lines that did not
-    /// validate, in one transaction: a job is either fully recorded or not at all.
+    /// validate, in one transaction: a job is either fully accepted or not at all.
     pub async fn create_job(
         &self,
         job: &NewJob,
         requests: &[NewRequest],
         failed: &[Outcome],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO jobs (id, name, namespace, input_file, status, total) VALUES ($1, $2, $3, $4, 'validating', $5)")
-            .bind(job.id)
-            .bind(&job.name)
-            .bind(&job.namespace)
-            .bind(&job.input_file)
-            .bind(requests.len() as i32)
-            .execute(&mut *tx)
-            .await?;
-        insert_requests(&mut tx, requests).await?;
-        insert_outcomes(&mut tx, failed).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Called once every valid request is in the broker.
-    pub async fn mark_job_started(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'in_progress', started_at = now() WHERE id = $1 AND status = 'validating'",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut accepting = self.begin_job(job).await?;
+        accepting.add(requests, failed).await?;
+        accepting.commit().await
     }
 
     pub async fn job(&self, id: Uuid) -> Result<JobRow, StoreError> {
@@ -126,11 +138,11 @@ impl Store {
             .await?)
     }
 
-    /// The namespace's jobs that are cancelling or cancelled (expired batches included), over
+    /// The namespace's jobs that are cancelling, cancelled or expired, over
     /// the last week: what workers skip.
     pub async fn closed_jobs(&self, namespace: &str) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE namespace = $1 AND status IN ('cancelling', 'cancelled')
+            "SELECT id FROM jobs WHERE namespace = $1 AND status IN ('cancelling', 'cancelled', 'expired')
                AND created_at > now() - interval '7 days'",
         )
         .bind(namespace)
@@ -160,33 +172,6 @@ impl Store {
         insert_outcomes(&mut tx, &outcomes).await?;
         tx.commit().await?;
         self.job(id).await
-    }
-
-    /// Fails the requests of a job that never reached the broker (it went away mid-submit), so the
-    /// job still ends with one result per line.
-    pub async fn fail_unpublished(
-        &self,
-        requests: &[(Uuid, Option<String>)],
-        job_id: Uuid,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        let outcomes: Vec<Outcome> = requests
-            .iter()
-            .map(|(rid, cid)| {
-                let meta = pdq_protocol::MetaInfo { id: rid.to_string(), ..Default::default() };
-                Outcome::failed(
-                    *rid,
-                    Some(job_id),
-                    cid.clone(),
-                    pdq_protocol::ErrorBody::new("enqueue_failed", message),
-                    meta,
-                )
-            })
-            .collect();
-        let mut tx = self.pool.begin().await?;
-        insert_outcomes(&mut tx, &outcomes).await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 

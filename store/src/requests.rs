@@ -4,6 +4,8 @@ use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use pdq_protocol::Pins;
+
 use crate::{Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -17,6 +19,11 @@ pub struct NewRequest {
     pub body: Value,
     pub routed_dp_rank: Option<i64>,
     pub disagg_prefill_dp_rank: Option<i64>,
+    /// The stage pins validation resolved: where the feeder sends the request.
+    pub pins: Pins,
+    /// The input line to publish. `None`: the request is not the feeder's to publish (it came
+    /// over AMQP, or it failed validation), and its row counts as published.
+    pub line: Option<String>,
 }
 
 /// Inserts in one statement (UNNEST over column arrays) however many rows there are.
@@ -32,9 +39,18 @@ pub(crate) async fn insert_requests(tx: &mut Transaction<'_, Postgres>, rows: &[
         let bodies: Vec<Value> = chunk.iter().map(|r| crate::results::pg_safe(r.body.clone())).collect();
         let routed: Vec<Option<i32>> = chunk.iter().map(|r| r.routed_dp_rank.map(clamp_rank)).collect();
         let prefill: Vec<Option<i32>> = chunk.iter().map(|r| r.disagg_prefill_dp_rank.map(clamp_rank)).collect();
+        let texts: Vec<Option<String>> =
+            chunk.iter().map(|r| r.line.as_ref().map(|l| l.replace('\0', "\u{FFFD}"))).collect();
+        let prefill_pins: Vec<Option<i32>> = chunk.iter().map(|r| r.pins.prefill.map(|p| p as i32)).collect();
+        let decode_pins: Vec<Option<i32>> = chunk.iter().map(|r| r.pins.decode.map(|p| p as i32)).collect();
         sqlx::query(
-            "INSERT INTO requests (id, job_id, line_no, custom_id, url, body, routed_dp_rank, disagg_prefill_dp_rank)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::int[], $8::int[])
+            "INSERT INTO requests (id, job_id, line_no, custom_id, url, body, routed_dp_rank, disagg_prefill_dp_rank,
+                                   line, prefill_pin, decode_pin, published_at)
+             SELECT *, CASE WHEN line IS NULL THEN now() END
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::int[], $8::int[],
+                         $9::text[], $10::int[], $11::int[])
+                  AS r(id, job_id, line_no, custom_id, url, body, routed_dp_rank, disagg_prefill_dp_rank, line,
+                       prefill_pin, decode_pin)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&ids)
@@ -45,6 +61,9 @@ pub(crate) async fn insert_requests(tx: &mut Transaction<'_, Postgres>, rows: &[
         .bind(&bodies)
         .bind(&routed)
         .bind(&prefill)
+        .bind(&texts)
+        .bind(&prefill_pins)
+        .bind(&decode_pins)
         .execute(&mut **tx)
         .await?;
     }

@@ -250,7 +250,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_row_written_twice_is_new_once(pool: sqlx::PgPool) {
         let store = Store::from_pool(pool);
-        let job = crate::NewJob { id: Uuid::now_v7(), name: None, namespace: "t".into(), input_file: None };
+        let job = crate::NewJob::new(Uuid::now_v7(), "t");
         let request = |i: i32| crate::NewRequest {
             id: Uuid::now_v7(),
             job_id: Some(job.id),
@@ -260,6 +260,8 @@ mod tests {
             body: Value::Null,
             routed_dp_rank: None,
             disagg_prefill_dp_rank: None,
+            pins: Default::default(),
+            line: None,
         };
         let requests = [request(1), request(2)];
         store.create_job(&job, &requests, &[]).await.unwrap();

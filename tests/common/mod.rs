@@ -87,6 +87,8 @@ pub struct Harness {
     pub broker: Broker,
     pub shape: ClusterShape,
     cluster: Option<Cluster>,
+    /// The namespace's feeder, as `pdq serve` runs one: it publishes what `submit` accepts.
+    feeder: Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Harness {
@@ -112,13 +114,40 @@ impl Harness {
         h
     }
 
-    /// The namespace declared but no workers running.
+    /// The namespace declared and its feeder running, but no workers.
     pub async fn idle(pool: PgPool, shape: ClusterShape) -> Harness {
+        let mut h = Harness::without_feeder(pool, shape).await;
+        h.start_feeder(pdq_producer::feeder::DEFAULT_FEEDER_WINDOW);
+        h
+    }
+
+    /// The namespace declared, nothing running: accepted jobs wait for a feeder.
+    pub async fn without_feeder(pool: PgPool, shape: ClusterShape) -> Harness {
         init_logs();
         let ns = format!("test-{}", Uuid::new_v4().simple());
         let broker = Broker::connect(&amqp_url(), &ns).await.expect("RabbitMQ on PDQ_AMQP_URL");
         broker.declare(&shape).await.expect("declare");
-        Harness { ns, store: Store::from_pool(pool), broker, shape, cluster: None }
+        Harness { ns, store: Store::from_pool(pool), broker, shape, cluster: None, feeder: None }
+    }
+
+    /// Starts (or restarts) this process's feeder of the namespace with `window`.
+    pub fn start_feeder(&mut self, window: u32) {
+        assert!(self.feeder.is_none(), "one feeder per harness");
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let cfg = pdq_producer::feeder::FeederConfig {
+            namespace: self.ns.clone(),
+            broker: pdq_broker::BrokerOptions::new(&amqp_url(), &self.ns),
+            window,
+            shape: Some(self.shape),
+        };
+        self.feeder = Some((stop, pdq_producer::feeder::spawn(self.store.clone(), cfg, rx)));
+    }
+
+    pub async fn stop_feeder(&mut self) {
+        if let Some((stop, task)) = self.feeder.take() {
+            let _ = stop.send(true);
+            task.await.ok();
+        }
     }
 
     pub async fn start_cluster(&mut self) {
@@ -137,10 +166,14 @@ impl Harness {
     }
 
     pub async fn submit_text(&self, text: &str, policy: Policy) -> Result<Uuid, pdq_producer::ProducerError> {
+        self.submit_opts(text, &SubmitOptions { name: Some(self.ns.clone()), policy, ..SubmitOptions::default() }).await
+    }
+
+    /// Submits JSONL text with `opts` through a file, as `pdq submit` does.
+    pub async fn submit_opts(&self, text: &str, opts: &SubmitOptions) -> Result<Uuid, pdq_producer::ProducerError> {
         let path = std::env::temp_dir().join(format!("{}-{}.jsonl", self.ns, Uuid::new_v4().simple()));
         std::fs::write(&path, text).unwrap();
-        let opts = SubmitOptions { name: Some(self.ns.clone()), policy };
-        let report = submit(&self.store, &self.broker, &path.to_string_lossy(), &self.shape, &opts).await;
+        let report = submit(&self.store, &self.ns, &path.to_string_lossy(), &self.shape, opts).await;
         std::fs::remove_file(&path).ok();
         report.map(|r| r.job_id)
     }
@@ -195,6 +228,7 @@ impl Harness {
     }
 
     pub async fn finish(mut self) {
+        self.stop_feeder().await;
         if let Some(c) = self.cluster.take() {
             c.shutdown().await.expect("clean drain");
         }
