@@ -121,7 +121,7 @@ pub struct ClusterArgs {
 pub struct FeederArgs {
     /// Run a feeder here: it publishes accepted jobs' requests while this process holds the
     /// namespace's feeder lease (one process at a time; the others stand by).
-    #[arg(long, env = "PDQ_FEEDER", default_value = "on", value_parser = on_off)]
+    #[arg(long, env = "PDQ_FEEDER", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub feeder: bool,
     /// Requests in flight the feeder keeps per prefill queue (per rank for the shared queue).
     #[arg(long, env = "PDQ_FEEDER_WINDOW", default_value_t = pdq_producer::feeder::DEFAULT_FEEDER_WINDOW)]
