@@ -9,7 +9,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::{Duration, Utc};
-use pdq_producer::{BatchInput, ProducerError, SubmitOptions};
+use pdq_producer::{BatchSource, Lines, ProducerError, SubmitOptions};
 use pdq_protocol::Endpoint;
 use pdq_store::{BatchRow, JobStatus, NewBatch, StoreError};
 use serde::Deserialize;
@@ -127,8 +127,6 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
     if file.purpose != "batch" {
         return Err(ApiError::invalid("`input_file_id` must be a file uploaded with purpose 'batch'", "input_file_id"));
     }
-    let text = String::from_utf8(s.store.file_bytes(file.id).await?)
-        .map_err(|e| ApiError::invalid(format!("the input file is not UTF-8: {e}"), "input_file_id"))?;
     let shape = pdq_producer::cluster_shape(&s.store, &s.namespace).await?;
     let id = Uuid::now_v7();
     s.store
@@ -154,9 +152,11 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
         };
         let source = FileId::Upload(file.id).to_string();
         let endpoint = valid.endpoint;
+        // Read from its stored chunks line by line: memory stays bounded whatever its size.
+        let lines = Lines::upload(s.store.clone(), file.id);
         tokio::spawn(async move {
-            let input = BatchInput { text: &text, source, endpoint: Some(endpoint), job_id: id };
-            pdq_producer::submit_text(&s.store, &s.namespace, &input, &shape, &opts).await
+            let input = BatchSource { source, endpoint: Some(endpoint), job_id: id };
+            pdq_producer::submit_lines(&s.store, &s.namespace, &input, lines, &shape, &opts).await
         })
     };
     let submitted = task.await.map_err(|e| ApiError::Internal(format!("batch submission stopped: {e}")))?;
@@ -168,7 +168,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
         let errors = json!({"object": "list", "data": [{"code": e.code(), "message": e.to_string(), "param": null, "line": line}]});
         s.store.fail_batch(id, &errors).await?;
         // A file refused as a whole is a failed batch; the broker or database away is an error.
-        if !matches!(e, ProducerError::Rejected(_) | ProducerError::Empty(_)) {
+        if !matches!(e, ProducerError::Rejected(_) | ProducerError::Empty(_) | ProducerError::NotUtf8 { .. }) {
             return Err(e.into());
         }
     }

@@ -6,6 +6,7 @@ mod dispatch;
 mod error;
 mod export;
 pub mod feeder;
+mod lines;
 mod progress;
 mod shape;
 mod submit;
@@ -13,6 +14,9 @@ mod submit;
 pub use dispatch::{Assignment, Dispatcher, Policy};
 pub use error::ProducerError;
 pub use export::{export_line, export_lines, ExportKind};
+pub use lines::Lines;
 pub use progress::{wait_for_job, WaitMode};
 pub use shape::cluster_shape;
-pub use submit::{check_line, submit, submit_text, BatchInput, CheckedLine, SubmitOptions, SubmitReport};
+pub use submit::{
+    check_line, submit, submit_lines, submit_text, BatchInput, BatchSource, CheckedLine, SubmitOptions, SubmitReport,
+};

@@ -5,7 +5,6 @@
 //! once, so the job still accounts for every line. Publishing is the feeder's (`feeder/`).
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::time::Duration;
 
 use pdq_protocol::{validate, ClusterShape, Endpoint, InputLine, MetaInfo, Outcome, Pins, RawLine, ValidationError};
@@ -13,6 +12,7 @@ use pdq_store::{Accepting, NewJob, NewRequest, Store, DEFAULT_COMPLETION_WINDOW}
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::lines::Lines;
 use crate::{Policy, ProducerError};
 
 /// Lines per insert: bounds a submitter's memory whatever the file's size.
@@ -51,13 +51,22 @@ pub struct SubmitReport {
     pub invalid: usize,
 }
 
-/// A batch's lines and where they came from.
+/// A batch's lines, in memory, and where they came from.
 #[derive(Debug, Clone)]
 pub struct BatchInput<'a> {
     pub text: &'a str,
     /// Recorded as the job's `input_file`: a path, or the id of an uploaded file.
     pub source: String,
     /// The OpenAI batch's `endpoint`: a line whose `url` is another one fails.
+    pub endpoint: Option<Endpoint>,
+    pub job_id: Uuid,
+}
+
+/// Where a batch came from, for lines read elsewhere ([`Lines`]).
+#[derive(Debug, Clone)]
+pub struct BatchSource {
+    /// Recorded as the job's `input_file`.
+    pub source: String,
     pub endpoint: Option<Endpoint>,
     pub job_id: Uuid,
 }
@@ -163,14 +172,24 @@ pub async fn submit(
     shape: &ClusterShape,
     opts: &SubmitOptions,
 ) -> Result<SubmitReport, ProducerError> {
-    let io = |source| ProducerError::Io { path: path.to_string(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let lines = std::io::BufReader::with_capacity(1 << 20, file).lines();
     let job = new_job(Uuid::now_v7(), namespace, path.to_string(), opts);
-    accept(store, job, lines.map(|l| l.map_err(io)), shape, None).await
+    accept(store, job, Lines::file(path)?, shape, None).await
 }
 
-/// Accepts a batch held in memory (an uploaded file's text, a generated batch).
+/// Accepts a batch from `lines` (an upload, text in memory) as job `input.job_id`.
+pub async fn submit_lines(
+    store: &Store,
+    namespace: &str,
+    input: &BatchSource,
+    lines: Lines<'_>,
+    shape: &ClusterShape,
+    opts: &SubmitOptions,
+) -> Result<SubmitReport, ProducerError> {
+    let job = new_job(input.job_id, namespace, input.source.clone(), opts);
+    accept(store, job, lines, shape, input.endpoint).await
+}
+
+/// Accepts a batch held in memory (a generated batch).
 pub async fn submit_text(
     store: &Store,
     namespace: &str,
@@ -178,8 +197,8 @@ pub async fn submit_text(
     shape: &ClusterShape,
     opts: &SubmitOptions,
 ) -> Result<SubmitReport, ProducerError> {
-    let job = new_job(input.job_id, namespace, input.source.clone(), opts);
-    accept(store, job, input.text.lines().map(|l| Ok(l.to_string())), shape, input.endpoint).await
+    let source = BatchSource { source: input.source.clone(), endpoint: input.endpoint, job_id: input.job_id };
+    submit_lines(store, namespace, &source, Lines::text(input.text), shape, opts).await
 }
 
 fn new_job(id: Uuid, namespace: &str, source: String, opts: &SubmitOptions) -> NewJob {
@@ -199,7 +218,7 @@ fn new_job(id: Uuid, namespace: &str, source: String, opts: &SubmitOptions) -> N
 async fn accept(
     store: &Store,
     job: NewJob,
-    lines: impl Iterator<Item = Result<String, ProducerError>>,
+    mut lines: Lines<'_>,
     shape: &ClusterShape,
     endpoint: Option<Endpoint>,
 ) -> Result<SubmitReport, ProducerError> {
@@ -207,8 +226,11 @@ async fn accept(
     let mut accepting = store.begin_job(&job).await?;
     let mut chunk = Chunk::default();
     let (mut total, mut invalid) = (0, 0);
-    for (i, text) in lines.enumerate() {
+    let mut i = 0;
+    while let Some(text) = lines.next().await {
         let text = text?;
+        i += 1;
+        let i = i - 1;
         if text.trim().is_empty() {
             continue;
         }

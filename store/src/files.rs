@@ -123,13 +123,4 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?)
     }
-
-    /// A whole file's bytes (batch creation validates every line before recording anything).
-    pub async fn file_bytes(&self, id: Uuid) -> Result<Vec<u8>, StoreError> {
-        let chunks: Vec<Vec<u8>> = sqlx::query_scalar("SELECT data FROM file_chunks WHERE file_id = $1 ORDER BY seq")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(chunks.concat())
-    }
 }
