@@ -365,3 +365,43 @@ async fn submit_without_a_feeder_says_so(pool: PgPool) {
     assert!(terminate(&mut serve).success());
     delete_namespace(&env.namespace, ClusterShape::colocated(1)).await;
 }
+
+/// A request pinned to a rank the cluster no longer has (it shrank after the job was accepted)
+/// fails naming the rank; the rest of the job runs, and the feeder does not stall on it.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_request_for_a_rank_gone_fails_and_the_rest_runs(pool: PgPool) {
+    let mut h = Harness::without_feeder(pool.clone(), ClusterShape::disagg(1, 1)).await;
+    h.start_cluster().await;
+    h.start_feeder(64);
+    let mut lines = batch(10, "u", 1);
+    lines.extend((0..10).map(|i| {
+        let body = json!({"text": "pinned", "disagg_prefill_dp_rank": 1, "sampling_params": {"max_new_tokens": 1}});
+        generate_line(&format!("p{i}"), body)
+    }));
+    // Accepted against a 2 x 1 cluster; the 1 x 1 one running now has no `{ns}.prefill.1`.
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.jsonl", h.ns));
+    std::fs::write(&path, jsonl(&lines)).unwrap();
+    let opts = SubmitOptions::default();
+    let report = pdq_producer::submit(&h.store, &h.ns, path.to_str().unwrap(), &ClusterShape::disagg(2, 1), &opts)
+        .await
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    let (status, _) = wait_job(&pool, report.job_id, Duration::from_secs(60)).await;
+    assert_eq!(status, "completed");
+    let rows: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT custom_id, status, error->>'message' FROM results WHERE job_id = $1 ORDER BY custom_id")
+            .bind(report.job_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 20);
+    for (cid, status, message) in rows {
+        if cid.starts_with('p') {
+            let expected = "`routing key` '1' names no prefill queue: use 'any' or a prefill rank in [0, 1)";
+            assert_eq!((status.as_deref(), message.as_deref()), (Some("failed"), Some(expected)), "{cid}");
+        } else {
+            assert_eq!(status.as_deref(), Some("completed"), "{cid}");
+        }
+    }
+    h.finish().await;
+}

@@ -226,6 +226,9 @@ impl Feed {
         let policies: HashMap<Uuid, Policy> =
             jobs.iter().map(|j| (j.id, j.dispatch.parse().unwrap_or(Policy::Shared))).collect();
         let msgs = self.messages(broker, &shape, &rows, &policies).await?;
+        // A key no queue is bound to (a rank the cluster no longer has) still lands: the
+        // prefill exchange's alternate exchange hands it to a worker, which fails it naming
+        // the rank, so one such request never stops the namespace's feeding.
         broker.publisher().publish_all(&msgs).await?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         store.mark_published(&ids).await?;
