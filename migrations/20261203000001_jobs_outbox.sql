@@ -16,6 +16,8 @@ ALTER TABLE jobs
     ADD COLUMN dispatch      text NOT NULL DEFAULT 'shared',
     ADD COLUMN expires_at    timestamptz;
 CREATE INDEX jobs_active ON jobs (namespace) WHERE status IN ('in_progress', 'cancelling');
+-- A batch's window was the batch's own; jobs submitted before this had none (they keep none).
+UPDATE jobs j SET expires_at = b.expires_at FROM batches b WHERE b.id = j.id;
 
 -- `line`: the input line as submitted, what the feeder publishes (the message body of §4).
 -- `prefill_pin`, `decode_pin`: the stage pins validation resolved (§3); NULL when unpinned.
