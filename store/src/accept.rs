@@ -20,6 +20,9 @@ pub struct Accepting {
 impl Store {
     pub async fn begin_job(&self, job: &NewJob) -> Result<Accepting, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Held until the commit or the connection's end: while it is held, an API batch with
+        // no job yet is being accepted, not abandoned (see `Store::fail_abandoned_batches`).
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(acceptance_lock(job.id)).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO jobs (id, name, namespace, input_file, status, total, priority, max_in_flight, dispatch,
                                expires_at)
@@ -38,6 +41,15 @@ impl Store {
         Ok(Accepting { tx, job_id: job.id, total: 0 })
     }
 }
+
+/// The advisory-lock key of a job being accepted: the id's low 64 bits, as SQL computes them in
+/// `ACCEPTANCE_LOCK_SQL`.
+pub(crate) fn acceptance_lock(id: Uuid) -> i64 {
+    i64::from_be_bytes(id.as_bytes()[8..16].try_into().expect("16-byte uuid"))
+}
+
+/// `acceptance_lock` of the uuid column `b.id`, in SQL.
+pub(crate) const ACCEPTANCE_LOCK_SQL: &str = "('x' || right(replace(b.id::text, '-', ''), 16))::bit(64)::bigint";
 
 impl Accepting {
     pub fn job_id(&self) -> Uuid {

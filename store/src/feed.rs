@@ -190,6 +190,26 @@ impl Store {
         .await?)
     }
 
+    /// Fails API batches whose job was never accepted because the process accepting it died
+    /// (no job row, and nobody holds its acceptance lock); returns their ids.
+    pub async fn fail_abandoned_batches(&self) -> Result<Vec<Uuid>, StoreError> {
+        let errors = serde_json::json!({"object": "list", "data": [{
+            "code": "abandoned", "line": null, "param": null,
+            "message": "the process accepting this batch stopped before the batch was accepted; create it again",
+        }]});
+        Ok(sqlx::query_scalar(&format!(
+            "UPDATE batches b SET errors = $1, failed_at = now()
+             WHERE b.errors IS NULL AND b.created_at < now() - interval '5 seconds'
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = b.id)
+               AND pg_try_advisory_xact_lock({})
+             RETURNING b.id",
+            crate::accept::ACCEPTANCE_LOCK_SQL
+        ))
+        .bind(errors)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Expires the namespace's jobs whose completion window has passed; returns their ids.
     /// Safe from several processes at once (the job row is locked).
     pub async fn expire_jobs(&self, namespace: &str) -> Result<Vec<Uuid>, StoreError> {
@@ -238,5 +258,60 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_acceptance_lock_key_is_the_same_in_rust_and_sql() {
+        // Checked against PostgreSQL in `an_abandoned_batch_fails_and_one_being_accepted_does_not`.
+        let id = Uuid::parse_str("01234567-89ab-cdef-8123-456789abcdef").unwrap();
+        assert_eq!(crate::accept::acceptance_lock(id), 0x8123_4567_89ab_cdef_u64 as i64);
+    }
+
+    async fn batch_without_job(store: &Store, age_s: i32) -> Uuid {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO batches (id, input_file_id, endpoint, completion_window, created_at, expires_at)
+             VALUES ($1, $1, '/v1/completions', '24h', now() - $2 * interval '1 second', now() + interval '1 day')",
+        )
+        .bind(id)
+        .bind(age_s)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        id
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn an_abandoned_batch_fails_and_one_being_accepted_does_not(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let abandoned = batch_without_job(&store, 60).await;
+        let young = batch_without_job(&store, 0).await;
+        let accepting = batch_without_job(&store, 60).await;
+        // Another process is still streaming this one's rows: its lock is held.
+        let open = store.begin_job(&crate::NewJob::new(accepting, "t")).await.unwrap();
+        assert_eq!(store.fail_abandoned_batches().await.unwrap(), vec![abandoned]);
+        let errors: serde_json::Value = sqlx::query_scalar("SELECT errors FROM batches WHERE id = $1")
+            .bind(abandoned)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(errors["data"][0]["code"], "abandoned");
+        // The accepting process dies: its transaction and lock go with its connection.
+        drop(open);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let failed = store.fail_abandoned_batches().await.unwrap();
+            if !failed.is_empty() {
+                assert_eq!(failed, vec![accepting], "the young batch ({young}) is left alone");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the rolled-back acceptance's lock was never released");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

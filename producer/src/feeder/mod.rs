@@ -7,7 +7,8 @@
 //! - a row is marked published after the broker confirmed its message, never before;
 //! - each prefill queue holds at most the window of a job's requests in flight (published,
 //!   no result yet): `window` per pinned rank, `window` x prefill ranks for the shared queue;
-//! - the holder also expires jobs whose completion window has passed.
+//! - the holder also expires jobs whose completion window has passed, and fails API batches
+//!   whose accepting process died before their job was committed.
 
 mod share;
 
@@ -139,6 +140,10 @@ impl Feed {
         match store.expire_jobs(namespace).await {
             Ok(ids) => ids.iter().for_each(|id| tracing::info!(job = %id, "job expired")),
             Err(e) => tracing::warn!(error = %e, "feeder: expiring jobs failed"),
+        }
+        match store.fail_abandoned_batches().await {
+            Ok(ids) => ids.iter().for_each(|id| tracing::warn!(batch = %id, "batch abandoned mid-acceptance: failed")),
+            Err(e) => tracing::warn!(error = %e, "feeder: failing abandoned batches failed"),
         }
     }
 
