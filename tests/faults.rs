@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::procs::{delete_namespace, peak_rss_mib, signal, stderr, stdout, terminate, wait_for_workers, Env, Ranks};
-use common::{generate_line, rabbit, Harness};
+use common::{batch, generate_line, rabbit, Harness};
 use pdq_broker::{Broker, BrokerOptions, MessageMeta, Outgoing};
 use pdq_producer::Policy;
 use pdq_protocol::{validate, ClusterShape, InputLine, KvHandle, RawLine, Timings};
@@ -19,16 +19,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
-
-fn batch(n: usize, prefix: &str, max_new_tokens: u32) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            let body = json!({"text": format!("request {i} of a batch"),
-                              "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": true}});
-            generate_line(&format!("{prefix}{i}"), body)
-        })
-        .collect()
-}
 
 /// Every line has exactly one row and every row is `completed`.
 async fn assert_exactly_once(pool: &PgPool, job: Uuid, n: usize) {

@@ -10,23 +10,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::procs::{delete_namespace, stderr, terminate, wait_for_workers, Env, Ranks};
-use common::{generate_line, Harness};
+use common::{batch, generate_line, Harness};
 use pdq_producer::feeder::TAKEOVER_BOUND;
 use pdq_producer::SubmitOptions;
 use pdq_protocol::ClusterShape;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn batch(n: usize, prefix: &str, max_new_tokens: u32) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            let body = json!({"text": format!("job {prefix} request {i}"),
-                              "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": true}});
-            generate_line(&format!("{prefix}{i}"), body)
-        })
-        .collect()
-}
 
 fn jsonl(lines: &[Value]) -> String {
     lines.iter().map(|l| l.to_string() + "\n").collect()

@@ -258,3 +258,14 @@ pub fn generate_line(id: &str, body: Value) -> Value {
     }
     serde_json::json!({"custom_id": id, "method": "POST", "url": "/generate", "body": b})
 }
+
+/// `n` `/generate` lines `{prefix}{i}`, each generating exactly `max_new_tokens` greedy tokens.
+pub fn batch(n: usize, prefix: &str, max_new_tokens: u32) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let body = serde_json::json!({"text": format!("request {i} of batch {prefix}"),
+                "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": true}});
+            generate_line(&format!("{prefix}{i}"), body)
+        })
+        .collect()
+}
