@@ -78,8 +78,9 @@ async fn errors_are_one_line_naming_the_service_without_its_password(pool: PgPoo
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("127.0.0.1:1") && !err.contains("hunter2"), "{err}");
 
-    let out =
-        env.pdq(&["submit", "x.jsonl"]).env("PDQ_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f").output().unwrap();
+    // `pdq submit` needs no broker (the feeder publishes); a worker does.
+    let worker = ["worker", "--role", "decode", "--dp-rank", "0", "--feeder", "off"];
+    let out = env.pdq(&worker).env("PDQ_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f").output().unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
