@@ -90,6 +90,7 @@ until curl -s "http://127.0.0.1:$port/v1/files" >/dev/null; do sleep 0.2; done
 started=$(date +%s.%N)
 file_id=$(curl -s -F purpose=batch -F "file=@$work/m.jsonl" "http://127.0.0.1:$port/v1/files" | python3 -c "import json,sys; print(json.load(sys.stdin)['id'])")
 uploaded=$(date +%s.%N)
+sql "UPDATE workers SET heartbeat_at = now() WHERE namespace = '$PDQ_NAMESPACE'"
 curl -s -H 'Content-Type: application/json' "http://127.0.0.1:$port/v1/batches" \
     -d "{\"input_file_id\": \"$file_id\", \"endpoint\": \"/generate\", \"completion_window\": \"24h\"}" |
     python3 -c "import json,sys; b=json.load(sys.stdin); print('batch', b['status'], b['request_counts'])"

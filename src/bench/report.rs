@@ -114,7 +114,7 @@ fn print_scenarios(r: &BenchReport) {
         );
     }
     println!(
-        "(latencies in ms, from each row's meta_info; the whole batch is enqueued at once, so queue time dominates)"
+        "(latencies in ms, from each row's meta_info; the whole batch is accepted at once and fed a window at a time, so queue time dominates)"
     );
     if !r.latency.is_empty() {
         println!(
