@@ -15,7 +15,6 @@ pub async fn run(g: &Global, a: ApiArgs, feeder: FeederArgs) -> Result<()> {
         max_file_bytes: a.max_file_bytes,
         max_file_lines: a.max_file_lines,
         policy: a.policy,
-        ..ApiConfig::default()
     };
     tracing::info!(addr = %listener.local_addr()?, auth = config.api_key.is_some(), "serving the OpenAI Batch API at /v1");
     let shutdown = crate::commands::feeding_until_shutdown(g, &feeder, &store, None);

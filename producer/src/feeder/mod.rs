@@ -153,9 +153,8 @@ impl Feed {
         let jobs = store.feed_jobs(&cfg.namespace).await?;
         self.pending.retain(|id, _| jobs.iter().any(|j| j.id == *id));
         for j in &jobs {
-            if !self.pending.contains_key(&j.id) {
-                let pins = store.unpublished_pins(j.id).await?;
-                self.pending.insert(j.id, pins.into_iter().collect());
+            if let std::collections::hash_map::Entry::Vacant(new) = self.pending.entry(j.id) {
+                new.insert(store.unpublished_pins(j.id).await?.into_iter().collect());
             }
         }
         let feeding: Vec<&FeedJob> =
