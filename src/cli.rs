@@ -157,6 +157,10 @@ pub struct TuningArgs {
     /// Prompts longer than this fail before tokenization.
     #[arg(long, env = "PDQ_MAX_PROMPT_BYTES", default_value_t = pdq_workers::DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
+    /// Keep computed prompt blocks in the KV pool and reuse them for prompts that start alike
+    /// (prefill and colocated ranks on the CPU; exact: a hit gives a cold run's tokens).
+    #[arg(long, env = "PDQ_PREFIX_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefix_cache: bool,
 }
 
 #[derive(Subcommand, Debug)]

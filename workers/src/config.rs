@@ -51,6 +51,8 @@ pub struct WorkerConfig {
     pub prefill_token_budget: usize,
     pub kv_pool_bytes: usize,
     pub max_prompt_bytes: usize,
+    /// Whether a prefill or colocated rank keeps prompt blocks for reuse (where its executor can).
+    pub prefix_cache: bool,
 }
 
 impl WorkerConfig {
@@ -70,6 +72,7 @@ impl WorkerConfig {
             prefill_token_budget: DEFAULT_PREFILL_TOKEN_BUDGET,
             kv_pool_bytes: DEFAULT_KV_POOL_BYTES,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            prefix_cache: true,
         }
     }
 

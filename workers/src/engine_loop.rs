@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use pdq_engine::{
     logprobs, sample, Constrained, EngineError, Executor, FinishReason, Generation, Grammars, Logprob, Model,
-    PageHeader, PagedKv, SamplingParams, SeqId, StepItem, StepOut, Want,
+    PageHeader, PagedKv, PrefixCacheStats, SamplingParams, SeqId, StepItem, StepOut, Want,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +40,16 @@ pub struct PrefillOut {
     /// Each choice's first token (step 0), choice i sampled with `seed + i`.
     pub firsts: Vec<First>,
     pub elapsed: Duration,
+    /// Prompt tokens found in the pool's prefix cache, not computed again.
+    pub cached_tokens: usize,
+}
+
+/// A colocated prompt's prefill, reported before its decoding ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefilled {
+    pub elapsed: Duration,
+    /// Prompt tokens found in the pool's prefix cache, not computed again.
+    pub cached_tokens: usize,
 }
 
 /// A choice's first token, with its log-probability when the params ask for it.
@@ -75,9 +85,9 @@ struct PrefillJob {
 enum PrefillReply {
     /// Out as pages (a prefill rank): the KV leaves the pool.
     Pages(oneshot::Sender<Result<PrefillOut, EngineError>>),
-    /// On to decoding in this pool (a colocated rank): the prefill time once it ran, then the
+    /// On to decoding in this pool (a colocated rank): the prefill once it ran, then the
     /// choices.
-    Decode { prefilled: oneshot::Sender<Duration>, reply: oneshot::Sender<Result<DecodeOut, EngineError>> },
+    Decode { prefilled: oneshot::Sender<Prefilled>, reply: oneshot::Sender<Result<DecodeOut, EngineError>> },
 }
 
 impl PrefillReply {
@@ -231,15 +241,15 @@ impl EngineHandle {
 
     /// Prefill and decode on this engine, the KV staying in its pool (a colocated rank): the
     /// same tokens as [`EngineHandle::prefill`] then [`EngineHandle::decode`], without the
-    /// pages' export and import. Returns the prefill time beside the choices, whose `elapsed`
-    /// is the decoding alone.
+    /// pages' export and import. Returns the prefill beside the choices, whose `elapsed` is
+    /// the decoding alone.
     pub async fn generate(
         &self,
         tokens: Vec<u32>,
         params: SamplingParams,
         n: usize,
         grammar: Option<Constrained>,
-    ) -> Result<(Duration, DecodeOut), WorkerError> {
+    ) -> Result<(Prefilled, DecodeOut), WorkerError> {
         let ((prefilled, prefill_rx), (reply, rx)) = (oneshot::channel(), oneshot::channel());
         let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Decode { prefilled, reply } };
         self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
@@ -277,9 +287,15 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
     let mut waiting: VecDeque<Box<DecodeJob>> = VecDeque::new();
     let mut dec = Decoding::default();
     // Gauges are set after every step and before every wait, so an idle engine reads idle.
-    let report = |kv: &PagedKv, dec: &Decoding, queued: usize| {
+    let mut cache_reported = PrefixCacheStats::default();
+    let mut report = |kv: &PagedKv, dec: &Decoding, queued: usize| {
+        // Cached blocks no sequence holds are free to take: they do not count as used.
         let used = 1.0 - kv.available_blocks() as f64 / kv.n_blocks() as f64;
         cfg.metrics.engine(dec.running.len(), queued, used);
+        if let Some(now) = kv.prefix_cache_stats() {
+            cfg.metrics.prefix_cache(&cache_reported, &now);
+            cache_reported = now;
+        }
     };
     loop {
         if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() {
@@ -325,15 +341,23 @@ fn prefill_batch(
     dec: &mut Decoding,
 ) -> bool {
     let started = Instant::now();
-    let mut batch: Vec<(SeqId, PrefillJob)> = Vec::new();
+    // Each admitted prompt with the number of its tokens the prefix cache already held.
+    let mut batch: Vec<(SeqId, usize, PrefillJob)> = Vec::new();
     let mut budget = cfg.prefill_token_budget;
     // Blocks the batch's kept prompts will fork into after the step (not reserved in the pool
     // until then), and the sequences they will add to the running batch.
     let (mut promised, mut joining) = (0usize, 0usize);
     while let Some(job) = queue.front() {
         let n = job.tokens.len();
+        // Cached tokens are not computed, so they do not count against the budget.
+        let compute = n - exec.pool().cached_prefix_len(&job.tokens);
         // Always admit one prompt per iteration, even one longer than the budget.
-        if n > budget && !batch.is_empty() {
+        if compute > budget && !batch.is_empty() {
+            break;
+        }
+        // A prompt whose next uncached block a prompt of this batch computes waits one
+        // iteration and finds it cached, rather than computing it a second time.
+        if batch.iter().any(|(_, _, b)| exec.pool().would_share_uncached_block(&b.tokens, &job.tokens)) {
             break;
         }
         if let Err(e) = model.check_tokens(0, &job.tokens) {
@@ -347,13 +371,14 @@ fn prefill_batch(
         let max_len = if keep { generation_len(model, n, &job.params) } else { n };
         let pool = exec.pool();
         let forks = if keep { (job.n - 1) * pool.fork_cost(n, max_len) } else { 0 };
-        let need = pool.layout().blocks_for(max_len) + forks;
-        if need > pool.n_blocks() {
+        let cold = pool.layout().blocks_for(max_len) + forks;
+        if cold > pool.n_blocks() {
             let available = pool.n_blocks();
-            queue.pop_front().expect("front exists").reply.fail(EngineError::KvCapacity { needed: need, available });
+            queue.pop_front().expect("front exists").reply.fail(EngineError::KvCapacity { needed: cold, available });
             continue;
         }
-        if need > pool.available_blocks().saturating_sub(promised) {
+        // Cached blocks that running sequences hold are shared, not taken.
+        if pool.prompt_cost(&job.tokens, max_len) + forks > pool.available_blocks().saturating_sub(promised) {
             break;
         }
         // As in step 2: a job with more choices than `max_running` runs alone rather than never.
@@ -361,36 +386,44 @@ fn prefill_batch(
         if keep && running > 0 && running + job.n > cfg.max_running {
             break;
         }
-        let seq = exec.add_sequence(max_len).expect("admission was checked");
-        budget = budget.saturating_sub(n);
+        let (seq, cached) = exec.add_prompt(&job.tokens, max_len).expect("admission was checked");
+        budget = budget.saturating_sub(n - cached);
         if keep {
             (promised, joining) = (promised + forks, joining + job.n);
         }
-        batch.push((seq, queue.pop_front().expect("front exists")));
+        batch.push((seq, cached, queue.pop_front().expect("front exists")));
     }
     if batch.is_empty() {
         return false;
     }
-    let items: Vec<StepItem> =
-        batch.iter().map(|(seq, job)| StepItem { seq: *seq, tokens: &job.tokens, want: first_want(job) }).collect();
+    let items: Vec<StepItem> = batch
+        .iter()
+        .map(|(seq, cached, job)| StepItem { seq: *seq, tokens: &job.tokens[*cached..], want: first_want(job) })
+        .collect();
     let result = exec.step(&items);
     let elapsed = started.elapsed();
     let outs = match result {
         Ok(outs) => outs,
         Err(e) => {
             tracing::error!(error = %e, "prefill batch failed");
-            for (seq, job) in batch {
+            for (seq, _, job) in batch {
                 exec.release(seq);
                 job.reply.fail(EngineError::KvCache(format!("prefill batch failed: {e}")));
             }
             return true;
         }
     };
-    for ((seq, job), out) in batch.into_iter().zip(outs) {
+    for ((seq, cached_tokens, job), out) in batch.into_iter().zip(outs) {
+        // The prompt's KV is computed now: its full blocks serve later prompts.
+        if let Err(e) = exec.register_prompt(seq, &job.tokens) {
+            tracing::warn!(error = %e, "a prompt's blocks could not be offered to the prefix cache");
+        }
         let firsts = first_tokens(out, &job);
         match job.reply {
             PrefillReply::Pages(tx) => {
-                let out = firsts.and_then(|firsts| exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
+                let out = firsts.and_then(|firsts| {
+                    exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed, cached_tokens })
+                });
                 exec.release(seq);
                 let _ = tx.send(out);
             }
@@ -400,7 +433,7 @@ fn prefill_batch(
                     let _ = reply.send(Err(e));
                 }
                 Ok(firsts) => {
-                    let _ = prefilled.send(elapsed);
+                    let _ = prefilled.send(Prefilled { elapsed, cached_tokens });
                     let gens = choices(model, job.tokens.len(), &job.params, &job.grammar, &firsts);
                     let max_len = generation_len(model, job.tokens.len(), &job.params);
                     let group = Start { firsts: &firsts, started: Instant::now(), reply, max_len };

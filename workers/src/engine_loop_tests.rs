@@ -129,7 +129,7 @@ async fn generate_keeps_the_kv_in_the_pool_with_the_tokens_of_the_page_hop() {
         });
         for (i, out) in join_all(runs).await.into_iter().enumerate() {
             let (prefill, out) = out.unwrap_or_else(|e| panic!("{name} request {i}: {e}"));
-            assert!(prefill > Duration::ZERO, "{name} request {i}: a prefill time");
+            assert!(prefill.elapsed > Duration::ZERO, "{name} request {i}: a prefill time");
             assert_eq!(out.choices.len(), n(i));
             for (c, r) in out.choices.iter().zip(&reference[i]) {
                 assert_eq!(c.output_ids, r.output_ids, "{name} request {i}");
@@ -140,4 +140,43 @@ async fn generate_keeps_the_kv_in_the_pool_with_the_tokens_of_the_page_hop() {
     let tiny = spawn(2, 8, "engine-gen-none");
     let e = tiny.generate(vec![5; 20], params(100, 1), 1, None).await.err().expect("needs 8 blocks of 2");
     assert_eq!(e.code(), "kv_capacity");
+}
+
+/// A prompt whose prefix is cached computes only the rest and gets the tokens of a pool without
+/// a cache, colocated and through pages. Prompts sharing a prefix sent at once find it cached
+/// after the first: a prompt that would compute a block its batch already computes waits.
+#[tokio::test]
+async fn cached_prefixes_give_the_tokens_of_a_pool_without_a_cache() {
+    // A 40-token head: two full blocks shared, the third mixes in each prompt's own tail.
+    let head: Vec<u32> = (0..40u32).map(|j| (j * 29) % 450 + 3).collect();
+    let prompts: Vec<Vec<u32>> = (0..10u32)
+        .map(|i| [&head[..], &(0..1 + i).map(|j| (i * 7 + j * 3) % 400 + 3).collect::<Vec<_>>()].concat())
+        .collect();
+    let mut exec = pdq_engine::CpuExecutor::new(model(), 256 * TINY_BLOCK_BYTES);
+    assert!(exec.set_prefix_cache(false));
+    let cold = EngineHandle::spawn(Box::new(exec), config(8), "engine-cold".into());
+    let mut want = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (pre, out) = cold.generate(p.clone(), params(10, i as u64), 1, None).await.unwrap();
+        assert_eq!(pre.cached_tokens, 0);
+        want.push(out.choices[0].output_ids.clone());
+    }
+    let warm = spawn(256, 8, "engine-warm");
+    let runs = prompts.iter().enumerate().map(|(i, p)| {
+        let engine = warm.clone();
+        async move { engine.generate(p.clone(), params(10, i as u64), 1, None).await.unwrap() }
+    });
+    let outs = join_all(runs).await;
+    let cached: Vec<usize> = outs.iter().map(|(pre, _)| pre.cached_tokens).collect();
+    assert_eq!(cached.iter().filter(|&&c| c == 32).count(), 9, "all but the first hit: {cached:?}");
+    for (i, (_, out)) in outs.iter().enumerate() {
+        assert_eq!(out.choices[0].output_ids, want[i], "request {i} ({} tokens cached)", cached[i]);
+    }
+    let (hit, miss) = (
+        warm.prefill(prompts[3].clone(), params(10, 3), 1, None).await.unwrap(),
+        cold.prefill(prompts[3].clone(), params(10, 3), 1, None).await.unwrap(),
+    );
+    assert_eq!((hit.cached_tokens, miss.cached_tokens), (32, 0));
+    assert!(hit.pages == miss.pages, "a hit's pages are a cold prefill's");
+    assert_eq!(hit.firsts[0].token, miss.firsts[0].token);
 }

@@ -70,7 +70,12 @@ impl RunningWorker {
         metrics.engine(0, 0, 0.0);
         metrics.reconnects(0);
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
-        let exec = device.executor(cfg.kv_pool_bytes)?;
+        let mut exec = device.executor(cfg.kv_pool_bytes)?;
+        // A decode rank imports every prompt's pages: it has no prompt blocks of its own to keep.
+        let cache = cfg.prefix_cache && cfg.role != WorkerRole::Decode;
+        if !exec.set_prefix_cache(cache) && cache {
+            tracing::info!(device = exec.device(), "no prefix cache on this device: every prompt is computed whole");
+        }
         let engine = EngineHandle::spawn(
             exec,
             EngineLoopConfig {
