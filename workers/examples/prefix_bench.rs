@@ -1,13 +1,16 @@
-//! The prefix cache on a chat batch that shares one system prompt: the colocated engine loop
-//! (prefill and decode in one pool, as `serve --mode colocated` runs it) with the cache off,
-//! then on, in one run on one machine; output tokens compared request by request.
+//! The KV pool as a cache on a chat batch, through the colocated engine loop (prefill and
+//! decode in one pool, as `serve --mode colocated` runs it), two settings in one run on one
+//! machine, output tokens compared request by request:
+//! - `--compare cache` (default): the prefix cache off, then on;
+//! - `--compare by-need`: whole-generation reservations, then KV by need (cache on in both).
 //!
-//! `prefix_bench [--model PATH|tiny] [--requests 48] [--max-tokens 64] [--max-running 8]`
+//! `prefix_bench [--model PATH|tiny] [--requests 48] [--max-tokens 64] [--max-running 8]
+//!  [--pool-mb 1024] [--system true|false] [--compare cache|by-need]`
 //!
-//! A model with a chat template gets a ~260-token support-rules system prompt and a different
-//! short question per request (as in issue 18's batch); `tiny` gets token ids of the same
-//! shape. All requests arrive at once, greedy. Prints one `PREFIX` row per setting and a
-//! `RATIO` row; exits 1 when any request's tokens differ between the two.
+//! A model with a chat template gets a ~260-token support-rules system prompt (unless
+//! `--system false`) and a different short question per request (as in issue 18's batch);
+//! `tiny` gets token ids of the same shape. All requests arrive at once, greedy. Prints one
+//! `PREFIX` row per setting and a `RATIO` row; exits 1 when any request's tokens differ.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,10 +51,21 @@ struct Args {
     requests: usize,
     max_tokens: usize,
     max_running: usize,
+    pool_mb: usize,
+    system: bool,
+    by_need: bool,
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { model: "tiny".into(), requests: 48, max_tokens: 64, max_running: 8 };
+    let mut a = Args {
+        model: "tiny".into(),
+        requests: 48,
+        max_tokens: 64,
+        max_running: 8,
+        pool_mb: 1024,
+        system: true,
+        by_need: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -61,6 +75,15 @@ fn args() -> Result<Args, String> {
             "--requests" => a.requests = number(value()?)?,
             "--max-tokens" => a.max_tokens = number(value()?)?,
             "--max-running" => a.max_running = number(value()?)?,
+            "--pool-mb" => a.pool_mb = number(value()?)?,
+            "--system" => a.system = value()?.parse().map_err(|e| format!("--system: {e}"))?,
+            "--compare" => {
+                a.by_need = match value()?.as_str() {
+                    "cache" => false,
+                    "by-need" => true,
+                    other => return Err(format!("--compare: `cache` or `by-need`, got {other}")),
+                }
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -80,16 +103,20 @@ fn load(spec: &str) -> Result<Model, Box<dyn std::error::Error>> {
 
 /// Each request's prompt: the chat template over the system prompt and its question, or (for a
 /// model without one) 260 shared ids and a 12-id tail of its own.
-fn prompts(model: &Model, n: usize) -> Vec<Vec<u32>> {
+fn prompts(model: &Model, n: usize, system: bool) -> Vec<Vec<u32>> {
     (0..n)
         .map(|i| {
             let question = format!("{} (ticket {i})", QUESTIONS[i % QUESTIONS.len()]);
-            let messages =
-                serde_json::json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]);
+            let user = serde_json::json!({"role": "user", "content": question});
+            let messages = match system {
+                true => serde_json::json!([{"role": "system", "content": SYSTEM}, user]),
+                false => serde_json::json!([user]),
+            };
             model.encode_chat(&messages).unwrap_or_else(|_| {
                 let vocab = model.config.vocab_size as u32 - 3;
                 let tail = (0..12).map(|j| (i as u32 * 97 + j * 13) % vocab + 3);
-                (0..260u32).map(|j| (j * 37 + 11) % vocab + 3).chain(tail).collect()
+                let head = if system { 260 } else { 0 };
+                (0..head).map(|j| (j * 37 + 11) % vocab + 3).chain(tail).collect()
             })
         })
         .collect()
@@ -103,13 +130,15 @@ struct Run {
     outputs: Vec<Vec<u32>>,
 }
 
-async fn run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, cache: bool) -> Result<Run, String> {
-    let mut exec = CpuExecutor::new(model.clone(), 1 << 30);
-    exec.set_prefix_cache(cache);
+/// One setting: `second` is the cache on (`--compare cache`) or KV by need (`--compare by-need`).
+async fn run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, second: bool) -> Result<Run, String> {
+    let mut exec = CpuExecutor::new(model.clone(), a.pool_mb << 20);
+    exec.set_prefix_cache(second || a.by_need);
     let cfg = EngineLoopConfig {
         max_running: a.max_running,
         prefill_token_budget: 4096,
-        metrics: MetricLabels::new("prefix-bench", cache as u32),
+        metrics: MetricLabels::new("prefix-bench", second as u32),
+        kv_by_need: a.by_need && second,
     };
     let engine = EngineHandle::spawn(Box::new(exec), cfg, "prefix-bench".into());
     let params = SamplingParams { max_new_tokens: a.max_tokens, ..SamplingParams::default() };
@@ -140,19 +169,26 @@ async fn main() {
         eprintln!("prefix_bench: loading {}: {e}", a.model);
         std::process::exit(2)
     }));
-    let prompts = prompts(&model, a.requests);
+    let prompts = prompts(&model, a.requests, a.system);
     let shared = prompts[0].iter().zip(&prompts[1]).take_while(|(x, y)| x == y).count();
     let mut runs = Vec::new();
-    for cache in [false, true] {
-        let r = run(&model, &prompts, &a, cache).await.unwrap_or_else(|e| {
+    let setting = |second: bool| match (a.by_need, second) {
+        (false, false) => "cache=off",
+        (false, true) => "cache=on",
+        (true, false) => "kv=whole",
+        (true, true) => "kv=by-need",
+    };
+    for second in [false, true] {
+        let r = run(&model, &prompts, &a, second).await.unwrap_or_else(|e| {
             eprintln!("prefix_bench: {e}");
             std::process::exit(1)
         });
         println!(
-            "PREFIX model={} cache={} requests={} shared_prompt_tokens={shared} prompt_tokens={} cached_tokens={} \
-             cached_share={:.2} completion_tokens={} wall_s={:.2} tok_s={:.0}",
+            "PREFIX model={} {} pool_mb={} requests={} shared_prompt_tokens={shared} prompt_tokens={} \
+             cached_tokens={} cached_share={:.2} completion_tokens={} wall_s={:.2} tok_s={:.0}",
             a.model,
-            if cache { "on" } else { "off" },
+            setting(second),
+            a.pool_mb,
             a.requests,
             r.prompt_tokens,
             r.cached_tokens,
@@ -164,6 +200,6 @@ async fn main() {
         runs.push(r);
     }
     let same = runs[0].outputs.iter().zip(&runs[1].outputs).filter(|(x, y)| x == y).count();
-    println!("RATIO off_over_on={:.2} identical={same}/{}", runs[0].wall_s / runs[1].wall_s, a.requests);
+    println!("RATIO first_over_second={:.2} identical={same}/{}", runs[0].wall_s / runs[1].wall_s, a.requests);
     std::process::exit(i32::from(same != a.requests))
 }

@@ -121,6 +121,11 @@ struct Running {
     last: u32,
     group: u64,
     choice: usize,
+    /// Every token in the sequence's KV, kept for a sequence that may be preempted and
+    /// recomputed (`kv_by_need`); `None` for one reserved for its whole generation.
+    kv_tokens: Option<Vec<u32>>,
+    /// Admission order: the latest admitted is preempted first.
+    admitted: u64,
 }
 
 /// A decode job's choices: answered once every one finished, or at the first failure.
@@ -137,6 +142,10 @@ struct Decoding {
     running: Vec<Running>,
     groups: HashMap<u64, Group>,
     next_group: u64,
+    /// Sequences whose blocks were freed for room, oldest preemption first; they resume
+    /// before any new prompt is admitted.
+    preempted: VecDeque<Running>,
+    next_admitted: u64,
 }
 
 impl Decoding {
@@ -167,6 +176,7 @@ impl Decoding {
     /// Releases the sequences of groups that were answered.
     fn sweep(&mut self, exec: &mut dyn Executor) {
         let groups = &self.groups;
+        self.preempted.retain(|r| groups.contains_key(&r.group));
         self.running.retain(|r| {
             let keep = groups.contains_key(&r.group);
             if !keep {
@@ -192,6 +202,10 @@ pub struct EngineLoopConfig {
     pub prefill_token_budget: usize,
     /// Whose gauges (running, waiting, KV usage) this loop keeps.
     pub metrics: crate::metrics::Labels,
+    /// Colocated prompts reserve blocks for themselves only and grow as they decode, with
+    /// preemption when the pool runs short (`by_need.rs`); otherwise each reserves its whole
+    /// generation at admission.
+    pub kv_by_need: bool,
 }
 
 /// Cloneable handle to a worker's engine thread; the thread exits when every handle is dropped.
@@ -308,10 +322,12 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
         while let Ok(job) = rx.try_recv() {
             enqueue(job, &mut prefills, &mut waiting);
         }
-        let prefilled = prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
+        let resumed = by_need::resume(exec, &mut dec);
+        // Preempted sequences go first: a new prompt would only take their room again.
+        let prefilled = dec.preempted.is_empty() && prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
         let admitted = admit_decodes(&model, &cfg, exec, &mut waiting, &mut dec);
 
-        if !prefilled && !admitted && dec.running.is_empty() {
+        if !resumed && !prefilled && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
             report(exec.pool(), &dec, prefills.len() + waiting.len());
             match rx.blocking_recv() {
@@ -320,7 +336,7 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
             }
             continue;
         }
-        decode_step(&model, exec, &mut dec);
+        decode_step(&model, &cfg, exec, &mut dec);
         report(exec.pool(), &dec, prefills.len() + waiting.len());
     }
 }
@@ -366,21 +382,27 @@ fn prefill_batch(
         }
         // A kept prompt reserves its whole generation now, so decoding never waits for blocks
         // (and never deadlocks holding a prompt's): the longest choice's blocks, plus the
-        // blocks each other choice's fork takes.
+        // blocks each other choice's fork takes. By need, it reserves its prompt alone and
+        // leaves a block of headroom per running sequence; but work that could never fit
+        // whole still fails here.
         let keep = matches!(job.reply, PrefillReply::Decode { .. });
-        let max_len = if keep { generation_len(model, n, &job.params) } else { n };
+        let whole = if keep { generation_len(model, n, &job.params) } else { n };
+        let max_len = if keep && cfg.kv_by_need { n } else { whole };
         let pool = exec.pool();
-        let forks = if keep { (job.n - 1) * pool.fork_cost(n, max_len) } else { 0 };
-        let cold = pool.layout().blocks_for(max_len) + forks;
+        let forks = |len| if keep { (job.n - 1) * pool.fork_cost(n, len) } else { 0 };
+        let cold = pool.layout().blocks_for(whole) + forks(whole);
         if cold > pool.n_blocks() {
             let available = pool.n_blocks();
             queue.pop_front().expect("front exists").reply.fail(EngineError::KvCapacity { needed: cold, available });
             continue;
         }
+        let headroom = if cfg.kv_by_need { dec.running.len() + joining } else { 0 };
         // Cached blocks that running sequences hold are shared, not taken.
-        if pool.prompt_cost(&job.tokens, max_len) + forks > pool.available_blocks().saturating_sub(promised) {
+        let need = pool.prompt_cost(&job.tokens, max_len) + forks(max_len) + headroom;
+        if need > pool.available_blocks().saturating_sub(promised) {
             break;
         }
+        let forks = forks(max_len);
         // As in step 2: a job with more choices than `max_running` runs alone rather than never.
         let running = dec.running.len() + joining;
         if keep && running > 0 && running + job.n > cfg.max_running {
@@ -435,8 +457,11 @@ fn prefill_batch(
                 Ok(firsts) => {
                     let _ = prefilled.send(Prefilled { elapsed, cached_tokens });
                     let gens = choices(model, job.tokens.len(), &job.params, &job.grammar, &firsts);
-                    let max_len = generation_len(model, job.tokens.len(), &job.params);
-                    let group = Start { firsts: &firsts, started: Instant::now(), reply, max_len };
+                    let (max_len, prompt) = match cfg.kv_by_need {
+                        true => (job.tokens.len(), Some(&job.tokens[..])),
+                        false => (generation_len(model, job.tokens.len(), &job.params), None),
+                    };
+                    let group = Start { firsts: &firsts, started: Instant::now(), reply, max_len, prompt };
                     start_group(model, exec, dec, group, gens, Source::Kept(seq));
                 }
             },
@@ -487,6 +512,8 @@ struct Start<'a> {
     reply: oneshot::Sender<Result<DecodeOut, EngineError>>,
     /// The longest choice's length: what every sequence is reserved for.
     max_len: usize,
+    /// The prompt, for sequences that may be preempted and recomputed (`kv_by_need`).
+    prompt: Option<&'a [u32]>,
 }
 
 /// Registers a job's choices as a group and starts its live ones: the first takes the KV from
@@ -518,7 +545,10 @@ fn start_group(
         match seq {
             Ok(seq) => {
                 root.get_or_insert(seq);
-                dec.running.push(Running { seq, gen, last: first.token, group, choice });
+                let kv_tokens = job.prompt.map(<[u32]>::to_vec);
+                let admitted = dec.next_admitted;
+                dec.next_admitted += 1;
+                dec.running.push(Running { seq, gen, last: first.token, group, choice, kv_tokens, admitted });
             }
             Err(e) => {
                 dec.fail(group, e);
@@ -607,14 +637,15 @@ fn admit_decodes(
         let job = waiting.pop_front().expect("front exists");
         admitted = true;
         let DecodeJob { pages, firsts, started, reply, .. } = *job;
-        let start = Start { firsts: &firsts, started, reply, max_len };
+        let start = Start { firsts: &firsts, started, reply, max_len, prompt: None };
         start_group(model, exec, dec, start, gens, Source::Pages(&pages));
     }
     admitted
 }
 
 /// Step 3: one token for every running sequence, in one batched forward.
-fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
+fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, dec: &mut Decoding) {
+    by_need::make_room(cfg, exec, dec);
     // A sequence that cannot take its next token fails its request rather than the batch.
     for i in 0..dec.running.len() {
         let r = &dec.running[i];
@@ -688,6 +719,9 @@ fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
         };
         match next {
             Ok((token, logprob)) => {
+                if let Some(kv) = r.kv_tokens.as_mut() {
+                    kv.push(r.last);
+                }
                 r.last = token;
                 if r.gen.push_scored(model, token, logprob).is_some() {
                     done.push(i);
@@ -706,6 +740,9 @@ fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
     }
     dec.sweep(exec);
 }
+
+#[path = "by_need.rs"]
+mod by_need;
 
 #[cfg(test)]
 #[path = "engine_loop_tests.rs"]

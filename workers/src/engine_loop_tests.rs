@@ -22,7 +22,12 @@ fn model() -> Arc<Model> {
 }
 
 fn config(max_running: usize) -> EngineLoopConfig {
-    EngineLoopConfig { max_running, prefill_token_budget: 64, metrics: crate::metrics::Labels::new("test", 0) }
+    EngineLoopConfig {
+        max_running,
+        prefill_token_budget: 64,
+        metrics: crate::metrics::Labels::new("test", 0),
+        kv_by_need: false,
+    }
 }
 
 /// An engine on the CPU executor with a pool of `blocks` KV blocks.
@@ -179,4 +184,51 @@ async fn cached_prefixes_give_the_tokens_of_a_pool_without_a_cache() {
     assert_eq!((hit.cached_tokens, miss.cached_tokens), (32, 0));
     assert!(hit.pages == miss.pages, "a hit's pages are a cold prefill's");
     assert_eq!(hit.firsts[0].token, miss.firsts[0].token);
+}
+
+/// A counter of this process's registry, summed over the series whose labels include `label`.
+fn counter(name: &str, label: &str) -> f64 {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &prometheus::gather(), &mut text).unwrap();
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// By need, a colocated rank reserves each prompt alone and grows sequences as they decode;
+/// squeezed into 10 blocks, it preempts and recomputes sequences, and every choice still gets
+/// the tokens (and log-probabilities) of a roomy engine that reserves whole generations.
+#[tokio::test]
+async fn by_need_preempts_and_resumes_with_the_same_tokens() {
+    let prompts: Vec<Vec<u32>> =
+        (0..8u32).map(|i| (0..10 + 4 * i).map(|j| (i * 53 + j * 5) % 480 + 3).collect()).collect();
+    let want = |i: usize| SamplingParams { logprobs: i.is_multiple_of(3).then_some(2), ..params(40, 90 + i as u64) };
+    let n = |i: usize| if i % 4 == 1 { 2 } else { 1 };
+    let whole = spawn(1024, 8, "engine-whole");
+    let mut reference = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        reference.push(whole.generate(p.clone(), want(i), n(i), None).await.unwrap().1.choices);
+    }
+    let cfg =
+        EngineLoopConfig { kv_by_need: true, metrics: crate::metrics::Labels::new("test-by-need", 0), ..config(8) };
+    let exec = pdq_engine::CpuExecutor::new(model(), 10 * TINY_BLOCK_BYTES);
+    let engine = EngineHandle::spawn(Box::new(exec), cfg, "engine-by-need".into());
+    let runs = prompts.iter().enumerate().map(|(i, p)| {
+        let engine = engine.clone();
+        async move { engine.generate(p.clone(), want(i), n(i), None).await }
+    });
+    for (i, out) in join_all(runs).await.into_iter().enumerate() {
+        let (_, out) = out.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(out.choices.len(), n(i));
+        for (c, r) in out.choices.iter().zip(&reference[i]) {
+            assert_eq!(c.output_ids, r.output_ids, "request {i}");
+            assert_eq!(c.logprobs, r.logprobs, "request {i}");
+        }
+    }
+    let preempted = counter("pdq_preemptions_total", "role=\"test-by-need\"");
+    assert!(preempted > 0.0, "the pool was tight enough to preempt");
+    eprintln!("by need: {preempted} preemptions");
 }

@@ -32,6 +32,7 @@ struct Metrics {
     prefix_hits: IntCounterVec,
     prefix_evictions: IntCounterVec,
     prefix_hit_ratio: GaugeVec,
+    preemptions: IntCounterVec,
     ttft: HistogramVec,
     e2e: HistogramVec,
     kv_transfer: HistogramVec,
@@ -86,6 +87,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             LABELS
         )
         .expect("a metric is registered once"),
+        preemptions: counter(
+            "pdq_preemptions_total",
+            "Running sequences whose KV blocks were freed for room, to be recomputed later",
+            LABELS,
+        ),
         ttft: histogram("pdq_time_to_first_token_seconds", "From enqueue to the first token (queue time plus prefill)"),
         e2e: histogram("pdq_e2e_request_latency_seconds", "From enqueue to the result"),
         kv_transfer: histogram("pdq_kv_transfer_seconds", "Taking a request's KV from its prefill rank"),
@@ -149,6 +155,11 @@ impl Labels {
         if now.queried_tokens > 0 {
             m.prefix_hit_ratio.with_label_values(&v).set(now.hit_tokens as f64 / now.queried_tokens as f64);
         }
+    }
+
+    /// A running sequence was preempted (its blocks freed; it resumes by recomputing).
+    pub fn preempted(&self) {
+        METRICS.preemptions.with_label_values(&self.values()).inc();
     }
 
     pub fn reconnects(&self, more: u64) {

@@ -253,7 +253,7 @@ impl PagedKv {
     }
 
     /// Blocks that growing each `(sequence, new_len)` would take beyond its own reservation.
-    pub(crate) fn extra_blocks(&self, grow: &[(SeqId, usize)]) -> Result<usize, EngineError> {
+    pub fn extra_blocks(&self, grow: &[(SeqId, usize)]) -> Result<usize, EngineError> {
         let mut extra = 0;
         for &(id, new_len) in grow {
             let s = self.seq(id)?;
