@@ -42,9 +42,11 @@ pub(super) fn make_room(cfg: &EngineLoopConfig, exec: &mut dyn Executor, dec: &m
 }
 
 /// Recomputes the KV of preempted sequences while the pool has room for them (and a block of
-/// headroom per running sequence), in one batched step; returns whether any resumed.
+/// headroom per running sequence), in one batched step; returns whether any left the queue
+/// (resumed or failed).
 pub(super) fn resume(exec: &mut dyn Executor, dec: &mut Decoding) -> bool {
     let mut batch = Vec::new();
+    let mut failed = false;
     while let Some(r) = dec.preempted.front() {
         let tokens = r.kv_tokens.as_deref().expect("only sequences that keep their tokens are preempted");
         let pool = exec.pool();
@@ -58,11 +60,15 @@ pub(super) fn resume(exec: &mut dyn Executor, dec: &mut Decoding) -> bool {
         let tokens = r.kv_tokens.as_deref().expect("checked");
         match exec.add_prompt(tokens, tokens.len() + 1) {
             Ok((seq, cached)) => batch.push((seq, cached, r)),
-            Err(e) => dec.fail(r.group, e),
+            Err(e) => {
+                dec.fail(r.group, e);
+                failed = true;
+            }
         }
     }
     if batch.is_empty() {
-        return false;
+        dec.sweep(exec);
+        return failed;
     }
     let items: Vec<StepItem> = batch
         .iter()

@@ -6,11 +6,14 @@
 //! token back, sampled where its logits are.
 //!
 //! Each iteration (continuous batching):
+//! 0. with `kv_by_need`, resumes preempted sequences first (`by_need.rs`);
 //! 1. admits waiting prompts while they fit the prefill token budget (always at least one) and
-//!    the pool has blocks for them, and prefills them as one batch. A prefill rank's prompt has
-//!    its pages exported and its blocks released at once (the KV store holds the bytes, not the
-//!    pool); a colocated rank's prompt ([`EngineHandle::generate`]) was admitted with blocks for
-//!    its whole generation and goes straight on to decoding in the pool, its KV never copied;
+//!    the pool has blocks for them, and prefills them as one batch (`engine_prefill.rs`). Each
+//!    takes the longest prefix of it the pool's prefix cache holds and computes only the rest;
+//!    its full blocks are offered to the cache afterwards. A prefill rank's prompt has its
+//!    pages exported and its blocks released at once (the KV store holds the bytes); a
+//!    colocated rank's prompt ([`EngineHandle::generate`]) was admitted with blocks for its
+//!    whole generation (by need: for itself) and goes straight on to decoding in the pool;
 //! 2. admits waiting decode jobs in arrival order while fewer than `max_running` run and the pool
 //!    can reserve blocks for their whole generation (prompt + `max_new_tokens`, capped at the
 //!    context), writing their received pages straight into those blocks; a job with `n` choices
@@ -19,16 +22,17 @@
 //!
 //! Work that does not fit waits at the front of its queue for blocks to free; only work that
 //! could never fit in the whole pool fails (`kv_capacity`). Growth within a reservation never
-//! fails, so a running sequence is never preempted. A sequence's tokens depend only on its own
-//! inputs and seed, never on what it is batched with (see `pdq_engine::forward`).
+//! fails; only a sequence admitted by need is ever preempted, and it resumes with the same
+//! tokens. A sequence's tokens depend only on its own inputs and seed, never on what it is
+//! batched with or on what the cache held (see `pdq_engine::forward`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pdq_engine::{
-    logprobs, sample, Constrained, EngineError, Executor, FinishReason, Generation, Grammars, Logprob, Model,
-    PageHeader, PagedKv, PrefixCacheStats, SamplingParams, SeqId, StepItem, StepOut, Want,
+    Constrained, EngineError, Executor, FinishReason, Generation, Grammars, Logprob, Model, PageHeader, PagedKv,
+    PrefixCacheStats, SamplingParams, SeqId, StepItem, StepOut, Want,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -312,7 +316,8 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
         }
     };
     loop {
-        if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() {
+        // Preempted sequences are work too: the loop never sleeps while one waits to resume.
+        if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() && dec.preempted.is_empty() {
             report(exec.pool(), &dec, 0);
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
@@ -324,12 +329,12 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
         }
         let resumed = by_need::resume(exec, &mut dec);
         // Preempted sequences go first: a new prompt would only take their room again.
-        let prefilled = dec.preempted.is_empty() && prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
+        let prefilled = dec.preempted.is_empty() && prefill::prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
         let admitted = admit_decodes(&model, &cfg, exec, &mut waiting, &mut dec);
 
         if !resumed && !prefilled && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
-            report(exec.pool(), &dec, prefills.len() + waiting.len());
+            report(exec.pool(), &dec, prefills.len() + waiting.len() + dec.preempted.len());
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
@@ -337,7 +342,7 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
             continue;
         }
         decode_step(&model, &cfg, exec, &mut dec);
-        report(exec.pool(), &dec, prefills.len() + waiting.len());
+        report(exec.pool(), &dec, prefills.len() + waiting.len() + dec.preempted.len());
     }
 }
 
@@ -346,128 +351,6 @@ fn enqueue(job: Job, prefills: &mut VecDeque<PrefillJob>, waiting: &mut VecDeque
         Job::Decode(d) => waiting.push_back(d),
         Job::Prefill(p) => prefills.push_back(*p),
     }
-}
-
-/// Step 1 of the loop; returns whether any prompt ran.
-fn prefill_batch(
-    model: &Model,
-    cfg: &EngineLoopConfig,
-    exec: &mut dyn Executor,
-    queue: &mut VecDeque<PrefillJob>,
-    dec: &mut Decoding,
-) -> bool {
-    let started = Instant::now();
-    // Each admitted prompt with the number of its tokens the prefix cache already held.
-    let mut batch: Vec<(SeqId, usize, PrefillJob)> = Vec::new();
-    let mut budget = cfg.prefill_token_budget;
-    // Blocks the batch's kept prompts will fork into after the step (not reserved in the pool
-    // until then), and the sequences they will add to the running batch.
-    let (mut promised, mut joining) = (0usize, 0usize);
-    while let Some(job) = queue.front() {
-        let n = job.tokens.len();
-        // Cached tokens are not computed, so they do not count against the budget.
-        let compute = n - exec.pool().cached_prefix_len(&job.tokens);
-        // Always admit one prompt per iteration, even one longer than the budget.
-        if compute > budget && !batch.is_empty() {
-            break;
-        }
-        // A prompt whose next uncached block a prompt of this batch computes waits one
-        // iteration and finds it cached, rather than computing it a second time.
-        if batch.iter().any(|(_, _, b)| exec.pool().would_share_uncached_block(&b.tokens, &job.tokens)) {
-            break;
-        }
-        if let Err(e) = model.check_tokens(0, &job.tokens) {
-            queue.pop_front().expect("front exists").reply.fail(e);
-            continue;
-        }
-        // A kept prompt reserves its whole generation now, so decoding never waits for blocks
-        // (and never deadlocks holding a prompt's): the longest choice's blocks, plus the
-        // blocks each other choice's fork takes. By need, it reserves its prompt alone and
-        // leaves a block of headroom per running sequence; but work that could never fit
-        // whole still fails here.
-        let keep = matches!(job.reply, PrefillReply::Decode { .. });
-        let whole = if keep { generation_len(model, n, &job.params) } else { n };
-        let max_len = if keep && cfg.kv_by_need { n } else { whole };
-        let pool = exec.pool();
-        let forks = |len| if keep { (job.n - 1) * pool.fork_cost(n, len) } else { 0 };
-        let cold = pool.layout().blocks_for(whole) + forks(whole);
-        if cold > pool.n_blocks() {
-            let available = pool.n_blocks();
-            queue.pop_front().expect("front exists").reply.fail(EngineError::KvCapacity { needed: cold, available });
-            continue;
-        }
-        let headroom = if cfg.kv_by_need { dec.running.len() + joining } else { 0 };
-        // Cached blocks that running sequences hold are shared, not taken.
-        let need = pool.prompt_cost(&job.tokens, max_len) + forks(max_len) + headroom;
-        if need > pool.available_blocks().saturating_sub(promised) {
-            break;
-        }
-        let forks = forks(max_len);
-        // As in step 2: a job with more choices than `max_running` runs alone rather than never.
-        let running = dec.running.len() + joining;
-        if keep && running > 0 && running + job.n > cfg.max_running {
-            break;
-        }
-        let (seq, cached) = exec.add_prompt(&job.tokens, max_len).expect("admission was checked");
-        budget = budget.saturating_sub(n - cached);
-        if keep {
-            (promised, joining) = (promised + forks, joining + job.n);
-        }
-        batch.push((seq, cached, queue.pop_front().expect("front exists")));
-    }
-    if batch.is_empty() {
-        return false;
-    }
-    let items: Vec<StepItem> = batch
-        .iter()
-        .map(|(seq, cached, job)| StepItem { seq: *seq, tokens: &job.tokens[*cached..], want: first_want(job) })
-        .collect();
-    let result = exec.step(&items);
-    let elapsed = started.elapsed();
-    let outs = match result {
-        Ok(outs) => outs,
-        Err(e) => {
-            tracing::error!(error = %e, "prefill batch failed");
-            for (seq, _, job) in batch {
-                exec.release(seq);
-                job.reply.fail(EngineError::KvCache(format!("prefill batch failed: {e}")));
-            }
-            return true;
-        }
-    };
-    for ((seq, cached_tokens, job), out) in batch.into_iter().zip(outs) {
-        // The prompt's KV is computed now: its full blocks serve later prompts.
-        if let Err(e) = exec.register_prompt(seq, &job.tokens) {
-            tracing::warn!(error = %e, "a prompt's blocks could not be offered to the prefix cache");
-        }
-        let firsts = first_tokens(out, &job);
-        match job.reply {
-            PrefillReply::Pages(tx) => {
-                let out = firsts.and_then(|firsts| {
-                    exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed, cached_tokens })
-                });
-                exec.release(seq);
-                let _ = tx.send(out);
-            }
-            PrefillReply::Decode { prefilled, reply } => match firsts {
-                Err(e) => {
-                    exec.release(seq);
-                    let _ = reply.send(Err(e));
-                }
-                Ok(firsts) => {
-                    let _ = prefilled.send(Prefilled { elapsed, cached_tokens });
-                    let gens = choices(model, job.tokens.len(), &job.params, &job.grammar, &firsts);
-                    let (max_len, prompt) = match cfg.kv_by_need {
-                        true => (job.tokens.len(), Some(&job.tokens[..])),
-                        false => (generation_len(model, job.tokens.len(), &job.params), None),
-                    };
-                    let group = Start { firsts: &firsts, started: Instant::now(), reply, max_len, prompt };
-                    start_group(model, exec, dec, group, gens, Source::Kept(seq));
-                }
-            },
-        }
-    }
-    true
 }
 
 /// Tokens a generation can reach: prompt plus `max_new_tokens`, capped at the context. Every
@@ -561,41 +444,6 @@ fn start_group(
         exec.release(seq);
     }
     dec.sweep(exec);
-}
-
-/// What a prompt needs back: its first token alone, unless a grammar masks it, it is scored,
-/// or several choices sample it.
-fn first_want(job: &PrefillJob) -> Want {
-    if job.n == 1 && job.grammar.is_none() && job.params.logprobs.is_none() {
-        // Choice 0's seed is the request's own (`for_choice(0)` changes nothing).
-        Want::Token(job.params.draw(0))
-    } else {
-        Want::Logits
-    }
-}
-
-/// Each choice's first token, sampled with its own seed among the tokens the grammar allows.
-fn first_tokens(out: StepOut, job: &PrefillJob) -> Result<Vec<First>, EngineError> {
-    let logits = match out {
-        StepOut::Token(token) => return Ok(vec![First { token, logprob: None }]),
-        StepOut::Logits(logits) => logits,
-    };
-    let logits = &logits[..];
-    let masked = match &job.grammar {
-        None => None,
-        Some(g) => {
-            let mut masked = logits.to_vec();
-            g.clone().apply(&mut masked)?;
-            Some(masked)
-        }
-    };
-    Ok((0..job.n)
-        .map(|i| {
-            let params = job.params.for_choice(i);
-            let token = sample(masked.as_deref().unwrap_or(logits), &params, 0);
-            First { token, logprob: params.logprobs.map(|k| logprobs(logits, token, k)) }
-        })
-        .collect())
 }
 
 /// Step 2 of the loop; returns whether any job left the queue.
@@ -743,6 +591,8 @@ fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, d
 
 #[path = "by_need.rs"]
 mod by_need;
+#[path = "engine_prefill.rs"]
+mod prefill;
 
 #[cfg(test)]
 #[path = "engine_loop_tests.rs"]

@@ -199,8 +199,8 @@ fn counter(name: &str, label: &str) -> f64 {
 }
 
 /// By need, a colocated rank reserves each prompt alone and grows sequences as they decode;
-/// squeezed into 10 blocks, it preempts and recomputes sequences, and every choice still gets
-/// the tokens (and log-probabilities) of a roomy engine that reserves whole generations.
+/// squeezed into 10 to 16 blocks, it preempts and recomputes sequences, and every choice still
+/// gets the tokens (and log-probabilities) of a roomy engine that reserves whole generations.
 #[tokio::test]
 async fn by_need_preempts_and_resumes_with_the_same_tokens() {
     let prompts: Vec<Vec<u32>> =
@@ -212,20 +212,22 @@ async fn by_need_preempts_and_resumes_with_the_same_tokens() {
     for (i, p) in prompts.iter().enumerate() {
         reference.push(whole.generate(p.clone(), want(i), n(i), None).await.unwrap().1.choices);
     }
-    let cfg =
-        EngineLoopConfig { kv_by_need: true, metrics: crate::metrics::Labels::new("test-by-need", 0), ..config(8) };
-    let exec = pdq_engine::CpuExecutor::new(model(), 10 * TINY_BLOCK_BYTES);
-    let engine = EngineHandle::spawn(Box::new(exec), cfg, "engine-by-need".into());
-    let runs = prompts.iter().enumerate().map(|(i, p)| {
-        let engine = engine.clone();
-        async move { engine.generate(p.clone(), want(i), n(i), None).await }
-    });
-    for (i, out) in join_all(runs).await.into_iter().enumerate() {
-        let (_, out) = out.unwrap_or_else(|e| panic!("request {i}: {e}"));
-        assert_eq!(out.choices.len(), n(i));
-        for (c, r) in out.choices.iter().zip(&reference[i]) {
-            assert_eq!(c.output_ids, r.output_ids, "request {i}");
-            assert_eq!(c.logprobs, r.logprobs, "request {i}");
+    for blocks in [10, 13, 16] {
+        let metrics = crate::metrics::Labels::new("test-by-need", 0);
+        let cfg = EngineLoopConfig { kv_by_need: true, metrics, ..config(8) };
+        let exec = pdq_engine::CpuExecutor::new(model(), blocks * TINY_BLOCK_BYTES);
+        let engine = EngineHandle::spawn(Box::new(exec), cfg, "engine-by-need".into());
+        let runs = prompts.iter().enumerate().map(|(i, p)| {
+            let engine = engine.clone();
+            async move { engine.generate(p.clone(), want(i), n(i), None).await }
+        });
+        for (i, out) in join_all(runs).await.into_iter().enumerate() {
+            let (_, out) = out.unwrap_or_else(|e| panic!("{blocks} blocks, request {i}: {e}"));
+            assert_eq!(out.choices.len(), n(i));
+            for (c, r) in out.choices.iter().zip(&reference[i]) {
+                assert_eq!(c.output_ids, r.output_ids, "{blocks} blocks, request {i}");
+                assert_eq!(c.logprobs, r.logprobs, "{blocks} blocks, request {i}");
+            }
         }
     }
     let preempted = counter("pdq_preemptions_total", "role=\"test-by-need\"");
