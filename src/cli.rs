@@ -300,7 +300,7 @@ pub struct BenchArgs {
     #[arg(long, env = "PDQ_DECODE_DP", default_value_t = 2)]
     pub decode_dp: u32,
     /// Runs only these scenarios (repeatable): `16x1`, `16x32`, `1kx1`, `1kx32` (prompt x output
-    /// tokens); all of them by default.
+    /// tokens), `1kx32s` (the long prompts sharing all but their last 16 tokens); all by default.
     #[arg(long = "scenario", env = "PDQ_BENCH_SCENARIOS", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Skips the broker and database ceilings (for profiling one scenario).
