@@ -196,6 +196,14 @@ pub struct TuningArgs {
     /// Prompts longer than this fail before tokenization.
     #[arg(long, env = "PDQ_MAX_PROMPT_BYTES", default_value_t = pdq_workers::DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
+    /// Keep computed prompt blocks in the KV pool and reuse them for prompts that start alike
+    /// (prefill and colocated ranks on the CPU; exact: a hit gives a cold run's tokens).
+    #[arg(long, env = "PDQ_PREFIX_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefix_cache: bool,
+    /// Colocated ranks reserve KV blocks as sequences grow instead of for `max_tokens` up front,
+    /// preempting and recomputing a sequence when the pool runs short (CPU only; same tokens).
+    #[arg(long, env = "PDQ_KV_BY_NEED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kv_by_need: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -348,7 +356,7 @@ pub struct BenchArgs {
     #[arg(long, env = "PDQ_DECODE_DP", default_value_t = 2)]
     pub decode_dp: u32,
     /// Runs only these scenarios (repeatable): `16x1`, `16x32`, `1kx1`, `1kx32` (prompt x output
-    /// tokens); all of them by default.
+    /// tokens), `1kx32s` (the long prompts sharing all but their last 16 tokens); all by default.
     #[arg(long = "scenario", env = "PDQ_BENCH_SCENARIOS", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Skips the broker and database ceilings (for profiling one scenario).

@@ -214,6 +214,8 @@ pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShap
         max_running: t.max_running,
         kv_pool_bytes: t.kv_pool_mb << 20,
         prefetch: t.prefetch,
+        prefix_cache: t.prefix_cache,
+        kv_by_need: t.kv_by_need,
         ..WorkerConfig::new(role, rank, shape, &g.namespace, &g.amqp_url)
     }
 }

@@ -235,6 +235,7 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
             kv_id: Uuid::new_v4(),
             kv_bytes: 4096,
             prompt_tokens: 3,
+            cached_tokens: 0,
             first_token: 1,
             firsts: Vec::new(),
             seed: 0,

@@ -207,6 +207,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
         kv_id: Uuid::new_v4(),
         kv_bytes: 0,
         prompt_tokens: 3,
+        cached_tokens: 0,
         first_token: 1,
         firsts: Vec::new(),
         seed: 0,

@@ -44,7 +44,7 @@ pub use generation::{generate, FinishReason, Generation, Matched};
 pub use grammar::{Constrained, GrammarSpec, Grammars};
 pub use kv::KvCache;
 pub use model::Model;
-pub use paged::{KvLayout, PageHeader, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
+pub use paged::{KvLayout, PageHeader, PagedKv, PrefixCacheStats, SeqId, DEFAULT_BLOCK_SIZE};
 pub use pdq_kernels::Activations;
 pub use rope::RopeScaling;
 pub use sampling::{

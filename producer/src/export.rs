@@ -77,7 +77,12 @@ fn body(r: &ExportRow) -> Value {
     let model = request.and_then(|b| b.get("model")).and_then(Value::as_str).unwrap_or("pdq");
     let prompt = r.prompt_tokens.unwrap_or(0);
     let completion = r.completion_tokens.unwrap_or(0);
-    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    // Prompt tokens the rank's prefix cache held (OpenAI's `prompt_tokens_details`).
+    let cached = meta.get("cached_tokens").and_then(Value::as_u64).unwrap_or(0);
+    let usage = json!({
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    });
     let created = r.created_at.timestamp();
     let outs = outs(r);
     match endpoint {
@@ -202,7 +207,7 @@ mod tests {
             status: status.into(),
             text: Some("hi".into()),
             output_ids: Some(vec![5, 6]),
-            meta_info: Some(json!({"dp_rank": 1})),
+            meta_info: Some(json!({"dp_rank": 1, "cached_tokens": 2})),
             error: (status != "completed").then(|| json!({"code": "invalid_request", "message": "bad"})),
             prompt_tokens: Some(3),
             completion_tokens: Some(2),
@@ -226,6 +231,7 @@ mod tests {
         assert_eq!(out[0]["response"]["status_code"], 200);
         assert_eq!(out[0]["response"]["body"]["choices"][0]["text"], "hi");
         assert_eq!(out[0]["response"]["body"]["usage"]["total_tokens"], 5);
+        assert_eq!(out[1]["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert_eq!(out[1]["response"]["body"]["choices"][0]["message"]["content"], "hi");
         assert_eq!(out[1]["error"], Value::Null);
         let err: Vec<Value> =

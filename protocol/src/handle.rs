@@ -27,6 +27,10 @@ pub struct KvHandle {
     /// self-describing header, then each 16-token block's K and V rows for every layer).
     pub kv_bytes: u64,
     pub prompt_tokens: u32,
+    /// Prompt tokens the prefill rank found in its prefix cache (`meta_info.cached_tokens`);
+    /// 0 in a handle from a prefill without one.
+    #[serde(default)]
+    pub cached_tokens: u32,
     /// Sampled by prefill from the last position's logits (SGLang sends it as aux data).
     pub first_token: u32,
     /// The first token of each of the request's `n` choices (choice i sampled with `seed + i`)

@@ -149,6 +149,7 @@ fn handle() -> Value {
         kv_id: uuid::Uuid::new_v4(),
         kv_bytes: 10,
         prompt_tokens: 1,
+        cached_tokens: 0,
         first_token: 1,
         firsts: Vec::new(),
         seed: 0,

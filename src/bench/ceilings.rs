@@ -113,6 +113,7 @@ pub fn handle_body(line: &Value, shape: &ClusterShape, prompt_tokens: u32, kv_by
         kv_id: Uuid::new_v4(),
         kv_bytes,
         prompt_tokens,
+        cached_tokens: 0,
         first_token: 42,
         firsts: Vec::new(),
         seed: 7,

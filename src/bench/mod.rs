@@ -78,16 +78,19 @@ pub async fn run(g: &Global, model: Device, plan: BenchPlan) -> Result<()> {
     let disagg = ClusterShape::disagg(plan.prefill_dp, plan.decode_dp);
     let colocated = ClusterShape::colocated(plan.decode_dp);
     let long = plan.long_prompt.min(model.model().max_context().saturating_sub(32)).max(16);
-    let short = |max_tokens| Shape { prompt_tokens: 16, max_tokens, requests: plan.requests };
-    let long_shape = |max_tokens| Shape { prompt_tokens: long, max_tokens, requests: plan.long_requests };
+    let short = |max_tokens| Shape { prompt_tokens: 16, max_tokens, requests: plan.requests, shared_prefix_tokens: 0 };
+    let long_shape =
+        |max_tokens| Shape { prompt_tokens: long, max_tokens, requests: plan.long_requests, shared_prefix_tokens: 0 };
     let all = [
         ("16x1", "16 in, 1 out", short(1)),
         ("16x32", "16 in, 32 out", short(32)),
         ("1kx1", "1k in, 1 out", long_shape(1)),
         ("1kx32", "1k in, 32 out", long_shape(32)),
+        // The long prompts again, all but their last 16 tokens shared: the prefix cache's case.
+        ("1kx32s", "1k shared, 32", Shape { shared_prefix_tokens: long.saturating_sub(16), ..long_shape(32) }),
     ];
     if let Some(bad) = plan.scenarios.iter().find(|k| !all.iter().any(|(key, ..)| key == k)) {
-        anyhow::bail!("no bench scenario '{bad}': use 16x1, 16x32, 1kx1 or 1kx32");
+        anyhow::bail!("no bench scenario '{bad}': use 16x1, 16x32, 1kx1, 1kx32 or 1kx32s");
     }
     let shapes: Vec<(&str, Shape)> = all
         .iter()
@@ -166,7 +169,8 @@ async fn measure_ceilings(
 ) -> Result<Ceilings> {
     eprintln!("pdq bench: measuring the ceilings");
     let vocab = model.config.vocab_size;
-    let short_line = &scenario::lines(Shape { prompt_tokens: 16, max_tokens: 1, requests: 1 }, vocab)[0];
+    let shape = Shape { prompt_tokens: 16, max_tokens: 1, requests: 1, shared_prefix_tokens: 0 };
+    let short_line = &scenario::lines(shape, vocab)[0];
     let request_body = short_line.to_string().into_bytes();
     let handle_body = ceilings::handle_body(short_line, disagg, 16, 16 * 512)?;
     let msgs = requests.clamp(1_000, 10_000);

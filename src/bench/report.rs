@@ -95,18 +95,28 @@ fn print_ceilings(c: &Ceilings) {
 
 fn print_scenarios(r: &BenchReport) {
     println!(
-        "\n{:<14} {:<14} {:>6} {:>9} {:>9} {:>15} {:>15} {:>15} {:>15}",
-        "scenario", "mode", "reqs", "req/s", "tok/s", "queue p50/p99", "TTFT p50/p99", "KV hop p50/p99", "e2e p50/p99"
+        "\n{:<14} {:<14} {:>6} {:>9} {:>9} {:>7} {:>15} {:>15} {:>15} {:>15}",
+        "scenario",
+        "mode",
+        "reqs",
+        "req/s",
+        "tok/s",
+        "cached",
+        "queue p50/p99",
+        "TTFT p50/p99",
+        "KV hop p50/p99",
+        "e2e p50/p99"
     );
     let ms = |q: super::scenario::Quantiles| format!("{:.2}/{:.2}", q.p50 * 1e3, q.p99 * 1e3);
     for s in &r.scenarios {
         println!(
-            "{:<14} {:<14} {:>6} {:>9.0} {:>9.0} {:>15} {:>15} {:>15} {:>15}",
+            "{:<14} {:<14} {:>6} {:>9.0} {:>9.0} {:>6.0}% {:>15} {:>15} {:>15} {:>15}",
             s.name,
             s.mode,
             s.completed,
             s.requests_per_s,
             s.tokens_per_s,
+            s.cached_share * 100.0,
             ms(s.queue_time),
             ms(s.ttft),
             ms(s.kv_hop),

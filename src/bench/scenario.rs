@@ -19,6 +19,9 @@ pub struct Shape {
     pub prompt_tokens: usize,
     pub max_tokens: u32,
     pub requests: usize,
+    /// Leading prompt tokens every request shares (a system prompt), found in the ranks'
+    /// prefix caches after the first request; 0 for prompts drawn whole per request.
+    pub shared_prefix_tokens: usize,
 }
 
 /// p50 and p99 in seconds.
@@ -51,6 +54,8 @@ pub struct ScenarioRun {
     /// Prefill done to decode started: the handle's publish and queue wait plus the fetch.
     pub kv_hop: Quantiles,
     pub e2e: Quantiles,
+    /// Prompt tokens the ranks found in their prefix caches, over all prompt tokens.
+    pub cached_share: f64,
 }
 
 /// Request lines of `shape`: `/v1/completions` with token-id prompts, so every prompt has exactly
@@ -59,9 +64,12 @@ pub fn lines(shape: Shape, vocab: usize) -> Vec<Value> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(shape.prompt_tokens as u64);
     // The tiny model's first ids are its special tokens; keep to ordinary ones.
     let low = 16.min(vocab.saturating_sub(1)) as u32;
+    let shared: Vec<u32> = (0..shape.shared_prefix_tokens).map(|_| rng.gen_range(low..vocab as u32)).collect();
     (0..shape.requests)
         .map(|i| {
-            let prompt: Vec<u32> = (0..shape.prompt_tokens).map(|_| rng.gen_range(low..vocab as u32)).collect();
+            let own = shape.prompt_tokens.saturating_sub(shared.len());
+            let prompt: Vec<u32> =
+                shared.iter().copied().chain((0..own).map(|_| rng.gen_range(low..vocab as u32))).collect();
             let body = json!({"prompt": prompt, "max_tokens": shape.max_tokens, "temperature": 0, "ignore_eos": true});
             json!({"custom_id": format!("bench-{i}"), "method": "POST", "url": "/v1/completions", "body": body})
         })
@@ -80,11 +88,13 @@ pub async fn run(
     let lines = lines(shape, model.model().config.vocab_size);
     let batch = run_batch(store, g, namespace, cluster, model, &lines, WaitMode::Quiet).await?;
     let job = batch.job.id;
-    let tokens: i64 =
-        sqlx::query_scalar("SELECT COALESCE(sum(completion_tokens), 0)::bigint FROM results WHERE job_id = $1")
-            .bind(job)
-            .fetch_one(store.pool())
-            .await?;
+    let (tokens, prompt, cached): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(completion_tokens), 0)::bigint, COALESCE(sum(prompt_tokens), 0)::bigint,
+                COALESCE(sum(cached_tokens), 0)::bigint FROM results WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_one(store.pool())
+    .await?;
     let jobs = [job];
     let q = |expr: &'static str| quantiles(store, &jobs, expr);
     Ok(ScenarioRun {
@@ -103,6 +113,7 @@ pub async fn run(
         kv_transfer: q("m.kv_transfer_time").await?,
         kv_hop: q("m.e2e_latency - m.decode_time - m.queue_time - m.prefill_time").await?,
         e2e: q("m.e2e_latency").await?,
+        cached_share: cached as f64 / prompt.max(1) as f64,
     })
 }
 
@@ -133,7 +144,8 @@ pub async fn one_at_a_time(
     requests: usize,
     shm: bool,
 ) -> Result<LatencyRun> {
-    let lines = lines(Shape { prompt_tokens, max_tokens: 1, requests }, model.model().config.vocab_size);
+    let shape = Shape { prompt_tokens, max_tokens: 1, requests, shared_prefix_tokens: 0 };
+    let lines = lines(shape, model.model().config.vocab_size);
     let shm_dir = shm.then(|| std::path::PathBuf::from(SHM_DIR));
     let local = LocalCluster::start(store, g, namespace, cluster, model, |c| c.data_plane.shm_dir = shm_dir).await?;
     let mut jobs = Vec::with_capacity(requests);

@@ -24,13 +24,14 @@ WITH input AS (
         AS r(request_id, job_id, custom_id, status, text, output_ids, meta_info, error, logprobs, choices)
 ), ins AS (
     INSERT INTO results (request_id, job_id, custom_id, status, text, output_ids, meta_info, error,
-                         dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, finish_reason,
-                         logprobs, choices)
+                         dp_rank, prefill_dp_rank, prompt_tokens, completion_tokens, cached_tokens,
+                         finish_reason, logprobs, choices)
     SELECT request_id, job_id, custom_id, status, text,
            output_ids::int[],
            meta_info, error,
            (meta_info->>'dp_rank')::int, (meta_info->>'prefill_dp_rank')::int,
            (meta_info->>'prompt_tokens')::int, (meta_info->>'completion_tokens')::int,
+           (meta_info->>'cached_tokens')::int,
            meta_info->'finish_reason'->>'type',
            logprobs, choices
     FROM input
@@ -276,6 +277,7 @@ mod tests {
                 id: "x".into(),
                 dp_rank: Some(1),
                 completion_tokens: 3,
+                cached_tokens: 16,
                 ..Default::default()
             },
             error: None,
@@ -287,13 +289,14 @@ mod tests {
         assert_eq!(first.inserted.len(), 2);
         let again = store.write_results(&[done.clone(), cancelled]).await.unwrap();
         assert!(again.inserted.is_empty(), "a second write of the same rows is not new");
-        let (text, ids, dp_rank, custom_id): (String, Vec<i32>, i32, String) =
-            sqlx::query_as("SELECT text, output_ids, dp_rank, custom_id FROM results WHERE request_id = $1")
-                .bind(done.request_id)
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
-        assert_eq!((text.as_str(), ids, dp_rank), ("line\nwith\u{FFFD}nul", vec![5, 6, 7], 1));
+        let (text, ids, dp_rank, custom_id, cached): (String, Vec<i32>, i32, String, i32) = sqlx::query_as(
+            "SELECT text, output_ids, dp_rank, custom_id, cached_tokens FROM results WHERE request_id = $1",
+        )
+        .bind(done.request_id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!((text.as_str(), ids, dp_rank, cached), ("line\nwith\u{FFFD}nul", vec![5, 6, 7], 1, 16));
         assert_eq!(custom_id, "a\tb\u{FFFD}");
         let j = store.job(job.id).await.unwrap();
         assert_eq!((j.completed, j.cancelled, j.status.as_str()), (1, 1, "completed"));

@@ -118,6 +118,7 @@ async fn run(device: &Device, reqs: &[Request], max_running: usize) -> Result<(V
         max_running,
         prefill_token_budget: if max_running == 1 { 1 } else { 4096 },
         metrics: MetricLabels::new("loop-check", 0),
+        kv_by_need: false,
     };
     let engine = EngineHandle::spawn(exec, cfg, format!("loop-check-{}", device.name()));
     let started = Instant::now();

@@ -30,7 +30,7 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
         Err(e) => return Ok(a.failed_row().write(e.to_body())),
     };
     // Prefill and decode on this rank's engine, the KV staying in its pool.
-    let (prefill_time, out) = ctx.engine.generate(a.tokens.clone(), params, a.req.sampling.n as usize, grammar).await?;
+    let (prefilled, out) = ctx.engine.generate(a.tokens.clone(), params, a.req.sampling.n as usize, grammar).await?;
     let decode_time = out.elapsed.as_secs_f64();
     let answer = answer(ctx.engine.model(), out, a.req.sampling.logprobs.is_some());
     let rank = ctx.cfg.rank;
@@ -38,11 +38,12 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
         dp_rank: Some(rank),
         prefill_dp_rank: Some(rank),
         completion_tokens: answer.completion_tokens,
+        cached_tokens: prefilled.cached_tokens as u32,
         finish_reason: Some(answer.finish),
         e2e_latency: (now_ms() - a.enqueued_at_ms).max(0) as f64 / 1000.0,
         timings: Timings {
             queue_time: a.queue_time,
-            prefill_time: prefill_time.as_secs_f64(),
+            prefill_time: prefilled.elapsed.as_secs_f64(),
             kv_transfer_time: 0.0,
             decode_time,
         },

@@ -51,6 +51,11 @@ pub struct WorkerConfig {
     pub prefill_token_budget: usize,
     pub kv_pool_bytes: usize,
     pub max_prompt_bytes: usize,
+    /// Whether a prefill or colocated rank keeps prompt blocks for reuse (where its executor can).
+    pub prefix_cache: bool,
+    /// Whether a colocated rank reserves KV blocks by need, preempting when short, instead of
+    /// reserving each request's whole generation at admission.
+    pub kv_by_need: bool,
 }
 
 impl WorkerConfig {
@@ -70,6 +75,8 @@ impl WorkerConfig {
             prefill_token_budget: DEFAULT_PREFILL_TOKEN_BUDGET,
             kv_pool_bytes: DEFAULT_KV_POOL_BYTES,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            prefix_cache: true,
+            kv_by_need: false,
         }
     }
 

@@ -115,6 +115,7 @@ fn base_meta(h: &KvHandle) -> MetaInfo {
     MetaInfo {
         id: h.request_id.to_string(),
         prompt_tokens: h.prompt_tokens,
+        cached_tokens: h.cached_tokens,
         warnings: h.warnings.clone(),
         seed: Some(h.seed),
         attempts: h.attempt,

@@ -6,11 +6,14 @@
 //! token back, sampled where its logits are.
 //!
 //! Each iteration (continuous batching):
+//! 0. with `kv_by_need`, resumes preempted sequences first (`by_need.rs`);
 //! 1. admits waiting prompts while they fit the prefill token budget (always at least one) and
-//!    the pool has blocks for them, and prefills them as one batch. A prefill rank's prompt has
-//!    its pages exported and its blocks released at once (the KV store holds the bytes, not the
-//!    pool); a colocated rank's prompt ([`EngineHandle::generate`]) was admitted with blocks for
-//!    its whole generation and goes straight on to decoding in the pool, its KV never copied;
+//!    the pool has blocks for them, and prefills them as one batch (`engine_prefill.rs`). Each
+//!    takes the longest prefix of it the pool's prefix cache holds and computes only the rest;
+//!    its full blocks are offered to the cache afterwards. A prefill rank's prompt has its
+//!    pages exported and its blocks released at once (the KV store holds the bytes); a
+//!    colocated rank's prompt ([`EngineHandle::generate`]) was admitted with blocks for its
+//!    whole generation (by need: for itself) and goes straight on to decoding in the pool;
 //! 2. admits waiting decode jobs in arrival order while fewer than `max_running` run and the pool
 //!    can reserve blocks for their whole generation (prompt + `max_new_tokens`, capped at the
 //!    context), writing their received pages straight into those blocks; a job with `n` choices
@@ -19,16 +22,17 @@
 //!
 //! Work that does not fit waits at the front of its queue for blocks to free; only work that
 //! could never fit in the whole pool fails (`kv_capacity`). Growth within a reservation never
-//! fails, so a running sequence is never preempted. A sequence's tokens depend only on its own
-//! inputs and seed, never on what it is batched with (see `pdq_engine::forward`).
+//! fails; only a sequence admitted by need is ever preempted, and it resumes with the same
+//! tokens. A sequence's tokens depend only on its own inputs and seed, never on what it is
+//! batched with or on what the cache held (see `pdq_engine::forward`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pdq_engine::{
-    logprobs, sample, Constrained, EngineError, Executor, FinishReason, Generation, Grammars, Logprob, Model,
-    PageHeader, PagedKv, SamplingParams, SeqId, StepItem, StepOut, Want,
+    Constrained, EngineError, Executor, FinishReason, Generation, Grammars, Logprob, Model, PageHeader, PagedKv,
+    PrefixCacheStats, SamplingParams, SeqId, StepItem, StepOut, Want,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +44,16 @@ pub struct PrefillOut {
     /// Each choice's first token (step 0), choice i sampled with `seed + i`.
     pub firsts: Vec<First>,
     pub elapsed: Duration,
+    /// Prompt tokens found in the pool's prefix cache, not computed again.
+    pub cached_tokens: usize,
+}
+
+/// A colocated prompt's prefill, reported before its decoding ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefilled {
+    pub elapsed: Duration,
+    /// Prompt tokens found in the pool's prefix cache, not computed again.
+    pub cached_tokens: usize,
 }
 
 /// A choice's first token, with its log-probability when the params ask for it.
@@ -75,9 +89,9 @@ struct PrefillJob {
 enum PrefillReply {
     /// Out as pages (a prefill rank): the KV leaves the pool.
     Pages(oneshot::Sender<Result<PrefillOut, EngineError>>),
-    /// On to decoding in this pool (a colocated rank): the prefill time once it ran, then the
+    /// On to decoding in this pool (a colocated rank): the prefill once it ran, then the
     /// choices.
-    Decode { prefilled: oneshot::Sender<Duration>, reply: oneshot::Sender<Result<DecodeOut, EngineError>> },
+    Decode { prefilled: oneshot::Sender<Prefilled>, reply: oneshot::Sender<Result<DecodeOut, EngineError>> },
 }
 
 impl PrefillReply {
@@ -111,6 +125,11 @@ struct Running {
     last: u32,
     group: u64,
     choice: usize,
+    /// Every token in the sequence's KV, kept for a sequence that may be preempted and
+    /// recomputed (`kv_by_need`); `None` for one reserved for its whole generation.
+    kv_tokens: Option<Vec<u32>>,
+    /// Admission order: the latest admitted is preempted first.
+    admitted: u64,
 }
 
 /// A decode job's choices: answered once every one finished, or at the first failure.
@@ -127,6 +146,10 @@ struct Decoding {
     running: Vec<Running>,
     groups: HashMap<u64, Group>,
     next_group: u64,
+    /// Sequences whose blocks were freed for room, oldest preemption first; they resume
+    /// before any new prompt is admitted.
+    preempted: VecDeque<Running>,
+    next_admitted: u64,
 }
 
 impl Decoding {
@@ -157,6 +180,7 @@ impl Decoding {
     /// Releases the sequences of groups that were answered.
     fn sweep(&mut self, exec: &mut dyn Executor) {
         let groups = &self.groups;
+        self.preempted.retain(|r| groups.contains_key(&r.group));
         self.running.retain(|r| {
             let keep = groups.contains_key(&r.group);
             if !keep {
@@ -182,6 +206,10 @@ pub struct EngineLoopConfig {
     pub prefill_token_budget: usize,
     /// Whose gauges (running, waiting, KV usage) this loop keeps.
     pub metrics: crate::metrics::Labels,
+    /// Colocated prompts reserve blocks for themselves only and grow as they decode, with
+    /// preemption when the pool runs short (`by_need.rs`); otherwise each reserves its whole
+    /// generation at admission.
+    pub kv_by_need: bool,
 }
 
 /// Cloneable handle to a worker's engine thread; the thread exits when every handle is dropped.
@@ -231,15 +259,15 @@ impl EngineHandle {
 
     /// Prefill and decode on this engine, the KV staying in its pool (a colocated rank): the
     /// same tokens as [`EngineHandle::prefill`] then [`EngineHandle::decode`], without the
-    /// pages' export and import. Returns the prefill time beside the choices, whose `elapsed`
-    /// is the decoding alone.
+    /// pages' export and import. Returns the prefill beside the choices, whose `elapsed` is
+    /// the decoding alone.
     pub async fn generate(
         &self,
         tokens: Vec<u32>,
         params: SamplingParams,
         n: usize,
         grammar: Option<Constrained>,
-    ) -> Result<(Duration, DecodeOut), WorkerError> {
+    ) -> Result<(Prefilled, DecodeOut), WorkerError> {
         let ((prefilled, prefill_rx), (reply, rx)) = (oneshot::channel(), oneshot::channel());
         let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Decode { prefilled, reply } };
         self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
@@ -277,12 +305,19 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
     let mut waiting: VecDeque<Box<DecodeJob>> = VecDeque::new();
     let mut dec = Decoding::default();
     // Gauges are set after every step and before every wait, so an idle engine reads idle.
-    let report = |kv: &PagedKv, dec: &Decoding, queued: usize| {
+    let mut cache_reported = PrefixCacheStats::default();
+    let mut report = |kv: &PagedKv, dec: &Decoding, queued: usize| {
+        // Cached blocks no sequence holds are free to take: they do not count as used.
         let used = 1.0 - kv.available_blocks() as f64 / kv.n_blocks() as f64;
         cfg.metrics.engine(dec.running.len(), queued, used);
+        if let Some(now) = kv.prefix_cache_stats() {
+            cfg.metrics.prefix_cache(&cache_reported, &now);
+            cache_reported = now;
+        }
     };
     loop {
-        if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() {
+        // Preempted sequences are work too: the loop never sleeps while one waits to resume.
+        if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() && dec.preempted.is_empty() {
             report(exec.pool(), &dec, 0);
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
@@ -292,20 +327,22 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
         while let Ok(job) = rx.try_recv() {
             enqueue(job, &mut prefills, &mut waiting);
         }
-        let prefilled = prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
+        let resumed = by_need::resume(exec, &mut dec);
+        // Preempted sequences go first: a new prompt would only take their room again.
+        let prefilled = dec.preempted.is_empty() && prefill::prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
         let admitted = admit_decodes(&model, &cfg, exec, &mut waiting, &mut dec);
 
-        if !prefilled && !admitted && dec.running.is_empty() {
+        if !resumed && !prefilled && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
-            report(exec.pool(), &dec, prefills.len() + waiting.len());
+            report(exec.pool(), &dec, prefills.len() + waiting.len() + dec.preempted.len());
             match rx.blocking_recv() {
                 Some(job) => enqueue(job, &mut prefills, &mut waiting),
                 None => return,
             }
             continue;
         }
-        decode_step(&model, exec, &mut dec);
-        report(exec.pool(), &dec, prefills.len() + waiting.len());
+        decode_step(&model, &cfg, exec, &mut dec);
+        report(exec.pool(), &dec, prefills.len() + waiting.len() + dec.preempted.len());
     }
 }
 
@@ -314,102 +351,6 @@ fn enqueue(job: Job, prefills: &mut VecDeque<PrefillJob>, waiting: &mut VecDeque
         Job::Decode(d) => waiting.push_back(d),
         Job::Prefill(p) => prefills.push_back(*p),
     }
-}
-
-/// Step 1 of the loop; returns whether any prompt ran.
-fn prefill_batch(
-    model: &Model,
-    cfg: &EngineLoopConfig,
-    exec: &mut dyn Executor,
-    queue: &mut VecDeque<PrefillJob>,
-    dec: &mut Decoding,
-) -> bool {
-    let started = Instant::now();
-    let mut batch: Vec<(SeqId, PrefillJob)> = Vec::new();
-    let mut budget = cfg.prefill_token_budget;
-    // Blocks the batch's kept prompts will fork into after the step (not reserved in the pool
-    // until then), and the sequences they will add to the running batch.
-    let (mut promised, mut joining) = (0usize, 0usize);
-    while let Some(job) = queue.front() {
-        let n = job.tokens.len();
-        // Always admit one prompt per iteration, even one longer than the budget.
-        if n > budget && !batch.is_empty() {
-            break;
-        }
-        if let Err(e) = model.check_tokens(0, &job.tokens) {
-            queue.pop_front().expect("front exists").reply.fail(e);
-            continue;
-        }
-        // A kept prompt reserves its whole generation now, so decoding never waits for blocks
-        // (and never deadlocks holding a prompt's): the longest choice's blocks, plus the
-        // blocks each other choice's fork takes.
-        let keep = matches!(job.reply, PrefillReply::Decode { .. });
-        let max_len = if keep { generation_len(model, n, &job.params) } else { n };
-        let pool = exec.pool();
-        let forks = if keep { (job.n - 1) * pool.fork_cost(n, max_len) } else { 0 };
-        let need = pool.layout().blocks_for(max_len) + forks;
-        if need > pool.n_blocks() {
-            let available = pool.n_blocks();
-            queue.pop_front().expect("front exists").reply.fail(EngineError::KvCapacity { needed: need, available });
-            continue;
-        }
-        if need > pool.available_blocks().saturating_sub(promised) {
-            break;
-        }
-        // As in step 2: a job with more choices than `max_running` runs alone rather than never.
-        let running = dec.running.len() + joining;
-        if keep && running > 0 && running + job.n > cfg.max_running {
-            break;
-        }
-        let seq = exec.add_sequence(max_len).expect("admission was checked");
-        budget = budget.saturating_sub(n);
-        if keep {
-            (promised, joining) = (promised + forks, joining + job.n);
-        }
-        batch.push((seq, queue.pop_front().expect("front exists")));
-    }
-    if batch.is_empty() {
-        return false;
-    }
-    let items: Vec<StepItem> =
-        batch.iter().map(|(seq, job)| StepItem { seq: *seq, tokens: &job.tokens, want: first_want(job) }).collect();
-    let result = exec.step(&items);
-    let elapsed = started.elapsed();
-    let outs = match result {
-        Ok(outs) => outs,
-        Err(e) => {
-            tracing::error!(error = %e, "prefill batch failed");
-            for (seq, job) in batch {
-                exec.release(seq);
-                job.reply.fail(EngineError::KvCache(format!("prefill batch failed: {e}")));
-            }
-            return true;
-        }
-    };
-    for ((seq, job), out) in batch.into_iter().zip(outs) {
-        let firsts = first_tokens(out, &job);
-        match job.reply {
-            PrefillReply::Pages(tx) => {
-                let out = firsts.and_then(|firsts| exec.export(seq).map(|pages| PrefillOut { pages, firsts, elapsed }));
-                exec.release(seq);
-                let _ = tx.send(out);
-            }
-            PrefillReply::Decode { prefilled, reply } => match firsts {
-                Err(e) => {
-                    exec.release(seq);
-                    let _ = reply.send(Err(e));
-                }
-                Ok(firsts) => {
-                    let _ = prefilled.send(elapsed);
-                    let gens = choices(model, job.tokens.len(), &job.params, &job.grammar, &firsts);
-                    let max_len = generation_len(model, job.tokens.len(), &job.params);
-                    let group = Start { firsts: &firsts, started: Instant::now(), reply, max_len };
-                    start_group(model, exec, dec, group, gens, Source::Kept(seq));
-                }
-            },
-        }
-    }
-    true
 }
 
 /// Tokens a generation can reach: prompt plus `max_new_tokens`, capped at the context. Every
@@ -454,6 +395,8 @@ struct Start<'a> {
     reply: oneshot::Sender<Result<DecodeOut, EngineError>>,
     /// The longest choice's length: what every sequence is reserved for.
     max_len: usize,
+    /// The prompt, for sequences that may be preempted and recomputed (`kv_by_need`).
+    prompt: Option<&'a [u32]>,
 }
 
 /// Registers a job's choices as a group and starts its live ones: the first takes the KV from
@@ -485,7 +428,10 @@ fn start_group(
         match seq {
             Ok(seq) => {
                 root.get_or_insert(seq);
-                dec.running.push(Running { seq, gen, last: first.token, group, choice });
+                let kv_tokens = job.prompt.map(<[u32]>::to_vec);
+                let admitted = dec.next_admitted;
+                dec.next_admitted += 1;
+                dec.running.push(Running { seq, gen, last: first.token, group, choice, kv_tokens, admitted });
             }
             Err(e) => {
                 dec.fail(group, e);
@@ -498,41 +444,6 @@ fn start_group(
         exec.release(seq);
     }
     dec.sweep(exec);
-}
-
-/// What a prompt needs back: its first token alone, unless a grammar masks it, it is scored,
-/// or several choices sample it.
-fn first_want(job: &PrefillJob) -> Want {
-    if job.n == 1 && job.grammar.is_none() && job.params.logprobs.is_none() {
-        // Choice 0's seed is the request's own (`for_choice(0)` changes nothing).
-        Want::Token(job.params.draw(0))
-    } else {
-        Want::Logits
-    }
-}
-
-/// Each choice's first token, sampled with its own seed among the tokens the grammar allows.
-fn first_tokens(out: StepOut, job: &PrefillJob) -> Result<Vec<First>, EngineError> {
-    let logits = match out {
-        StepOut::Token(token) => return Ok(vec![First { token, logprob: None }]),
-        StepOut::Logits(logits) => logits,
-    };
-    let logits = &logits[..];
-    let masked = match &job.grammar {
-        None => None,
-        Some(g) => {
-            let mut masked = logits.to_vec();
-            g.clone().apply(&mut masked)?;
-            Some(masked)
-        }
-    };
-    Ok((0..job.n)
-        .map(|i| {
-            let params = job.params.for_choice(i);
-            let token = sample(masked.as_deref().unwrap_or(logits), &params, 0);
-            First { token, logprob: params.logprobs.map(|k| logprobs(logits, token, k)) }
-        })
-        .collect())
 }
 
 /// Step 2 of the loop; returns whether any job left the queue.
@@ -574,14 +485,15 @@ fn admit_decodes(
         let job = waiting.pop_front().expect("front exists");
         admitted = true;
         let DecodeJob { pages, firsts, started, reply, .. } = *job;
-        let start = Start { firsts: &firsts, started, reply, max_len };
+        let start = Start { firsts: &firsts, started, reply, max_len, prompt: None };
         start_group(model, exec, dec, start, gens, Source::Pages(&pages));
     }
     admitted
 }
 
 /// Step 3: one token for every running sequence, in one batched forward.
-fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
+fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, dec: &mut Decoding) {
+    by_need::make_room(cfg, exec, dec);
     // A sequence that cannot take its next token fails its request rather than the batch.
     for i in 0..dec.running.len() {
         let r = &dec.running[i];
@@ -655,6 +567,9 @@ fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
         };
         match next {
             Ok((token, logprob)) => {
+                if let Some(kv) = r.kv_tokens.as_mut() {
+                    kv.push(r.last);
+                }
                 r.last = token;
                 if r.gen.push_scored(model, token, logprob).is_some() {
                     done.push(i);
@@ -673,6 +588,11 @@ fn decode_step(model: &Model, exec: &mut dyn Executor, dec: &mut Decoding) {
     }
     dec.sweep(exec);
 }
+
+#[path = "by_need.rs"]
+mod by_need;
+#[path = "engine_prefill.rs"]
+mod prefill;
 
 #[cfg(test)]
 #[path = "engine_loop_tests.rs"]

@@ -28,7 +28,7 @@ pub mod colocated;
 
 pub use config::{WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_MAX_PROMPT_BYTES};
 pub use data_plane::{shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
-pub use engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut};
+pub use engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut, Prefilled};
 pub use error::WorkerError;
 pub use metrics::Labels as MetricLabels;
 pub use pdq_store::WorkerRole;

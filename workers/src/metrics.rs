@@ -5,6 +5,7 @@
 
 use std::sync::LazyLock;
 
+use pdq_engine::PrefixCacheStats;
 use pdq_protocol::{Outcome, ResultStatus};
 use prometheus::{
     register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, GaugeVec,
@@ -27,6 +28,11 @@ struct Metrics {
     running: IntGaugeVec,
     waiting: IntGaugeVec,
     kv_usage: GaugeVec,
+    prefix_queries: IntCounterVec,
+    prefix_hits: IntCounterVec,
+    prefix_evictions: IntCounterVec,
+    prefix_hit_ratio: GaugeVec,
+    preemptions: IntCounterVec,
     ttft: HistogramVec,
     e2e: HistogramVec,
     kv_transfer: HistogramVec,
@@ -58,6 +64,34 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("a metric is registered once"),
         kv_usage: register_gauge_vec!("pdq_kv_cache_usage_ratio", "Share of the engine's KV blocks in use", LABELS)
             .expect("a metric is registered once"),
+        // As vLLM counts them: prompt tokens looked up and found (its `prefix_cache_queries` /
+        // `prefix_cache_hits`); evictions in blocks.
+        prefix_queries: counter(
+            "pdq_prefix_cache_queries_total",
+            "Prompt tokens looked up in the engine's prefix cache",
+            LABELS,
+        ),
+        prefix_hits: counter(
+            "pdq_prefix_cache_hits_total",
+            "Prompt tokens found in the engine's prefix cache (not computed again)",
+            LABELS,
+        ),
+        prefix_evictions: counter(
+            "pdq_prefix_cache_evictions_total",
+            "Cached KV blocks given up to make room in the engine's pool",
+            LABELS,
+        ),
+        prefix_hit_ratio: register_gauge_vec!(
+            "pdq_prefix_cache_hit_ratio",
+            "Prompt tokens found in the prefix cache over prompt tokens looked up, since the engine started",
+            LABELS
+        )
+        .expect("a metric is registered once"),
+        preemptions: counter(
+            "pdq_preemptions_total",
+            "Running sequences whose KV blocks were freed for room, to be recomputed later",
+            LABELS,
+        ),
         ttft: histogram("pdq_time_to_first_token_seconds", "From enqueue to the first token (queue time plus prefill)"),
         e2e: histogram("pdq_e2e_request_latency_seconds", "From enqueue to the result"),
         kv_transfer: histogram("pdq_kv_transfer_seconds", "Taking a request's KV from its prefill rank"),
@@ -109,6 +143,23 @@ impl Labels {
         m.running.with_label_values(&v).set(running as i64);
         m.waiting.with_label_values(&v).set(waiting as i64);
         m.kv_usage.with_label_values(&v).set(kv_usage);
+    }
+
+    /// The engine pool's prefix-cache counters: `now` since it started, `before` as last reported.
+    pub fn prefix_cache(&self, before: &PrefixCacheStats, now: &PrefixCacheStats) {
+        let m = &*METRICS;
+        let v = self.values();
+        m.prefix_queries.with_label_values(&v).inc_by(now.queried_tokens - before.queried_tokens);
+        m.prefix_hits.with_label_values(&v).inc_by(now.hit_tokens - before.hit_tokens);
+        m.prefix_evictions.with_label_values(&v).inc_by(now.evicted_blocks - before.evicted_blocks);
+        if now.queried_tokens > 0 {
+            m.prefix_hit_ratio.with_label_values(&v).set(now.hit_tokens as f64 / now.queried_tokens as f64);
+        }
+    }
+
+    /// A running sequence was preempted (its blocks freed; it resumes by recomputing).
+    pub fn preempted(&self) {
+        METRICS.preemptions.with_label_values(&self.values()).inc();
     }
 
     pub fn reconnects(&self, more: u64) {

@@ -70,13 +70,29 @@ impl RunningWorker {
         metrics.engine(0, 0, 0.0);
         metrics.reconnects(0);
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
-        let exec = device.executor(cfg.kv_pool_bytes)?;
+        let mut exec = device.executor(cfg.kv_pool_bytes)?;
+        // A decode rank imports every prompt's pages: it has no prompt blocks of its own to keep.
+        let cache = cfg.prefix_cache && cfg.role != WorkerRole::Decode;
+        // An executor with a prefix cache is one whose KV does not depend on how a prompt was
+        // split into steps: there, and only there, a preempted sequence resumes exactly.
+        let exact_recompute = exec.set_prefix_cache(cache);
+        if cache && !exact_recompute {
+            tracing::info!(device = exec.device(), "no prefix cache on this device: every prompt is computed whole");
+        }
+        let kv_by_need = cfg.kv_by_need && exact_recompute;
+        if cfg.kv_by_need && !exact_recompute {
+            tracing::info!(
+                device = exec.device(),
+                "KV by need is CPU-only: each request reserves its whole generation"
+            );
+        }
         let engine = EngineHandle::spawn(
             exec,
             EngineLoopConfig {
                 max_running: cfg.max_running,
                 prefill_token_budget: cfg.prefill_token_budget,
                 metrics: metrics.clone(),
+                kv_by_need,
             },
             format!("engine-{}", cfg.tag()),
         );

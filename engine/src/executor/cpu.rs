@@ -14,10 +14,12 @@ pub struct CpuExecutor {
 
 impl CpuExecutor {
     /// A pool of `pool_bytes / block bytes` f32 blocks (at least one), committed by the OS only
-    /// as blocks are written.
+    /// as blocks are written, with the prefix cache on: the CPU forward is chunk-invariant, so a
+    /// cache hit gives a cold run's bits.
     pub fn new(model: Arc<Model>, pool_bytes: usize) -> CpuExecutor {
         let block_bytes = model.kv_layout(DEFAULT_BLOCK_SIZE).block_floats() * 4;
-        let kv = model.new_paged_kv((pool_bytes / block_bytes).max(1));
+        let mut kv = model.new_paged_kv((pool_bytes / block_bytes).max(1));
+        kv.set_prefix_cache(true);
         CpuExecutor { model, kv }
     }
 }
@@ -37,6 +39,19 @@ impl Executor for CpuExecutor {
 
     fn add_sequence(&mut self, max_len: usize) -> Result<SeqId, EngineError> {
         self.kv.add_sequence(max_len)
+    }
+
+    fn add_prompt(&mut self, prompt: &[u32], max_len: usize) -> Result<(SeqId, usize), EngineError> {
+        self.kv.add_prompt(prompt, max_len)
+    }
+
+    fn register_prompt(&mut self, seq: SeqId, prompt: &[u32]) -> Result<(), EngineError> {
+        self.kv.register_prompt(seq, prompt)
+    }
+
+    fn set_prefix_cache(&mut self, on: bool) -> bool {
+        self.kv.set_prefix_cache(on);
+        true
     }
 
     fn release(&mut self, seq: SeqId) {

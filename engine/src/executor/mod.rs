@@ -79,6 +79,27 @@ pub trait Executor: Send {
     /// Starts an empty sequence with blocks reserved for `max_len` tokens.
     fn add_sequence(&mut self, max_len: usize) -> Result<SeqId, EngineError>;
 
+    /// Starts a sequence for `prompt`, reserved for `max_len` tokens, that already holds the
+    /// longest prefix of it the pool's prefix cache has; returns it and how many prompt tokens
+    /// it holds, so the step runs only the rest (never fewer than one token). Without a cache:
+    /// an empty sequence and 0.
+    fn add_prompt(&mut self, prompt: &[u32], max_len: usize) -> Result<(SeqId, usize), EngineError> {
+        Ok((self.add_sequence(max_len.max(prompt.len()))?, 0))
+    }
+
+    /// Offers the full blocks of `seq` that hold `prompt` (computed by a step) to later prompts
+    /// ([`PagedKv::register_prompt`]). Without a cache, nothing.
+    fn register_prompt(&mut self, _seq: SeqId, _prompt: &[u32]) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Turns the prefix cache on or off; returns whether this executor has one. The GPU
+    /// executor has none: its GEMMs pick kernels by row count, so a prompt's KV there depends
+    /// on how it was split into steps, and a hit would not give a cold run's tokens.
+    fn set_prefix_cache(&mut self, _on: bool) -> bool {
+        false
+    }
+
     /// Frees the sequence's blocks no other sequence shares; unknown ids are ignored.
     fn release(&mut self, seq: SeqId);
 

@@ -8,19 +8,23 @@
 //! - a sequence's table holds exactly `ceil(len / block_size)` blocks, in position order: position
 //!   `p` lives in `table[p / block_size]`, slot `p % block_size`; slots at or past `len` are never read;
 //! - `reserved = Σ max(0, ceil(max_len / block_size) − table.len())` over sequences never exceeds
-//!   the free list, so a sequence grows to its `max_len` without ever failing; admission only sees
-//!   the unreserved free blocks ([`PagedKv::available_blocks`]).
+//!   the free list plus the prefix cache's unheld blocks, so a sequence grows to its `max_len`
+//!   without ever failing; admission only sees the unreserved ones ([`PagedKv::available_blocks`]);
+//! - with the prefix cache on (`prefix.rs`), a block no table holds is either on the free list
+//!   or registered in the cache's LRU, which gives blocks up only when the free list is empty.
 //!
 //! A block holds `block_size` token rows of K and V for every layer, laid out
 //! `[layer][k|v][slot][kv_head][head_dim]`, so one block id serves all layers (as in vLLM).
 
 mod pages;
+mod prefix;
 
 use std::collections::HashMap;
 
 pub use pages::PageHeader;
 #[cfg(feature = "cuda")] // the GPU path parses pages itself
 pub(crate) use pages::HEADER_LEN;
+pub use prefix::PrefixCacheStats;
 
 use crate::error::EngineError;
 
@@ -57,6 +61,8 @@ pub struct PagedKv {
     seqs: HashMap<SeqId, Seq>,
     reserved: usize,
     next_id: u64,
+    /// Off unless [`PagedKv::set_prefix_cache`] turned it on.
+    cache: Option<prefix::PrefixCache>,
 }
 
 impl PagedKv {
@@ -85,6 +91,7 @@ impl PagedKv {
             seqs: HashMap::new(),
             reserved: 0,
             next_id: 0,
+            cache: None,
         };
         kv.add_blocks(n_blocks);
         kv
@@ -105,7 +112,7 @@ impl PagedKv {
 
     /// Free blocks not promised to a running sequence: what admission may hand out.
     pub fn available_blocks(&self) -> usize {
-        self.free.len() - self.reserved
+        self.free.len() + self.cached_free_blocks() - self.reserved
     }
 
     /// Whether a new sequence of up to `max_len` tokens fits now.
@@ -118,6 +125,9 @@ impl PagedKv {
         let first = self.n_blocks() as u32;
         self.n_blocks += n;
         self.refs.resize(self.n_blocks, 0);
+        if let Some(c) = self.cache.as_mut() {
+            c.resize(self.n_blocks);
+        }
         if !self.host_data {
             // Bookkeeping only.
         } else if self.data.is_empty() {
@@ -137,11 +147,29 @@ impl PagedKv {
         if need > self.available_blocks() {
             return Err(EngineError::KvCapacity { needed: need, available: self.available_blocks() });
         }
+        Ok(self.insert_seq(Vec::new(), 0, max_len))
+    }
+
+    /// Adds a sequence holding `blocks` (their references already taken) and its reservation,
+    /// which the caller checked fits.
+    fn insert_seq(&mut self, blocks: Vec<u32>, len: usize, max_len: usize) -> SeqId {
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        self.reserved += need;
-        self.seqs.insert(id, Seq { blocks: Vec::new(), len: 0, max_len });
-        Ok(id)
+        let seq = Seq { blocks, len, max_len: max_len.max(len) };
+        self.reserved += seq.reserved(&self.layout);
+        self.seqs.insert(id, seq);
+        id
+    }
+
+    /// A block for a growing sequence: a free one, else the least recently used cached one.
+    /// Callers checked the capacity first.
+    fn take_block(&mut self) -> u32 {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => self.cache.as_mut().and_then(|c| c.evict()).expect("capacity was checked"),
+        };
+        self.refs[b as usize] = 1;
+        b
     }
 
     /// Returns the sequence's blocks no other sequence holds, and its unused reservation, to the
@@ -149,9 +177,10 @@ impl PagedKv {
     pub fn release(&mut self, id: SeqId) {
         if let Some(seq) = self.seqs.remove(&id) {
             self.reserved -= seq.reserved(&self.layout);
+            // Last block first, so a cached prompt's tail leaves the LRU before its head.
             for &b in seq.blocks.iter().rev() {
                 self.refs[b as usize] -= 1;
-                if self.refs[b as usize] == 0 {
+                if self.refs[b as usize] == 0 && !self.cache.as_mut().is_some_and(|c| c.park(b)) {
                     self.free.push(b);
                 }
             }
@@ -199,17 +228,11 @@ impl PagedKv {
             self.refs[b as usize] += 1;
         }
         let copy = (full < blocks.len()).then(|| {
-            let to = self.free.pop().expect("the fork's cost was checked against the free blocks");
-            self.refs[to as usize] = 1;
+            let to = self.take_block();
             table.push(to);
             (blocks[full], to)
         });
-        let id = SeqId(self.next_id);
-        self.next_id += 1;
-        let seq = Seq { blocks: table, len, max_len: max_len.max(len) };
-        self.reserved += seq.reserved(&self.layout);
-        self.seqs.insert(id, seq);
-        Ok((id, copy))
+        Ok((self.insert_seq(table, len, max_len), copy))
     }
 
     /// Tokens held for `id` (the position its next token takes).
@@ -230,7 +253,7 @@ impl PagedKv {
     }
 
     /// Blocks that growing each `(sequence, new_len)` would take beyond its own reservation.
-    pub(crate) fn extra_blocks(&self, grow: &[(SeqId, usize)]) -> Result<usize, EngineError> {
+    pub fn extra_blocks(&self, grow: &[(SeqId, usize)]) -> Result<usize, EngineError> {
         let mut extra = 0;
         for &(id, new_len) in grow {
             let s = self.seq(id)?;
@@ -247,13 +270,13 @@ impl PagedKv {
             return Err(EngineError::KvCapacity { needed: extra, available: self.available_blocks() });
         }
         let layout = self.layout;
+        let (before, have) = {
+            let seq = &self.seqs[&id];
+            (seq.reserved(&layout), seq.blocks.len())
+        };
+        let new: Vec<u32> = (have..layout.blocks_for(new_len)).map(|_| self.take_block()).collect();
         let seq = self.seqs.get_mut(&id).expect("checked by extra_blocks");
-        let before = seq.reserved(&layout);
-        while seq.blocks.len() < layout.blocks_for(new_len) {
-            let b = self.free.pop().expect("reservation and capacity were checked");
-            self.refs[b as usize] = 1;
-            seq.blocks.push(b);
-        }
+        seq.blocks.extend(new);
         seq.len = seq.len.max(new_len);
         self.reserved -= before - seq.reserved(&layout);
         Ok(())
@@ -327,15 +350,22 @@ impl PagedKv {
                 }
             }
         }
+        let cached = |b: usize| self.cache.as_ref().is_some_and(|c| c.entries[b].as_ref().is_some());
         for b in 0..self.n_blocks() {
             match (free[b], held[b], self.refs[b]) {
                 (true, 0, 0) => {}
+                // Held by no table and not free: parked in the prefix cache's LRU.
+                (false, 0, 0) if cached(b) => {}
                 (false, h, r) if h > 0 && h == r => {}
                 (f, h, r) => return Err(format!("block {b}: free {f}, held by {h} tables, refs {r}")),
             }
         }
-        if reserved != self.reserved || reserved > self.free.len() {
-            return Err(format!("reserved {} (recount {reserved}) vs {} free", self.reserved, self.free.len()));
+        if let Some(c) = &self.cache {
+            c.check(&self.refs, &free)?;
+        }
+        let spare = self.free.len() + self.cached_free_blocks();
+        if reserved != self.reserved || reserved > spare {
+            return Err(format!("reserved {} (recount {reserved}) vs {spare} free or cached", self.reserved));
         }
         Ok(())
     }
