@@ -243,8 +243,9 @@ pub enum Command {
         /// Show progress and return when the job ends.
         #[arg(long, env = "PDQ_WAIT")]
         wait: bool,
-        /// Dispatch policy for unpinned stages: shared, round-robin, least-loaded.
-        #[arg(long, env = "PDQ_POLICY", default_value = "shared")]
+        /// Dispatch policy for unpinned stages: shared, round-robin, least-loaded, or prefix
+        /// (prompts that start alike go to the same rank, for its prefix cache).
+        #[arg(long, alias = "dispatch", env = "PDQ_POLICY", default_value = "shared")]
         policy: pdq_producer::Policy,
         /// A larger share of the ranks: the job weighs 2^PRIORITY against the other active jobs.
         #[arg(long, env = "PDQ_PRIORITY", default_value_t = 0, allow_negative_numbers = true)]
@@ -332,8 +333,8 @@ pub struct ApiArgs {
     /// Most lines an uploaded file may hold (OpenAI's limit by default).
     #[arg(long, env = "PDQ_API_MAX_FILE_LINES", default_value_t = pdq_api::DEFAULT_MAX_FILE_LINES)]
     pub max_file_lines: u64,
-    /// Dispatch policy of the jobs that batches create: shared, round-robin, least-loaded.
-    #[arg(long, env = "PDQ_POLICY", default_value = "shared")]
+    /// Dispatch policy of the jobs that batches create: shared, round-robin, least-loaded, prefix.
+    #[arg(long, alias = "dispatch", env = "PDQ_POLICY", default_value = "shared")]
     pub policy: pdq_producer::Policy,
 }
 

@@ -69,3 +69,47 @@ async fn a_shared_system_prompt_is_computed_once_per_rank(pool: PgPool) {
         assert!(hits >= 7, "{shape:?}: {hits} of 8 requests hit: {got:?}");
     }
 }
+
+/// `--policy prefix`: two groups of requests, each sharing its own system prompt, interleaved
+/// in the file, on two colocated ranks. Each group is served where its prefix hashes, so each
+/// rank computes one system prompt instead of both.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn prefix_dispatch_keeps_a_prefix_on_one_rank(pool: PgPool) {
+    use pdq_protocol::{ChatMessage, Prompt};
+    let system = |topic: &str| {
+        format!(
+            "You answer questions about {topic}. Be brief, be exact, name the place, and never guess \
+             opening hours; say when you do not know. Answer in one sentence, in plain words, with no \
+             lists, no greetings and no apologies, and stop as soon as the question is answered."
+        )
+    };
+    let key = |s: &str| {
+        pdq_producer::prefix_key(&Prompt::Chat(vec![ChatMessage { role: "system".into(), content: s.into() }]))
+    };
+    // Two topics whose prefixes hash to different ranks first: then neither spills.
+    let topics: Vec<String> = (1..=32).map(|n| format!("district {n} of Lyon")).collect();
+    let first = |t: &str| pdq_producer::rendezvous_order(key(&system(t)), 2)[0];
+    let a = topics[0].as_str();
+    let b = topics.iter().find(|t| first(t) != first(a)).expect("a topic that hashes to the other rank").as_str();
+    let lines: Vec<Value> = (0..24)
+        .map(|i| {
+            let topic = if i % 2 == 0 { a } else { b };
+            json!({"custom_id": format!("{}-{i}", if i % 2 == 0 { "a" } else { "b" }), "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "system", "content": system(topic)},
+                                      {"role": "user", "content": format!("Question {i}?")}],
+                         "max_tokens": 2, "temperature": 0}})
+        })
+        .collect();
+    let h = Harness::start(pool.clone(), ClusterShape::colocated(2)).await;
+    let got = h.run(&lines, Policy::Prefix).await;
+    h.finish().await;
+    for (group, topic) in [("a", a), ("b", b)] {
+        let ranks: std::collections::HashSet<i32> =
+            got.iter().filter(|(id, _)| id.starts_with(group)).map(|(_, r)| r.dp_rank.unwrap()).collect();
+        assert_eq!(ranks, [first(topic) as i32].into(), "group {group} served on its prefix's rank");
+    }
+    let cached: i64 = got.values().map(|r| r.meta_info.as_ref().unwrap()["cached_tokens"].as_i64().unwrap()).sum();
+    let prompt: i64 = got.values().map(|r| r.meta_info.as_ref().unwrap()["prompt_tokens"].as_i64().unwrap()).sum();
+    eprintln!("prefix dispatch: {cached} of {prompt} prompt tokens cached");
+    assert!(cached * 10 >= prompt * 6, "most prompt tokens come from the cache ({cached} of {prompt})");
+}

@@ -11,7 +11,7 @@ mod progress;
 mod shape;
 mod submit;
 
-pub use dispatch::{Assignment, Dispatcher, Policy};
+pub use dispatch::{prefix_key, rendezvous_order, Assignment, Dispatcher, Policy, LOAD_SLACK, PREFIX_KEY_BYTES};
 pub use error::ProducerError;
 pub use export::{export_line, export_lines, ExportKind};
 pub use lines::Lines;

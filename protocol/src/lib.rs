@@ -27,4 +27,4 @@ pub use result::{FinishReason, MetaInfo, Outcome, ResultStatus, Timings};
 pub use routing::{ClusterShape, Mode, Pins, Routing, DEPRECATION_WARNING};
 pub use sampling::Sampling;
 pub use url::redact_url;
-pub use validate::{validate, Endpoint, Prompt, ValidRequest};
+pub use validate::{validate, ChatMessage, Endpoint, Prompt, ValidRequest};

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pdq_broker::{Broker, BrokerOptions, MessageMeta, Outgoing};
-use pdq_protocol::{ClusterShape, Mode, Pins};
+use pdq_protocol::{validate, ClusterShape, InputLine, Mode, Pins, RawLine};
 use pdq_store::{Ask, FeedJob, Store, Unpublished};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 pub use share::{allot, weight, Claimant};
 
+use crate::dispatch::prefix_key;
 use crate::{Dispatcher, Policy, ProducerError};
 
 /// Requests in flight per prefill queue (per rank for the shared queue) that the feeder keeps.
@@ -249,9 +250,12 @@ impl Feed {
         policies: &HashMap<Uuid, Policy>,
     ) -> Result<Vec<Outgoing>, ProducerError> {
         let colocated = shape.mode == Mode::Colocated;
-        let mut least_loaded = None;
+        let (mut least_loaded, mut by_prefix) = (None, None);
         if policies.values().any(|p| *p == Policy::LeastLoaded) {
-            least_loaded = Some(least_loaded_dispatcher(broker, shape).await?);
+            least_loaded = Some(loaded_dispatcher(Policy::LeastLoaded, broker, shape).await?);
+        }
+        if policies.values().any(|p| *p == Policy::Prefix) {
+            by_prefix = Some(loaded_dispatcher(Policy::Prefix, broker, shape).await?);
         }
         let rr = self.round_robin.get_or_insert_with(|| Dispatcher::new(Policy::RoundRobin, shape));
         let mut shared = Dispatcher::new(Policy::Shared, shape);
@@ -260,12 +264,15 @@ impl Feed {
             .iter()
             .map(|r| {
                 let pins = Pins { prefill: r.prefill_pin.map(|p| p as u32), decode: r.decode_pin.map(|d| d as u32) };
-                let d = match policies.get(&r.job_id).copied().unwrap_or_default() {
+                let policy = policies.get(&r.job_id).copied().unwrap_or_default();
+                let prefix = policy == Policy::Prefix;
+                let d = match policy {
                     Policy::Shared => &mut shared,
                     Policy::RoundRobin => &mut *rr,
                     Policy::LeastLoaded => least_loaded.as_mut().expect("built when a job asks for it"),
+                    Policy::Prefix => by_prefix.as_mut().expect("built when a job asks for it"),
                 };
-                let a = d.assign(pins, colocated);
+                let a = d.assign(pins, colocated, prefix.then(|| prompt_key(&r.line, shape)).flatten());
                 Outgoing {
                     exchange: broker.topology.prefill_exchange(),
                     key: a.prefill_key,
@@ -304,8 +311,14 @@ fn interleave(rows: Vec<Unpublished>, order: &[Uuid]) -> Vec<Unpublished> {
     out
 }
 
-/// Least-loaded starts from the queues' current depths.
-async fn least_loaded_dispatcher(broker: &Broker, shape: &ClusterShape) -> Result<Dispatcher, ProducerError> {
+/// The prefix key of a line's prompt (`None` when it does not validate against `shape` now).
+fn prompt_key(line: &str, shape: &ClusterShape) -> Option<u64> {
+    let parsed = InputLine::parse(&RawLine { line_no: 0, text: line }).ok()?;
+    Some(prefix_key(&validate(&parsed, None, shape).ok()?.prompt))
+}
+
+/// Least-loaded and prefix start from the queues' current depths.
+async fn loaded_dispatcher(policy: Policy, broker: &Broker, shape: &ClusterShape) -> Result<Dispatcher, ProducerError> {
     let t = &broker.topology;
     let mut prefill = Vec::new();
     for p in 0..shape.prefill_dp {
@@ -317,7 +330,7 @@ async fn least_loaded_dispatcher(broker: &Broker, shape: &ClusterShape) -> Resul
             *load += broker.queue_depth(&t.kv_pinned_queue(p, d as u32)).await? as u64;
         }
     }
-    Ok(Dispatcher::with_loads(Policy::LeastLoaded, prefill, decode))
+    Ok(Dispatcher::with_loads(policy, prefill, decode))
 }
 
 fn hostname() -> String {
