@@ -141,7 +141,7 @@ async fn bench_reports_every_scenario_and_draws_its_chart(pool: PgPool) {
     assert!(out.status.success(), "bench failed: {}", stderr(&out));
     let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 8, "four shapes, each disaggregated and colocated");
+    assert_eq!(scenarios.len(), 10, "five shapes (one with a shared prefix), each disaggregated and colocated");
     for s in scenarios {
         assert_eq!(s["completed"], s["requests"], "{s}");
         assert!(s["requests_per_s"].as_f64().unwrap() > 0.0 && s["e2e"]["p99"].as_f64().unwrap() > 0.0, "{s}");
