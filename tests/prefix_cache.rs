@@ -72,7 +72,7 @@ async fn a_shared_system_prompt_is_computed_once_per_rank(pool: PgPool) {
 
 /// `--policy prefix`: two groups of requests, each sharing its own system prompt, interleaved
 /// in the file, on two colocated ranks. Each group is served where its prefix hashes, so each
-/// rank computes one system prompt instead of both.
+/// rank computes one system prompt instead of both (as through the shared queue).
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn prefix_dispatch_keeps_a_prefix_on_one_rank(pool: PgPool) {
     use pdq_protocol::{ChatMessage, Prompt};
@@ -91,15 +91,32 @@ async fn prefix_dispatch_keeps_a_prefix_on_one_rank(pool: PgPool) {
     let first = |t: &str| pdq_producer::rendezvous_order(key(&system(t)), 2)[0];
     let a = topics[0].as_str();
     let b = topics.iter().find(|t| first(t) != first(a)).expect("a topic that hashes to the other rank").as_str();
-    let lines: Vec<Value> = (0..24)
+    // More lines than one rank prefetches, so the shared queue hands both ranks both prompts.
+    let lines: Vec<Value> = (0..160)
         .map(|i| {
-            let topic = if i % 2 == 0 { a } else { b };
-            json!({"custom_id": format!("{}-{i}", if i % 2 == 0 { "a" } else { "b" }), "url": "/v1/chat/completions",
+            // Pairs (a a b b ...), not alternating lines: the broker deals the shared queue out
+            // to two ranks alternately, which would sort alternating groups by itself.
+            let (group, topic) = if (i / 2) % 2 == 0 { ("a", a) } else { ("b", b) };
+            json!({"custom_id": format!("{group}-{i}"), "url": "/v1/chat/completions",
                 "body": {"messages": [{"role": "system", "content": system(topic)},
                                       {"role": "user", "content": format!("Question {i}?")}],
                          "max_tokens": 2, "temperature": 0}})
         })
         .collect();
+    let cached_share = |got: &HashMap<String, common::ResultRow>| {
+        let sum = |k: &str| -> i64 { got.values().map(|r| r.meta_info.as_ref().unwrap()[k].as_i64().unwrap()).sum() };
+        (sum("cached_tokens"), sum("prompt_tokens"))
+    };
+    // Today's shared queue on the same batch, for the comparison printed below.
+    let h = Harness::start(pool.clone(), ClusterShape::colocated(2)).await;
+    let shared = h.run(&lines, Policy::Shared).await;
+    let (shared_cached, _) = cached_share(&shared);
+    let mut spread = std::collections::BTreeMap::new();
+    for (id, r) in &shared {
+        *spread.entry((id.chars().next().unwrap(), r.dp_rank.unwrap())).or_insert(0) += 1;
+    }
+    eprintln!("shared queue: (group, rank) -> requests {spread:?}");
+    h.finish().await;
     let h = Harness::start(pool.clone(), ClusterShape::colocated(2)).await;
     let got = h.run(&lines, Policy::Prefix).await;
     h.finish().await;
@@ -108,8 +125,8 @@ async fn prefix_dispatch_keeps_a_prefix_on_one_rank(pool: PgPool) {
             got.iter().filter(|(id, _)| id.starts_with(group)).map(|(_, r)| r.dp_rank.unwrap()).collect();
         assert_eq!(ranks, [first(topic) as i32].into(), "group {group} served on its prefix's rank");
     }
-    let cached: i64 = got.values().map(|r| r.meta_info.as_ref().unwrap()["cached_tokens"].as_i64().unwrap()).sum();
-    let prompt: i64 = got.values().map(|r| r.meta_info.as_ref().unwrap()["prompt_tokens"].as_i64().unwrap()).sum();
-    eprintln!("prefix dispatch: {cached} of {prompt} prompt tokens cached");
+    let (cached, prompt) = cached_share(&got);
+    eprintln!("prompt tokens cached of {prompt}: {cached} with --policy prefix, {shared_cached} with the shared queue");
+    assert!(cached > shared_cached, "each system prompt computed on one rank, not on both");
     assert!(cached * 10 >= prompt * 6, "most prompt tokens come from the cache ({cached} of {prompt})");
 }
