@@ -49,11 +49,15 @@ for name, with_system in (("shared", True), ("plain", False)):
             f.write(json.dumps({"custom_id": f"{name}-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n")
 EOF
 
+declare -A pdq_s
+if [[ -n ${PDQ_TIMES:-} ]]; then
+    # PDQ_TIMES="SHARED PLAIN": pdq's figures from an earlier run of this script, to time llama-server alone.
+    read -r pdq_s[shared] pdq_s[plain] <<<"$PDQ_TIMES"
+else
 $PDQ migrate >/dev/null
 $PDQ serve --mode colocated --decode-dp 1 --model "$model" &
 pids+=($!)
 until [[ $(sql "SELECT count(*) FROM workers" 2>/dev/null || echo 0) -ge 1 ]]; do sleep 0.2; done
-declare -A pdq_s
 for name in shared plain; do
     job=$($PDQ submit "$work/$name.jsonl" 2>/dev/null | head -1)
     $PDQ wait "$job" >/dev/null
@@ -64,14 +68,22 @@ done
 kill "${pids[0]}"
 wait "${pids[0]}" || true
 pids=()
+fi
 
-port=$((18000 + $$ % 1000))
-LD_LIBRARY_PATH=$(dirname "$LLAMA_SERVER") "$LLAMA_SERVER" -m "$model" -np 8 -c 8192 -t 2 --port "$port" >"$work/llama.log" 2>&1 &
-pids+=($!)
-until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.5; done
-declare -A llama_s
-for name in shared plain; do
-    llama_s[$name]=$(python3 - "$work/$name.jsonl" "$port" <<'EOF'
+# llama.cpp's AMX / repacked-weight path (its "extra buffer types") segfaults on some CPUs: when
+# the server dies, the same run goes again with --no-repack, and says so.
+llama_run() { # EXTRA_ARGS...
+    local port=$((18000 + RANDOM % 1000))
+    LD_LIBRARY_PATH=$(dirname "$LLAMA_SERVER") "$LLAMA_SERVER" -m "$model" -np 8 -c 8192 -t 2 --port "$port" "$@" \
+        >"$work/llama.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    for name in shared plain; do
+        llama_s[$name]=$(python3 - "$work/$name.jsonl" "$port" <<'EOF2'
 import json, sys, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 lines = [json.loads(l) for l in open(sys.argv[1])]
@@ -84,10 +96,18 @@ with ThreadPoolExecutor(8) as pool:
     tokens = sum(pool.map(ask, lines))
 print(f"{time.time() - start:.1f}")
 print(f"llama-server completion tokens: {tokens}", file=sys.stderr)
-EOF
-)
-    echo "llama-server $name: ${llama_s[$name]} s"
-done
+EOF2
+) || { kill "$pid" 2>/dev/null; return 1; }
+        echo "llama-server $name: ${llama_s[$name]} s"
+    done
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+declare -A llama_s
+if ! llama_run; then
+    echo "llama-server died ($(grep -m1 -i -E 'segmentation|abort|error' "$work/llama.log" || echo 'no message')); again with --no-repack"
+    llama_run --no-repack
+fi
 python3 - "${pdq_s[shared]}" "${pdq_s[plain]}" "${llama_s[shared]}" "${llama_s[plain]}" <<'EOF'
 import sys
 ps, pp, ls, lp = map(float, sys.argv[1:])
