@@ -40,6 +40,12 @@ async fn a_scrape_counts_the_batch(pool: PgPool) {
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format");
     let s = &scrape.samples;
 
+    // The harness's feeder published the batch and holds the namespace's lease.
+    let ns = [("namespace", h.ns.as_str())];
+    assert_eq!(sum(s, "pdq_feeder_published_total", &ns), n as f64);
+    assert_eq!(sum(s, "pdq_feeder_lease_held", &ns), 1.0);
+    assert_eq!(sum(s, "pdq_jobs_expired_total", &ns), 0.0);
+
     let completed = [("role", "decode"), ("status", "completed")];
     assert_eq!(sum(s, "pdq_requests_total", &completed), n as f64);
     assert_eq!(sum(s, "pdq_generation_tokens_total", &[("role", "decode")]), (n * 4) as f64);

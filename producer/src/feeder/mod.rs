@@ -10,6 +10,7 @@
 //! - the holder also expires jobs whose completion window has passed, and fails API batches
 //!   whose accepting process died before their job was committed.
 
+mod metrics;
 mod share;
 
 use std::collections::{HashMap, HashSet};
@@ -67,6 +68,7 @@ async fn run(store: Store, cfg: FeederConfig, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
     };
+    let metrics = metrics::Labels::new(&cfg.namespace);
     let mut feed: Option<Feed> = None;
     let mut renewed = Instant::now();
     loop {
@@ -80,9 +82,11 @@ async fn run(store: Store, cfg: FeederConfig, mut stop: watch::Receiver<bool>) {
                         tracing::info!(namespace = %cfg.namespace, %holder, "feeder: holding the lease");
                     }
                     let f = feed.get_or_insert_with(|| Feed { shape: cfg.shape, ..Feed::default() });
-                    f.housekeeping(&store, &broker, &cfg.namespace).await;
+                    metrics.lease(true);
+                    metrics.expired(f.housekeeping(&store, &broker, &cfg.namespace).await);
                 }
                 Ok(false) => {
+                    metrics.lease(false);
                     if feed.take().is_some() {
                         tracing::warn!(namespace = %cfg.namespace, "feeder: lease lost to another process");
                     }
@@ -93,7 +97,7 @@ async fn run(store: Store, cfg: FeederConfig, mut stop: watch::Receiver<bool>) {
         }
         let mut wait = if feed.is_some() { TICK } else { RENEW_EVERY };
         if let Some(f) = feed.as_mut() {
-            if let Err(e) = f.top_up(&store, &broker, &cfg).await {
+            if let Err(e) = f.top_up(&store, &broker, &cfg, &metrics).await {
                 // Rows not marked are published again next round; start from the database.
                 tracing::warn!(error = %e, "feeder: top-up failed; retrying");
                 *f = Feed { shape: f.shape, ..Feed::default() };
@@ -105,6 +109,7 @@ async fn run(store: Store, cfg: FeederConfig, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
     }
+    metrics.lease(false);
     if feed.is_some() {
         if let Err(e) = store.release_feeder_lease(&cfg.namespace, holder).await {
             tracing::warn!(error = %e, "feeder: releasing the lease failed; it lapses in {LEASE_TTL:?}");
@@ -124,8 +129,8 @@ struct Feed {
 }
 
 impl Feed {
-    /// Every renewal: the cluster's shape (and its queues), and expiry.
-    async fn housekeeping(&mut self, store: &Store, broker: &Broker, namespace: &str) {
+    /// Every renewal: the cluster's shape (and its queues), and expiry; returns the jobs expired.
+    async fn housekeeping(&mut self, store: &Store, broker: &Broker, namespace: &str) -> usize {
         match crate::cluster_shape(store, namespace).await {
             Ok(shape) if self.shape != Some(shape) => match broker.declare(&shape).await {
                 Ok(()) => {
@@ -138,30 +143,41 @@ impl Feed {
             // No live worker: keep the last shape (queues persist); pins are checked at submit.
             Err(e) => tracing::debug!(error = %e, "feeder: no cluster shape"),
         }
-        match store.expire_jobs(namespace).await {
-            Ok(ids) => ids.iter().for_each(|id| tracing::info!(job = %id, "job expired")),
-            Err(e) => tracing::warn!(error = %e, "feeder: expiring jobs failed"),
-        }
         match store.fail_abandoned_batches().await {
             Ok(ids) => ids.iter().for_each(|id| tracing::warn!(batch = %id, "batch abandoned mid-acceptance: failed")),
             Err(e) => tracing::warn!(error = %e, "feeder: failing abandoned batches failed"),
         }
+        match store.expire_jobs(namespace).await {
+            Ok(ids) => {
+                ids.iter().for_each(|id| tracing::info!(job = %id, "job expired"));
+                ids.len()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "feeder: expiring jobs failed");
+                0
+            }
+        }
     }
 
     /// One round: fills each prefill queue's free window from the active jobs, fairly.
-    async fn top_up(&mut self, store: &Store, broker: &Broker, cfg: &FeederConfig) -> Result<(), ProducerError> {
+    async fn top_up(
+        &mut self,
+        store: &Store,
+        broker: &Broker,
+        cfg: &FeederConfig,
+        metrics: &metrics::Labels,
+    ) -> Result<(), ProducerError> {
         let Some(shape) = self.shape else { return Ok(()) };
         let jobs = store.feed_jobs(&cfg.namespace).await?;
+        if jobs.is_empty() {
+            metrics.outbox(0, 0);
+            return Ok(());
+        }
         self.pending.retain(|id, _| jobs.iter().any(|j| j.id == *id));
         for j in &jobs {
             if let std::collections::hash_map::Entry::Vacant(new) = self.pending.entry(j.id) {
                 new.insert(store.unpublished_pins(j.id).await?.into_iter().collect());
             }
-        }
-        let feeding: Vec<&FeedJob> =
-            jobs.iter().filter(|j| self.pending.get(&j.id).is_some_and(|p| !p.is_empty())).collect();
-        if feeding.is_empty() {
-            return Ok(());
         }
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
         let mut flight: HashMap<(Uuid, Option<i32>), u64> = HashMap::new();
@@ -169,6 +185,12 @@ impl Feed {
         for f in store.in_flight(&ids).await? {
             flight.insert((f.job_id, f.prefill_pin), f.count as u64);
             *job_flight.entry(f.job_id).or_default() += f.count as u64;
+        }
+        metrics.outbox(jobs.len(), job_flight.values().sum());
+        let feeding: Vec<&FeedJob> =
+            jobs.iter().filter(|j| self.pending.get(&j.id).is_some_and(|p| !p.is_empty())).collect();
+        if feeding.is_empty() {
+            return Ok(());
         }
         let mut queues: Vec<Option<i32>> = feeding
             .iter()
@@ -237,6 +259,7 @@ impl Feed {
         broker.publisher().publish_all(&msgs).await?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         store.mark_published(&ids).await?;
+        metrics.published(ids.len());
         tracing::debug!(published = ids.len(), "feeder: topped up");
         Ok(())
     }
