@@ -21,12 +21,15 @@ UPDATE jobs j SET expires_at = b.expires_at FROM batches b WHERE b.id = j.id;
 
 -- `line`: the input line as submitted, what the feeder publishes (the message body of §4).
 -- `prefill_pin`, `decode_pin`: the stage pins validation resolved (§3); NULL when unpinned.
+-- `prefix_key`: a hash of the prompt's first 256 bytes, computed at acceptance, that
+-- `--policy prefix` maps to a rank.
 -- `published_at`: when the broker confirmed the request's message. Rows published before this
 -- migration (by the old in-process publisher) and rows that arrived over AMQP count as published.
 ALTER TABLE requests
     ADD COLUMN line         text,
     ADD COLUMN prefill_pin  integer,
     ADD COLUMN decode_pin   integer,
+    ADD COLUMN prefix_key   bigint,
     ADD COLUMN published_at timestamptz;
 UPDATE requests SET published_at = created_at;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use pdq_engine::Device;
 use pdq_producer::feeder::{FeederConfig, DEFAULT_FEEDER_WINDOW};
-use pdq_producer::{submit_text, wait_for_job, BatchInput, SubmitOptions, WaitMode};
+use pdq_producer::{submit_lines, wait_for_job, BatchSource, Lines, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::JobRow;
 use pdq_store::Store;
@@ -149,14 +149,10 @@ impl LocalCluster {
 
     /// Submits `text` (JSONL) as one job; returns its id.
     pub async fn submit(&self, store: &Store, text: &str) -> Result<uuid::Uuid> {
-        let input = BatchInput {
-            text,
-            source: format!("pdq:{}", self.namespace),
-            endpoint: None,
-            job_id: uuid::Uuid::now_v7(),
-        };
+        let input =
+            BatchSource { source: format!("pdq:{}", self.namespace), endpoint: None, job_id: uuid::Uuid::now_v7() };
         let opts = SubmitOptions { name: Some(self.namespace.clone()), ..SubmitOptions::default() };
-        Ok(submit_text(store, &self.namespace, &input, &self.shape, &opts).await?.job_id)
+        Ok(submit_lines(store, &self.namespace, &input, Lines::text(text), &self.shape, &opts).await?.job_id)
     }
 
     /// Stops the feeder, then drains the cluster.

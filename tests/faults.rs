@@ -218,8 +218,7 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
                 body: line["body"].clone(),
                 routed_dp_rank: None,
                 disagg_prefill_dp_rank: None,
-                pins: Default::default(),
-                line: None,
+                outbound: None,
             })
             .await
             .unwrap();

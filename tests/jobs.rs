@@ -200,7 +200,6 @@ async fn a_small_job_is_not_served_after_a_big_one(pool: PgPool) {
     let started = Instant::now();
     let a = h.submit_opts(&jsonl(&batch(8000, "a", 1)), &SubmitOptions::default()).await.unwrap();
     wait_results(&pool, a, 400).await;
-    let b_started = Instant::now();
     let b = h.submit_opts(&jsonl(&batch(50, "b", 1)), &SubmitOptions::default()).await.unwrap();
     let (_, b_took) = wait_job(&pool, b, Duration::from_secs(120)).await;
     let (_, _) = wait_job(&pool, a, Duration::from_secs(180)).await;
@@ -219,7 +218,6 @@ async fn a_small_job_is_not_served_after_a_big_one(pool: PgPool) {
     );
     assert!(ratio < 0.25, "B took {ratio:.3} of A's time");
     assert!(a_left_when_b_ended > 2000, "B ended while most of A was still to run");
-    assert!(b_started.elapsed() >= b_took);
     assert_one_row_each(&pool, a, 8000, "completed").await;
     assert_one_row_each(&pool, b, 50, "completed").await;
     h.finish().await;

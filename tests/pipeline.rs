@@ -190,8 +190,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
             body: line["body"].clone(),
             routed_dp_rank: None,
             disagg_prefill_dp_rank: Some(1),
-            pins: Default::default(),
-            line: None,
+            outbound: None,
         })
         .await
         .unwrap();

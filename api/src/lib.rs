@@ -1,6 +1,6 @@
 //! `pdq api`: the OpenAI Batch API (CONTRACT §10) over HTTP, so OpenAI's own clients drive pdq.
 //! Files live in PostgreSQL; a batch is a pdq job created by `pdq submit`'s code
-//! (`pdq_producer::submit_text`); output and error files are `pdq results`' lines, streamed from
+//! (`pdq_producer::submit_lines`); output and error files are `pdq results`' lines, streamed from
 //! the results table page by page.
 
 mod auth;

@@ -17,6 +17,4 @@ pub use export::{export_line, export_lines, ExportKind};
 pub use lines::Lines;
 pub use progress::{wait_for_job, WaitMode};
 pub use shape::cluster_shape;
-pub use submit::{
-    check_line, submit, submit_lines, submit_text, BatchInput, BatchSource, CheckedLine, SubmitOptions, SubmitReport,
-};
+pub use submit::{check_line, submit, submit_lines, BatchSource, CheckedLine, SubmitOptions, SubmitReport};

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pdq_protocol::{validate, ClusterShape, Endpoint, InputLine, MetaInfo, Outcome, Pins, RawLine, ValidationError};
-use pdq_store::{Accepting, NewJob, NewRequest, Store, DEFAULT_COMPLETION_WINDOW};
+use pdq_protocol::{validate, ClusterShape, Endpoint, InputLine, MetaInfo, Outcome, RawLine, ValidationError};
+use pdq_store::{Accepting, NewJob, NewRequest, Outbound, Store, DEFAULT_COMPLETION_WINDOW};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::dispatch::prefix_key;
 use crate::lines::Lines;
 use crate::{Policy, ProducerError};
 
@@ -51,18 +52,7 @@ pub struct SubmitReport {
     pub invalid: usize,
 }
 
-/// A batch's lines, in memory, and where they came from.
-#[derive(Debug, Clone)]
-pub struct BatchInput<'a> {
-    pub text: &'a str,
-    /// Recorded as the job's `input_file`: a path, or the id of an uploaded file.
-    pub source: String,
-    /// The OpenAI batch's `endpoint`: a line whose `url` is another one fails.
-    pub endpoint: Option<Endpoint>,
-    pub job_id: Uuid,
-}
-
-/// Where a batch came from, for lines read elsewhere ([`Lines`]).
+/// Where a batch came from (its lines come as [`Lines`]).
 #[derive(Debug, Clone)]
 pub struct BatchSource {
     /// Recorded as the job's `input_file`.
@@ -92,8 +82,7 @@ pub fn check_line(raw: &RawLine<'_>, job_id: Uuid, shape: &ClusterShape, endpoin
         body: Value::String(raw.text.to_string()),
         routed_dp_rank: None,
         disagg_prefill_dp_rank: None,
-        pins: Pins::default(),
-        line: None,
+        outbound: None,
     };
     let checked = parsed.and_then(|line| {
         if line.custom_id().is_none() {
@@ -111,8 +100,11 @@ pub fn check_line(raw: &RawLine<'_>, job_id: Uuid, shape: &ClusterShape, endpoin
         Ok(req) => {
             row.routed_dp_rank = req.routing.routed_dp_rank;
             row.disagg_prefill_dp_rank = req.routing.disagg_prefill_dp_rank;
-            row.pins = req.pins;
-            row.line = Some(raw.text.to_string());
+            row.outbound = Some(Outbound {
+                line: raw.text.to_string(),
+                pins: req.pins,
+                prefix_key: prefix_key(&req.prompt) as i64,
+            });
             None
         }
         Err(e) => {
@@ -189,18 +181,6 @@ pub async fn submit_lines(
     accept(store, job, lines, shape, input.endpoint).await
 }
 
-/// Accepts a batch held in memory (a generated batch).
-pub async fn submit_text(
-    store: &Store,
-    namespace: &str,
-    input: &BatchInput<'_>,
-    shape: &ClusterShape,
-    opts: &SubmitOptions,
-) -> Result<SubmitReport, ProducerError> {
-    let source = BatchSource { source: input.source.clone(), endpoint: input.endpoint, job_id: input.job_id };
-    submit_lines(store, namespace, &source, Lines::text(input.text), shape, opts).await
-}
-
 fn new_job(id: Uuid, namespace: &str, source: String, opts: &SubmitOptions) -> NewJob {
     NewJob {
         name: opts.name.clone(),
@@ -226,15 +206,14 @@ async fn accept(
     let mut accepting = store.begin_job(&job).await?;
     let mut chunk = Chunk::default();
     let (mut total, mut invalid) = (0, 0);
-    let mut i = 0;
+    let mut line_no = 0;
     while let Some(text) = lines.next().await {
         let text = text?;
-        i += 1;
-        let i = i - 1;
+        line_no += 1;
         if text.trim().is_empty() {
             continue;
         }
-        let checked = check_line(&RawLine { line_no: i + 1, text: &text }, job.id, shape, endpoint);
+        let checked = check_line(&RawLine { line_no, text: &text }, job.id, shape, endpoint);
         total += 1;
         invalid += usize::from(checked.failed.is_some());
         chunk.push(checked)?;
@@ -253,7 +232,7 @@ async fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pdq_protocol::Mode;
+    use pdq_protocol::{Mode, Pins};
 
     const SHAPE: ClusterShape = ClusterShape { prefill_dp: 2, decode_dp: 2, mode: Mode::Disagg };
 
@@ -275,7 +254,7 @@ mod tests {
         let e = bad.failed.unwrap().error.unwrap();
         assert_eq!(e.code, "invalid_json");
         assert!(e.message.starts_with("line 1:"), "{}", e.message);
-        assert_eq!(bad.row.line, None, "a failed line is never published");
+        assert!(bad.row.outbound.is_none(), "a failed line is never published");
 
         let out_of_range =
             check(2, r#"{"custom_id":"b","url":"/generate","body":{"text":"x","routed_dp_rank":5}}"#, None);
@@ -284,8 +263,9 @@ mod tests {
         let text = r#"{"custom_id":"c","url":"/generate","body":{"text":"x","routed_dp_rank":1}}"#;
         let good = check(3, text, None);
         assert!(good.failed.is_none());
-        assert_eq!(good.row.pins, Pins { prefill: Some(1), decode: Some(1) });
-        assert_eq!(good.row.line.as_deref(), Some(text), "the feeder publishes the line as submitted");
+        let out = good.row.outbound.unwrap();
+        assert_eq!(out.pins, Pins { prefill: Some(1), decode: Some(1) });
+        assert_eq!(out.line, text, "the feeder publishes the line as submitted");
     }
 
     #[test]

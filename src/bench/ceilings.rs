@@ -77,9 +77,8 @@ pub async fn writer(store: &Store, namespace: &str, rows: usize, batch: usize, s
             body: Value::Null,
             routed_dp_rank: None,
             disagg_prefill_dp_rank: None,
-            pins: Default::default(),
             // Rows only for the write: no feeder publishes them.
-            line: None,
+            outbound: None,
         })
         .collect();
     store.create_job(&job, &requests, &[]).await?;

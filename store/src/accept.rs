@@ -52,10 +52,6 @@ pub(crate) fn acceptance_lock(id: Uuid) -> i64 {
 pub(crate) const ACCEPTANCE_LOCK_SQL: &str = "('x' || right(replace(b.id::text, '-', ''), 16))::bit(64)::bigint";
 
 impl Accepting {
-    pub fn job_id(&self) -> Uuid {
-        self.job_id
-    }
-
     /// Request rows, and the failed results of the lines among them that did not validate.
     pub async fn add(&mut self, requests: &[NewRequest], failed: &[Outcome]) -> Result<(), StoreError> {
         insert_requests(&mut self.tx, requests).await?;

@@ -41,6 +41,7 @@ pub struct Unpublished {
     pub line: String,
     pub prefill_pin: Option<i32>,
     pub decode_pin: Option<i32>,
+    pub prefix_key: Option<i64>,
 }
 
 /// How many of a job's unpublished requests pinned to `prefill_pin` to fetch.
@@ -154,10 +155,10 @@ impl Store {
         let pins: Vec<i32> = asks.iter().map(|a| a.prefill_pin.unwrap_or(-1)).collect();
         let limits: Vec<i64> = asks.iter().map(|a| a.n).collect();
         Ok(sqlx::query_as(
-            "SELECT r.id, r.job_id, r.line_no, r.line, r.prefill_pin, r.decode_pin
+            "SELECT r.id, r.job_id, r.line_no, r.line, r.prefill_pin, r.decode_pin, r.prefix_key
              FROM unnest($1::uuid[], $2::int[], $3::int8[]) AS a(job_id, pin, n)
              CROSS JOIN LATERAL (
-                 SELECT id, job_id, line_no, line, prefill_pin, decode_pin FROM requests
+                 SELECT id, job_id, line_no, line, prefill_pin, decode_pin, prefix_key FROM requests
                  WHERE job_id = a.job_id AND COALESCE(prefill_pin, -1) = a.pin
                    AND status = 'queued' AND published_at IS NULL
                  ORDER BY line_no LIMIT a.n
@@ -177,17 +178,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
-    }
-
-    /// Requests of the namespace's active jobs not yet published (the outbox's depth).
-    pub async fn unpublished_count(&self, namespace: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM requests r JOIN jobs j ON j.id = r.job_id
-             WHERE j.namespace = $1 AND j.status = 'in_progress' AND r.status = 'queued' AND r.published_at IS NULL",
-        )
-        .bind(namespace)
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     /// Fails API batches whose job was never accepted because the process accepting it died

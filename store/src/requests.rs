@@ -19,11 +19,20 @@ pub struct NewRequest {
     pub body: Value,
     pub routed_dp_rank: Option<i64>,
     pub disagg_prefill_dp_rank: Option<i64>,
+    /// What the feeder publishes. `None`: the request is not the feeder's to publish (it came
+    /// over AMQP, or it failed validation), and its row counts as published.
+    pub outbound: Option<Outbound>,
+}
+
+/// A validated request of a job, as the feeder will publish it.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The input line, byte for byte: the message body.
+    pub line: String,
     /// The stage pins validation resolved: where the feeder sends the request.
     pub pins: Pins,
-    /// The input line to publish. `None`: the request is not the feeder's to publish (it came
-    /// over AMQP, or it failed validation), and its row counts as published.
-    pub line: Option<String>,
+    /// The prompt's dispatch key (`pdq_producer::prefix_key`), computed once at acceptance.
+    pub prefix_key: i64,
 }
 
 /// Inserts in one statement (UNNEST over column arrays) however many rows there are.
@@ -40,17 +49,20 @@ pub(crate) async fn insert_requests(tx: &mut Transaction<'_, Postgres>, rows: &[
         let routed: Vec<Option<i32>> = chunk.iter().map(|r| r.routed_dp_rank.map(clamp_rank)).collect();
         let prefill: Vec<Option<i32>> = chunk.iter().map(|r| r.disagg_prefill_dp_rank.map(clamp_rank)).collect();
         let texts: Vec<Option<String>> =
-            chunk.iter().map(|r| r.line.as_ref().map(|l| l.replace('\0', "\u{FFFD}"))).collect();
-        let prefill_pins: Vec<Option<i32>> = chunk.iter().map(|r| r.pins.prefill.map(|p| p as i32)).collect();
-        let decode_pins: Vec<Option<i32>> = chunk.iter().map(|r| r.pins.decode.map(|p| p as i32)).collect();
+            chunk.iter().map(|r| r.outbound.as_ref().map(|o| o.line.replace('\0', "\u{FFFD}"))).collect();
+        let prefill_pins: Vec<Option<i32>> =
+            chunk.iter().map(|r| r.outbound.as_ref().and_then(|o| o.pins.prefill).map(|p| p as i32)).collect();
+        let decode_pins: Vec<Option<i32>> =
+            chunk.iter().map(|r| r.outbound.as_ref().and_then(|o| o.pins.decode).map(|p| p as i32)).collect();
+        let prefix_keys: Vec<Option<i64>> = chunk.iter().map(|r| r.outbound.as_ref().map(|o| o.prefix_key)).collect();
         sqlx::query(
             "INSERT INTO requests (id, job_id, line_no, custom_id, url, body, routed_dp_rank, disagg_prefill_dp_rank,
-                                   line, prefill_pin, decode_pin, published_at)
+                                   line, prefill_pin, decode_pin, prefix_key, published_at)
              SELECT *, CASE WHEN line IS NULL THEN now() END
              FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::int[], $8::int[],
-                         $9::text[], $10::int[], $11::int[])
+                         $9::text[], $10::int[], $11::int[], $12::int8[])
                   AS r(id, job_id, line_no, custom_id, url, body, routed_dp_rank, disagg_prefill_dp_rank, line,
-                       prefill_pin, decode_pin)
+                       prefill_pin, decode_pin, prefix_key)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&ids)
@@ -64,6 +76,7 @@ pub(crate) async fn insert_requests(tx: &mut Transaction<'_, Postgres>, rows: &[
         .bind(&texts)
         .bind(&prefill_pins)
         .bind(&decode_pins)
+        .bind(&prefix_keys)
         .execute(&mut **tx)
         .await?;
     }

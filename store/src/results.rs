@@ -261,8 +261,7 @@ mod tests {
             body: Value::Null,
             routed_dp_rank: None,
             disagg_prefill_dp_rank: None,
-            pins: Default::default(),
-            line: None,
+            outbound: None,
         };
         let requests = [request(1), request(2)];
         store.create_job(&job, &requests, &[]).await.unwrap();

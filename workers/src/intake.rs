@@ -180,9 +180,8 @@ fn direct_row(id: Uuid, line: Option<&InputLine>, body: Value) -> NewRequest {
         body,
         routed_dp_rank: None,
         disagg_prefill_dp_rank: None,
-        pins: Default::default(),
         // It arrived over AMQP: published already.
-        line: None,
+        outbound: None,
     }
 }
 

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pdq_broker::{Broker, BrokerOptions, MessageMeta, Outgoing};
-use pdq_protocol::{validate, ClusterShape, InputLine, Mode, Pins, RawLine};
+use pdq_protocol::{ClusterShape, Mode, Pins};
 use pdq_store::{Ask, FeedJob, Store, Unpublished};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,7 +25,6 @@ use uuid::Uuid;
 
 pub use share::{allot, weight, Claimant};
 
-use crate::dispatch::prefix_key;
 use crate::{Dispatcher, Policy, ProducerError};
 
 /// Requests in flight per prefill queue (per rank for the shared queue) that the feeder keeps.
@@ -35,7 +34,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(5);
 /// How often the holder renews and a standby tries to take over.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// From a holder's last renewal to a standby's takeover, at most.
-pub const TAKEOVER_BOUND: Duration = Duration::from_secs(6);
+pub const TAKEOVER_BOUND: Duration = LEASE_TTL.saturating_add(RENEW_EVERY);
 /// How often the holder tops the queues up.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -273,13 +272,14 @@ impl Feed {
         policies: &HashMap<Uuid, Policy>,
     ) -> Result<Vec<Outgoing>, ProducerError> {
         let colocated = shape.mode == Mode::Colocated;
-        let (mut least_loaded, mut by_prefix) = (None, None);
-        if policies.values().any(|p| *p == Policy::LeastLoaded) {
-            least_loaded = Some(loaded_dispatcher(Policy::LeastLoaded, broker, shape).await?);
-        }
-        if policies.values().any(|p| *p == Policy::Prefix) {
-            by_prefix = Some(loaded_dispatcher(Policy::Prefix, broker, shape).await?);
-        }
+        // Least-loaded and prefix start from the queues' depths, read once a round.
+        let uses = |policy| policies.values().any(|p| *p == policy);
+        let loads = match uses(Policy::LeastLoaded) || uses(Policy::Prefix) {
+            true => Some(queue_loads(broker, shape).await?),
+            false => None,
+        };
+        let loaded = |policy| loads.clone().map(|(prefill, decode)| Dispatcher::with_loads(policy, prefill, decode));
+        let (mut least_loaded, mut by_prefix) = (loaded(Policy::LeastLoaded), loaded(Policy::Prefix));
         let rr = self.round_robin.get_or_insert_with(|| Dispatcher::new(Policy::RoundRobin, shape));
         let mut shared = Dispatcher::new(Policy::Shared, shape);
         let enqueued_at_ms = chrono::Utc::now().timestamp_millis();
@@ -287,15 +287,13 @@ impl Feed {
             .iter()
             .map(|r| {
                 let pins = Pins { prefill: r.prefill_pin.map(|p| p as u32), decode: r.decode_pin.map(|d| d as u32) };
-                let policy = policies.get(&r.job_id).copied().unwrap_or_default();
-                let prefix = policy == Policy::Prefix;
-                let d = match policy {
+                let d = match policies.get(&r.job_id).copied().unwrap_or_default() {
                     Policy::Shared => &mut shared,
                     Policy::RoundRobin => &mut *rr,
                     Policy::LeastLoaded => least_loaded.as_mut().expect("built when a job asks for it"),
                     Policy::Prefix => by_prefix.as_mut().expect("built when a job asks for it"),
                 };
-                let a = d.assign(pins, colocated, prefix.then(|| prompt_key(&r.line, shape)).flatten());
+                let a = d.assign(pins, colocated, r.prefix_key.map(|k| k as u64));
                 Outgoing {
                     exchange: broker.topology.prefill_exchange(),
                     key: a.prefill_key,
@@ -334,14 +332,8 @@ fn interleave(rows: Vec<Unpublished>, order: &[Uuid]) -> Vec<Unpublished> {
     out
 }
 
-/// The prefix key of a line's prompt (`None` when it does not validate against `shape` now).
-fn prompt_key(line: &str, shape: &ClusterShape) -> Option<u64> {
-    let parsed = InputLine::parse(&RawLine { line_no: 0, text: line }).ok()?;
-    Some(prefix_key(&validate(&parsed, None, shape).ok()?.prompt))
-}
-
-/// Least-loaded and prefix start from the queues' current depths.
-async fn loaded_dispatcher(policy: Policy, broker: &Broker, shape: &ClusterShape) -> Result<Dispatcher, ProducerError> {
+/// Messages waiting per prefill rank and per decode rank (pinned handle queues).
+async fn queue_loads(broker: &Broker, shape: &ClusterShape) -> Result<(Vec<u64>, Vec<u64>), ProducerError> {
     let t = &broker.topology;
     let mut prefill = Vec::new();
     for p in 0..shape.prefill_dp {
@@ -353,7 +345,7 @@ async fn loaded_dispatcher(policy: Policy, broker: &Broker, shape: &ClusterShape
             *load += broker.queue_depth(&t.kv_pinned_queue(p, d as u32)).await? as u64;
         }
     }
-    Ok(Dispatcher::with_loads(policy, prefill, decode))
+    Ok((prefill, decode))
 }
 
 fn hostname() -> String {
