@@ -35,41 +35,46 @@ OVERLAYS = ["deploy/k8s", "deploy/monitoring"]
 K8S_MIN = (1, 32)
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "StorageClass"}
 
-# Custom resources: no schema on PyPI. Spec keys copied by hand from the upstream CRDs
-# (rabbitmq/cluster-operator config/crd/bases/rabbitmq.com_rabbitmqclusters.yaml,
-# cloudnative-pg config/crd/bases/postgresql.cnpg.io_clusters.yaml, prometheus-operator
-# monitoring.coreos.com_podmonitors.yaml), so a misspelt top-level key is caught.
+# Custom resources: no schema on PyPI. The spec keys are copied from the upstream CRDs, so a
+# misspelt top-level key is caught (deeper fields are not): rabbitmq/cluster-operator v2.22.3-29
+# (06cda8e8) config/crd/bases/rabbitmq.com_rabbitmqclusters.yaml; cloudnative-pg v1.30.0-86
+# (a95a534d) config/crd/bases/postgresql.cnpg.io_clusters.yaml; prometheus-operator v0.93.0-24
+# (6adcebc5) example/prometheus-operator-crd-full/monitoring.coreos.com_podmonitors.yaml.
 CUSTOM = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): {
         "spec_keys": {
-            "affinity", "delayStartSeconds", "image", "imagePullSecrets", "override", "persistence",
-            "rabbitmq", "replicas", "resources", "secretBackend", "service", "skipPostDeploySteps",
-            "terminationGracePeriodSeconds", "tls", "tolerations", "autoEnableAllFeatureFlags",
+            "affinity", "autoEnableAllFeatureFlags", "delayStartSeconds", "image",
+            "imagePullSecrets", "override", "persistence", "rabbitmq", "replicas", "resources",
+            "secretBackend", "service", "skipPostDeploySteps", "terminationGracePeriodSeconds",
+            "tls", "tolerations",
         },
     },
     ("postgresql.cnpg.io/v1", "Cluster"): {
         "spec_keys": {
             "affinity", "backup", "bootstrap", "certificates", "description", "enablePDB",
-            "enableSuperuserAccess", "env", "envFrom", "ephemeralVolumeSource", "ephemeralVolumesSizeLimit",
-            "externalClusters", "failoverDelay", "imageCatalogRef", "imageName", "imagePullPolicy",
-            "imagePullSecrets", "inheritedMetadata", "instances", "livenessProbeTimeout", "logLevel",
-            "managed", "maxSyncReplicas", "minSyncReplicas", "monitoring", "nodeMaintenanceWindow",
-            "plugins", "postgresGID", "postgresUID", "postgresql", "primaryUpdateMethod",
-            "primaryUpdateStrategy", "priorityClassName", "probes", "projectedVolumeTemplate",
-            "replica", "replicationSlots", "resources", "schedulerName", "seccompProfile",
-            "serviceAccountTemplate", "smartShutdownTimeout", "startDelay", "stopDelay", "storage",
-            "superuserSecret", "switchoverDelay", "tablespaces", "topologySpreadConstraints",
-            "walStorage",
+            "enableSuperuserAccess", "env", "envFrom", "ephemeralVolumeSource",
+            "ephemeralVolumesSizeLimit", "externalClusters", "failoverDelay", "imageCatalogRef",
+            "imageName", "imagePullPolicy", "imagePullSecrets", "inheritedMetadata",
+            "instances", "livenessProbeTimeout", "logLevel", "managed", "maxSyncReplicas",
+            "minSyncReplicas", "monitoring", "nodeMaintenanceWindow", "plugins",
+            "podSecurityContext", "podSelectorRefs", "postgresGID", "postgresUID", "postgresql",
+            "primaryLease", "primaryUpdateMethod", "primaryUpdateStrategy", "priorityClassName",
+            "probes", "projectedVolumeTemplate", "replica", "replicationSlots", "resources",
+            "schedulerName", "seccompProfile", "securityContext", "serviceAccountName",
+            "serviceAccountTemplate", "smartShutdownTimeout", "startDelay", "stopDelay",
+            "storage", "superuserSecret", "switchoverDelay", "tablespaces",
+            "topologySpreadConstraints", "walStorage",
         },
     },
     ("monitoring.coreos.com/v1", "PodMonitor"): {
         "spec_keys": {
-            "attachMetadata", "bodySizeLimit", "convertClassicHistogramsToNHCB", "fallbackScrapeProtocol",
-            "jobLabel", "keepDroppedTargets", "labelLimit", "labelNameLengthLimit",
-            "labelValueLengthLimit", "namespaceSelector", "nativeHistogramBucketLimit",
-            "nativeHistogramMinBucketFactor", "podMetricsEndpoints", "podTargetLabels", "sampleLimit",
-            "scrapeClass", "scrapeClassicHistograms", "scrapeProtocols", "selector", "selectorMechanism",
-            "targetLimit",
+            "attachMetadata", "bodySizeLimit", "convertClassicHistogramsToNHCB",
+            "fallbackScrapeProtocol", "jobLabel", "keepDroppedTargets", "labelLimit",
+            "labelNameLengthLimit", "labelValueLengthLimit", "namespaceSelector",
+            "nativeHistogramBucketLimit", "nativeHistogramMinBucketFactor",
+            "podMetricsEndpoints", "podTargetLabels", "sampleLimit", "scrapeClass",
+            "scrapeClassicHistograms", "scrapeNativeHistograms", "scrapeProtocols", "selector",
+            "selectorMechanism", "targetLimit",
         },
     },
 }
