@@ -88,6 +88,7 @@ class Report:
 
     def __init__(self):
         self.counts = {(cat, ok): 0 for cat in ("schema", "structure", "check") for ok in (True, False)}
+        self.skipped = 0
 
     def ok(self, what, cat="check"):
         self.counts[(cat, True)] += 1
@@ -100,6 +101,10 @@ class Report:
     def check(self, cond, what, cat="check"):
         (self.ok if cond else self.fail)(what, cat)
         return cond
+
+    def skip(self, what):
+        self.skipped += 1
+        print(f"  SKIPPED   {what}")
 
     def n(self, cat, ok):
         return self.counts[(cat, ok)]
@@ -423,6 +428,54 @@ def monitor_checks(objs, label):
                 f"{label}: PodMonitor/{pm['metadata']['name']} selects the prefill, decode and API pods ({len(selected)}) by their port {sorted(want)}")
 
 
+def probe_against_postgres(objs, label):
+    """Runs the ranks' readiness probes with the real psql against the real `workers` table: a
+    scratch database on the server of $DATABASE_URL (what scripts/test.sh starts), migrated with
+    migrations/*.sql, then dropped. Skipped when there is no psql or no server."""
+    server = os.environ.get("DATABASE_URL", "")
+    psql = shutil.which("psql")
+    if not psql or not server:
+        R.skip(f"{label}: readiness probes against PostgreSQL (no {'psql' if not psql else 'DATABASE_URL'}); their SQL was NOT run")
+        return
+    base = server.rsplit("/", 1)[0]
+    db = f"pdq_validate_deploy_{os.getpid()}"
+
+    def sql(url, *args):
+        return subprocess.run([psql, url, "-XqAt", "-v", "ON_ERROR_STOP=1", *args], capture_output=True, text=True,
+                              env=dict(os.environ, PGCONNECT_TIMEOUT="3"))
+
+    r = sql(f"{base}/postgres", "-c", f"CREATE DATABASE {db}")
+    if r.returncode != 0:
+        R.skip(f"{label}: readiness probes against PostgreSQL (cannot create a scratch database on {base}: {r.stderr.strip()[:120]}); their SQL was NOT run")
+        return
+    url = f"{base}/{db}"
+    try:
+        for m in sorted(os.listdir(os.path.join(ROOT, "migrations"))):
+            r = sql(url, "-f", os.path.join(ROOT, "migrations", m))
+            if not R.check(r.returncode == 0, f"{label}: migration {m} applies to the scratch database" + ("" if r.returncode == 0 else f" ({r.stderr.strip()[:200]})")):
+                return
+        r = sql(url, "-c", "INSERT INTO workers (namespace, role, dp_rank, prefill_dp, decode_dp, mode, endpoint, host, pid, model, "
+                "started_at, heartbeat_at) VALUES ('pdq', 'prefill', 1, 2, 2, 'disagg', '10.1.2.3:7000', '10.1.2.3', 1, 'tiny', now(), now()), "
+                "('pdq', 'decode', 0, 2, 2, 'disagg', NULL, '10.1.2.4', 1, 'tiny', now(), now() - interval '30 seconds')")
+        if not R.check(r.returncode == 0, f"{label}: a worker row as `pdq worker` registers it inserts" + ("" if r.returncode == 0 else f" ({r.stderr.strip()[:200]})")):
+            return
+        sts = {o["metadata"]["name"]: o for o in objs if o["kind"] == "StatefulSet"}
+        probe = {role: sts[f"pdq-{role}"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+                 for role in ("prefill", "decode")}
+        cases = [
+            ("prefill", "pdq-prefill-1", "10.1.2.3", True, "its row beat just now"),
+            ("prefill", "pdq-prefill-1", "10.9.9.9", False, "the row is another pod's (another IP)"),
+            ("prefill", "pdq-prefill-0", "10.1.2.3", False, "no row for its rank"),
+            ("decode", "pdq-decode-0", "10.1.2.4", False, "its row's last beat is 30 s old"),
+        ]
+        for role, pod, ip, ready, why in cases:
+            env = dict(os.environ, DATABASE_URL=url, PDQ_NAMESPACE="pdq", POD_NAME=pod, POD_IP=ip)
+            r = subprocess.run(probe[role], env=env, capture_output=True, text=True)
+            R.check((r.returncode == 0) == ready, f"{label}: {pod} readiness with psql against PostgreSQL: {'ready' if ready else 'not ready'} when {why}")
+    finally:
+        sql(f"{base}/postgres", "-c", f"DROP DATABASE IF EXISTS {db}")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -445,13 +498,14 @@ def main():
                 validate_core(o, versions)
         if overlay == "deploy/k8s":
             cross_checks(objs, overlay)
+            probe_against_postgres(objs, overlay)
         else:
             monitor_checks(objs, overlay)
     print()
     print(f"validate-deploy: {'FAILED' if R.failed else 'PASSED'} ({len(seen)} objects): "
           f"schema-validated {R.n('schema', True)} ok / {R.n('schema', False)} failing; "
           f"structural only {R.n('structure', True)} ok / {R.n('structure', False)} failing; "
-          f"cross-checks {R.n('check', True)} ok / {R.n('check', False)} failing")
+          f"cross-checks {R.n('check', True)} ok / {R.n('check', False)} failing / {R.skipped} skipped")
     if R.n("structure", True) + R.n("structure", False):
         print("validate-deploy: note: RabbitmqCluster, CloudNativePG Cluster and PodMonitor were NOT validated against a "
               "schema (none ships in a PyPI package); they were only checked structurally")
