@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite (what CI runs): starts RabbitMQ and PostgreSQL if they are not listening,
-# then `cargo test --workspace`, the broker-restart test alone (it stops the broker), and the
+# runs the lints (scripts/lint.sh: fmt, clippy -D warnings, rustdoc -D warnings) and the offline
+# validation of the Kubernetes manifests (scripts/validate-deploy.sh), then
+# `cargo test --workspace`, the broker-restart test alone (it stops the broker), and the
 # NVRTC compile check of the CUDA kernels (scripts/nvrtc-check.sh). Extra arguments go to
-# cargo test (and skip the last two steps), e.g.
+# cargo test (and skip the lints and the last two steps), e.g.
 #   scripts/test.sh -p pdq-protocol        scripts/test.sh --test routing -- --nocapture
 #
 #   DATABASE_URL   server that #[sqlx::test] creates a fresh database per test on
@@ -19,6 +21,11 @@ export PDQ_AMQP_URL=${PDQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export PDQ_CACHE_DIR=${PDQ_CACHE_DIR:-$PWD/target/pdq-cache}
 
 status=0
+if [[ $# -eq 0 ]]; then
+    bash scripts/lint.sh || status=$?
+    # The Kubernetes manifests in deploy/, validated offline (no cluster is reachable here).
+    bash scripts/validate-deploy.sh || status=$?
+fi
 # `-p CRATE` picks crates itself; otherwise the whole workspace.
 scope=(--workspace)
 for a in "$@"; do
