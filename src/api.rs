@@ -17,7 +17,7 @@ pub async fn run(g: &Global, a: ApiArgs, feeder: FeederArgs) -> Result<()> {
         policy: a.policy,
     };
     tracing::info!(addr = %listener.local_addr()?, auth = config.api_key.is_some(), "serving the OpenAI Batch API at /v1");
-    let shutdown = crate::commands::feeding_until_shutdown(g, &feeder, &store, None);
+    let shutdown = crate::shutdown::feeding_until_shutdown(g, &feeder, &store, None);
     let state = ApiState::new(store, &g.namespace, config);
     pdq_api::serve(listener, state, shutdown).await.context("api server")?;
     Ok(())

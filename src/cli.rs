@@ -31,16 +31,16 @@ pub struct Global {
     pub namespace: String,
     /// AMQP heartbeat: a process silent this long (hung, stopped) loses its connection, and the
     /// broker hands its unacked messages to other ranks.
-    #[arg(long, env = "PDQ_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_duration, global = true)]
-    pub amqp_heartbeat: Duration,
+    #[arg(long, env = "PDQ_AMQP_HEARTBEAT", default_value_t = Human(pdq_broker::DEFAULT_HEARTBEAT), global = true)]
+    pub amqp_heartbeat: Human,
     /// RabbitMQ queue type: classic, or quorum (replicated, for multi-node broker clusters).
     /// Every process of a namespace must use the same.
     #[arg(long, env = "PDQ_QUEUE_TYPE", default_value = "classic", global = true)]
     pub queue_type: pdq_broker::QueueType,
     /// A delivery unacked this long makes the broker requeue it (RabbitMQ 3.12+; older
     /// brokers apply their global consumer_timeout).
-    #[arg(long, env = "PDQ_CONSUMER_TIMEOUT", default_value = "30m", value_parser = parse_duration, global = true)]
-    pub consumer_timeout: Duration,
+    #[arg(long, env = "PDQ_CONSUMER_TIMEOUT", default_value_t = Human(pdq_broker::DEFAULT_CONSUMER_TIMEOUT), global = true)]
+    pub consumer_timeout: Human,
     /// Deliveries of one message (it killed or hung each worker it reached) before it is
     /// recorded as failed (`delivery_limit`) and dead-lettered.
     #[arg(long, env = "PDQ_MAX_DELIVERIES", default_value_t = pdq_broker::DEFAULT_MAX_DELIVERIES, global = true)]
@@ -48,6 +48,17 @@ pub struct Global {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (`serve`, `worker` and `api`).
     #[arg(long, env = "PDQ_METRICS_ADDR", global = true)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Log lines on stderr as `text`, or as `json` (one object per line, with the message
+    /// span's request_id, job_id, custom_id, role and rank) for a log pipeline. `RUST_LOG`
+    /// picks what is logged.
+    #[arg(long, env = "PDQ_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Global {
@@ -63,11 +74,35 @@ impl Global {
 impl Global {
     pub fn broker(&self) -> pdq_broker::BrokerOptions {
         pdq_broker::BrokerOptions {
-            heartbeat: self.amqp_heartbeat,
+            heartbeat: self.amqp_heartbeat.0,
             queue_type: self.queue_type,
-            consumer_timeout: self.consumer_timeout,
+            consumer_timeout: self.consumer_timeout.0,
             max_deliveries: self.max_deliveries,
             ..pdq_broker::BrokerOptions::new(&self.amqp_url, &self.namespace)
+        }
+    }
+}
+
+/// A duration on the command line, read by [`parse_duration`] and shown the same way, so a
+/// default is written once, as a constant, and `--help` shows it as a user would type it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Human(pub Duration);
+
+impl std::str::FromStr for Human {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Human, String> {
+        parse_duration(s).map(Human)
+    }
+}
+
+impl std::fmt::Display for Human {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if !ms.is_multiple_of(1000) => write!(f, "{ms}ms"),
+            _ if ms.is_multiple_of(3_600_000) && ms > 0 => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) && ms > 0 => write!(f, "{}m", ms / 60_000),
+            _ => write!(f, "{}s", ms / 1000),
         }
     }
 }
@@ -164,35 +199,35 @@ pub struct TuningArgs {
     #[arg(long, env = "PDQ_DATA_PLANE_ADDR", default_value = "127.0.0.1:0")]
     pub data_plane_addr: std::net::SocketAddr,
     /// KV bytes a prefill rank may hold before it waits for decoders (MiB).
-    #[arg(long, env = "PDQ_KV_BUDGET_MB", default_value_t = 1024)]
+    #[arg(long, env = "PDQ_KV_BUDGET_MB", default_value_t = pdq_workers::DEFAULT_KV_BUDGET_BYTES >> 20)]
     pub kv_budget_mb: usize,
     /// Sequences one rank decodes at once.
-    #[arg(long, env = "PDQ_MAX_RUNNING", default_value_t = 64)]
+    #[arg(long, env = "PDQ_MAX_RUNNING", default_value_t = pdq_workers::DEFAULT_MAX_RUNNING)]
     pub max_running: usize,
     /// KV block pool of each engine (MiB); decode admission waits while it is full.
-    #[arg(long, env = "PDQ_KV_POOL_MB", default_value_t = 1024)]
+    #[arg(long, env = "PDQ_KV_POOL_MB", default_value_t = pdq_workers::DEFAULT_KV_POOL_BYTES >> 20)]
     pub kv_pool_mb: usize,
     /// Unacked messages per queue per rank.
-    #[arg(long, env = "PDQ_PREFETCH", default_value_t = 64)]
+    #[arg(long, env = "PDQ_PREFETCH", default_value_t = pdq_workers::DEFAULT_PREFETCH)]
     pub prefetch: u16,
     /// A KV no decoder took in this long is dropped (the request is prefilled again).
-    #[arg(long, env = "PDQ_KV_TTL", default_value = "10m", value_parser = parse_duration)]
-    pub kv_ttl: Duration,
+    #[arg(long, env = "PDQ_KV_TTL", default_value_t = Human(pdq_workers::DEFAULT_KV_TTL))]
+    pub kv_ttl: Human,
     /// Shared secret of the KV data plane: peers must prove they hold it. Same on every worker.
     #[arg(long, env = "PDQ_KV_SECRET", hide_env_values = true)]
     pub kv_secret: Option<String>,
     /// Dialing a prefill rank's data plane gives up after this long (then: prefill again).
-    #[arg(long, env = "PDQ_KV_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
-    pub kv_connect_timeout: Duration,
+    #[arg(long, env = "PDQ_KV_CONNECT_TIMEOUT", default_value_t = Human(pdq_workers::DEFAULT_CONNECT_TIMEOUT))]
+    pub kv_connect_timeout: Human,
     /// A data-plane peer must start answering within this long (a transfer also gets time for
     /// its size).
-    #[arg(long, env = "PDQ_KV_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub kv_read_timeout: Duration,
+    #[arg(long, env = "PDQ_KV_READ_TIMEOUT", default_value_t = Human(pdq_workers::DEFAULT_READ_TIMEOUT))]
+    pub kv_read_timeout: Human,
     /// Shared-memory directory (e.g. /dev/shm) for KVs between prefill and decode ranks on one
     /// host; decoders on other hosts still use TCP. Unset, every KV goes over TCP. Prefill and
     /// decode ranks of a host must name the same directory.
-    #[arg(long, env = "PDQ_KV_SHM_DIR", default_value = "")]
-    pub kv_shm_dir: String,
+    #[arg(long, env = "PDQ_KV_SHM_DIR")]
+    pub kv_shm_dir: Option<PathBuf>,
     /// Prompts longer than this fail before tokenization.
     #[arg(long, env = "PDQ_MAX_PROMPT_BYTES", default_value_t = pdq_workers::DEFAULT_MAX_PROMPT_BYTES)]
     pub max_prompt_bytes: usize,
@@ -255,8 +290,8 @@ pub enum Command {
         max_in_flight: Option<u32>,
         /// Requests not finished this long after acceptance end `batch_expired`, and the job
         /// `expired`.
-        #[arg(long, env = "PDQ_COMPLETION_WINDOW", default_value = "24h", value_parser = parse_duration)]
-        completion_window: Duration,
+        #[arg(long, env = "PDQ_COMPLETION_WINDOW", default_value_t = Human(pdq_store::DEFAULT_COMPLETION_WINDOW))]
+        completion_window: Human,
     },
     /// A job's status.
     Status {

@@ -10,7 +10,8 @@ use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::{JobRow, Store};
 use pdq_workers::{WorkerConfig, WorkerRole};
 
-use crate::cli::{Cli, ClusterArgs, Command, FeederArgs, Global, ModelArg, ModelCommand, TuningArgs};
+use crate::cli::{Cli, ClusterArgs, Command, Global, ModelArg, ModelCommand, TuningArgs};
+use crate::shutdown::feeding_until_shutdown;
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
@@ -46,7 +47,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Submit { file, name, wait, policy, priority, max_in_flight, completion_window } => {
             let store = Store::connect(&g.database_url).await?;
             let shape = pdq_producer::cluster_shape(&store, &g.namespace).await?;
-            let opts = SubmitOptions { name, policy, priority, max_in_flight, completion_window };
+            let opts = SubmitOptions { name, policy, priority, max_in_flight, completion_window: completion_window.0 };
             let report = pdq_producer::submit(&store, &g.namespace, &file, &shape, &opts).await?;
             println!("{}", report.job_id);
             eprintln!(
@@ -198,15 +199,15 @@ pub fn load_model(arg: &ModelArg) -> Result<Device> {
 pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {
     let data_plane = pdq_workers::DataPlaneConfig {
         secret: t.kv_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-        connect_timeout: t.kv_connect_timeout,
-        read_timeout: t.kv_read_timeout,
+        connect_timeout: t.kv_connect_timeout.0,
+        read_timeout: t.kv_read_timeout.0,
         max_kv_bytes: (t.kv_pool_mb as u64) << 20,
-        shm_dir: Some(std::path::PathBuf::from(&t.kv_shm_dir)).filter(|d| !d.as_os_str().is_empty()),
+        shm_dir: t.kv_shm_dir.clone(),
     };
     WorkerConfig {
         broker: g.broker(),
         data_plane,
-        kv_ttl: t.kv_ttl,
+        kv_ttl: t.kv_ttl.0,
         max_prompt_bytes: t.max_prompt_bytes,
         data_plane_bind: t.data_plane_addr,
         advertise_host: t.advertise_host.clone(),
@@ -242,25 +243,6 @@ fn print_status(job: &JobRow, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs this process's feeder (when `--feeder on`) until SIGINT or SIGTERM, then stops it,
-/// giving its lease to another process, before the workers drain.
-pub fn feeding_until_shutdown(
-    g: &Global,
-    feeder: &FeederArgs,
-    store: &Store,
-    shape: Option<ClusterShape>,
-) -> impl std::future::Future<Output = ()> + use<> {
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = feeder.spawn(g, store, shape, stop_rx);
-    async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-        if let Some(task) = task {
-            task.await.ok();
-        }
-    }
-}
-
 /// A job nobody publishes waits: say so when no feeder holds the namespace's lease.
 async fn warn_without_feeder(store: &Store, namespace: &str) {
     let live = match store.feeder_lease(namespace).await {
@@ -273,20 +255,4 @@ async fn warn_without_feeder(store: &Store, namespace: &str) {
              `pdq worker` or `pdq api` (with --feeder on) runs"
         );
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.ok();
 }

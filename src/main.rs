@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod commands;
 mod demo;
+mod shutdown;
 
 use clap::Parser;
 
@@ -14,12 +15,16 @@ fn main() -> std::process::ExitCode {
     // lapin logs every channel or connection close at error level, including the ones pdq
     // reports itself; its errors reach the user through pdq's own messages instead.
     let default_filter = "warn,lapin=off,pdq=info,pdq_workers=info";
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.global.log_format {
+        cli::LogFormat::Text => logs.init(),
+        // The current span's fields flattened beside the event's, so one line names the request.
+        cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -165,3 +165,46 @@ async fn bench_reports_every_scenario_and_draws_its_chart(pool: PgPool) {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// `docs/cli.md` is `pdq --help` and every command's `--help`, so the reference cannot drift
+/// from the flags. After changing a flag, regenerate it:
+/// `PDQ_BLESS=1 cargo test --test cli the_cli_reference_is_current`.
+#[test]
+fn the_cli_reference_is_current() {
+    let help = |args: &[&str]| {
+        // No environment: clap shows the values of set variables, which are not defaults.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pdq")).args(args).env_clear().output().unwrap();
+        assert!(out.status.success(), "pdq {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 5, "commands parsed from --help: {commands:?}");
+    let mut md = String::from(
+        "# CLI reference\n\nEvery flag also reads the environment variable shown beside it. Generated from \
+         `pdq --help` by `tests/cli.rs` (`the_cli_reference_is_current`), which CI runs: do not edit by hand; \
+         regenerate with `PDQ_BLESS=1 cargo test --test cli the_cli_reference_is_current`.\n\n",
+    );
+    md += &format!("## pdq\n\n```text\n{top}```\n");
+    for c in &commands {
+        md += &format!("\n## pdq {c}\n\n```text\n{}```\n", help(&[c, "--help"]));
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md");
+    if std::env::var_os("PDQ_BLESS").is_some() {
+        std::fs::write(&path, &md).unwrap();
+        return;
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == md,
+        "docs/cli.md differs from `pdq --help`: regenerate it with \
+         PDQ_BLESS=1 cargo test --test cli the_cli_reference_is_current"
+    );
+}
