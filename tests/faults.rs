@@ -417,3 +417,166 @@ async fn load_run_20k_requests(pool: PgPool) {
     }
     delete_namespace(&env.namespace, ClusterShape::disagg(2, 2)).await;
 }
+
+/// What the broken rank's executor does once its budget of good steps is spent.
+#[derive(Clone, Copy)]
+enum Breaks {
+    /// `step` returns a device error, as a lost GPU does.
+    WithAnError,
+    /// `step` panics, as a kernel bug does.
+    WithAPanic,
+}
+
+/// A CPU executor whose steps fail after `good_steps` of them: the device breaking mid-batch.
+struct Breaking {
+    inner: Box<dyn pdq_engine::Executor>,
+    steps_left: usize,
+    breaks: Breaks,
+}
+
+impl pdq_engine::Executor for Breaking {
+    fn model(&self) -> &std::sync::Arc<pdq_engine::Model> {
+        self.inner.model()
+    }
+    fn device(&self) -> &'static str {
+        "breaking-cpu"
+    }
+    fn pool(&self) -> &pdq_engine::PagedKv {
+        self.inner.pool()
+    }
+    fn add_sequence(&mut self, max_len: usize) -> Result<pdq_engine::SeqId, pdq_engine::EngineError> {
+        self.inner.add_sequence(max_len)
+    }
+    fn add_prompt(
+        &mut self,
+        prompt: &[u32],
+        max_len: usize,
+    ) -> Result<(pdq_engine::SeqId, usize), pdq_engine::EngineError> {
+        self.inner.add_prompt(prompt, max_len)
+    }
+    fn register_prompt(&mut self, seq: pdq_engine::SeqId, prompt: &[u32]) -> Result<(), pdq_engine::EngineError> {
+        self.inner.register_prompt(seq, prompt)
+    }
+    fn set_prefix_cache(&mut self, on: bool) -> bool {
+        self.inner.set_prefix_cache(on)
+    }
+    fn release(&mut self, seq: pdq_engine::SeqId) {
+        self.inner.release(seq)
+    }
+    fn fork(&mut self, src: pdq_engine::SeqId, max_len: usize) -> Result<pdq_engine::SeqId, pdq_engine::EngineError> {
+        self.inner.fork(src, max_len)
+    }
+    fn export(&mut self, seq: pdq_engine::SeqId) -> Result<Vec<u8>, pdq_engine::EngineError> {
+        self.inner.export(seq)
+    }
+    fn import(&mut self, pages: &[u8], max_len: usize) -> Result<pdq_engine::SeqId, pdq_engine::EngineError> {
+        self.inner.import(pages, max_len)
+    }
+    fn step(
+        &mut self,
+        batch: &[pdq_engine::StepItem<'_>],
+    ) -> Result<Vec<pdq_engine::StepOut>, pdq_engine::EngineError> {
+        if self.steps_left == 0 {
+            match self.breaks {
+                Breaks::WithAnError => {
+                    return Err(pdq_engine::EngineError::Device("injected: CUDA_ERROR_ILLEGAL_ADDRESS".into()))
+                }
+                Breaks::WithAPanic => panic!("injected: a kernel bug"),
+            }
+        }
+        self.steps_left -= 1;
+        self.inner.step(batch)
+    }
+}
+
+struct BreakingDevice {
+    model: std::sync::Arc<pdq_engine::Model>,
+    good_steps: usize,
+    breaks: Breaks,
+}
+
+impl pdq_engine::ExecutorSource for BreakingDevice {
+    fn model(&self) -> &std::sync::Arc<pdq_engine::Model> {
+        &self.model
+    }
+    fn name(&self) -> &'static str {
+        "breaking-cpu"
+    }
+    fn executor(&self, pool_bytes: usize) -> Result<Box<dyn pdq_engine::Executor>, pdq_engine::EngineError> {
+        let inner = Box::new(pdq_engine::CpuExecutor::new(self.model.clone(), pool_bytes));
+        Ok(Box::new(Breaking { inner, steps_left: self.good_steps, breaks: self.breaks }))
+    }
+}
+
+/// One rank of `shape` breaks after `good_steps` steps (its `role` rank 0); the others are
+/// healthy. The broken rank must stop, hand back what it held, and fail nothing: every request
+/// ends completed on the healthy ranks.
+async fn a_rank_breaks(
+    pool: PgPool,
+    shape: ClusterShape,
+    role: pdq_workers::WorkerRole,
+    breaks: Breaks,
+    good_steps: usize,
+) {
+    use pdq_workers::{RunningWorker, WorkerConfig, WorkerRole};
+    let h = Harness::idle(pool.clone(), shape).await;
+    let cfg = |role, rank| WorkerConfig::new(role, rank, shape, &h.ns, &common::amqp_url());
+    let broken_device =
+        pdq_engine::Device::Custom(std::sync::Arc::new(BreakingDevice { model: common::model(), good_steps, breaks }));
+    let broken = RunningWorker::start(cfg(role, 0), broken_device, h.store.clone()).await.expect("broken rank starts");
+    let mut healthy = Vec::new();
+    let ranks = |role| match role {
+        WorkerRole::Decode => shape.decode_dp,
+        _ => shape.prefill_dp,
+    };
+    let roles = match shape.mode {
+        pdq_protocol::Mode::Colocated => vec![WorkerRole::Colocated],
+        pdq_protocol::Mode::Disagg => vec![WorkerRole::Prefill, WorkerRole::Decode],
+    };
+    for r in roles {
+        for rank in 0..ranks(r) {
+            if (r, rank) != (role, 0) {
+                healthy.push(RunningWorker::start(cfg(r, rank), common::model(), h.store.clone()).await.unwrap());
+            }
+        }
+    }
+    let n = 80;
+    let job = h.submit(&batch(n, "broken", 24), Policy::Shared).await;
+    // The broken rank stops by itself, with the fault as its error.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), broken.join()).await.expect("the broken rank stops");
+    let reason = stopped.expect_err("a broken rank ends with its fault").to_string();
+    assert!(reason.starts_with("rank fault: ") && reason.contains("injected"), "{reason}");
+    h.wait(job).await;
+    assert_exactly_once(&pool, job, n).await;
+    // The broken rank is rank 0 of its role; the healthy ranks of that role served the rest.
+    let column = if role == WorkerRole::Prefill { "prefill_dp_rank" } else { "dp_rank" };
+    let on_healthy: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM results WHERE job_id = $1 AND {column} <> 0"))
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(on_healthy > n as i64 / 2, "only {on_healthy} of {n} served by the healthy ranks");
+    for w in healthy {
+        w.stop().await.expect("healthy ranks drain cleanly");
+    }
+    h.finish().await;
+}
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_colocated_rank_whose_device_fails_fails_no_request(pool: PgPool) {
+    // Mid-generation: a few decode steps run first.
+    a_rank_breaks(pool, ClusterShape::colocated(2), pdq_workers::WorkerRole::Colocated, Breaks::WithAnError, 6).await;
+}
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_decode_rank_whose_kernel_panics_fails_no_request(pool: PgPool) {
+    a_rank_breaks(pool, ClusterShape::disagg(1, 2), pdq_workers::WorkerRole::Decode, Breaks::WithAPanic, 6).await;
+}
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_prefill_rank_whose_device_fails_fails_no_request(pool: PgPool) {
+    // At its first step: one prefill step can take most of a small batch, so a later one may
+    // never come.
+    a_rank_breaks(pool, ClusterShape::disagg(2, 1), pdq_workers::WorkerRole::Prefill, Breaks::WithAnError, 0).await;
+}

@@ -79,6 +79,20 @@ impl Settlement {
         }
     }
 
+    /// Back to its queue at once, for another consumer, when this one cannot serve it (its
+    /// rank is broken). A plain nack with requeue: the broker marks it redelivered, so it counts
+    /// toward the poison bound, which is what stops a request that breaks every rank it meets.
+    pub async fn hand_back(mut self) {
+        if let Some(acker) = self.acker.take() {
+            let nack = acker.nack(BasicNackOptions { requeue: true, multiple: false });
+            match tokio::time::timeout(OP_TIMEOUT, nack).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "hand-back lost with its channel; the broker requeues it"),
+                Err(_) => tracing::warn!("hand-back timed out; the broker requeues it when the channel closes"),
+            }
+        }
+    }
+
     /// Back to the tail of its queue after `delay`, for a transient failure. It is published
     /// again rather than nacked, so the pause does not count as a delivery toward the poison
     /// bound; the original is acked once the copy is confirmed.

@@ -39,7 +39,7 @@ pub mod tiny;
 pub use config::{Architecture, ModelConfig};
 pub use device::{cuda_built, DeviceChoice};
 pub use error::EngineError;
-pub use executor::{CpuExecutor, Device, Executor, StepItem, StepOut, Want};
+pub use executor::{CpuExecutor, Device, Executor, ExecutorSource, StepItem, StepOut, Want};
 pub use generation::{generate, FinishReason, Generation, Matched};
 pub use grammar::{Constrained, GrammarSpec, Grammars};
 pub use kv::KvCache;

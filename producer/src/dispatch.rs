@@ -5,7 +5,7 @@
 //! cache holds their common blocks (CONTRACT §14): rendezvous hashing of the prompt's first
 //! bytes, bounded so that no rank takes more than (1 + [`LOAD_SLACK`]) x the mean load.
 
-use pdq_protocol::{ChatMessage, ClusterShape, Pins, Prompt};
+use pdq_protocol::{route, At, ChatMessage, ClusterShape, Pins, Prompt, Route, Target};
 
 /// How far above the mean load `prefix` lets a rank go before a prefix spills to its next rank.
 pub const LOAD_SLACK: f64 = 0.25;
@@ -193,9 +193,10 @@ impl Dispatcher {
         let decode_policy = if self.policy == Policy::Prefix { Policy::Shared } else { self.policy };
         let dispatch_decode =
             if colocated { dispatch_prefill } else { self.decode.pick(decode_policy, pins.decode, None) };
-        let prefill_key = match pins.prefill.or(dispatch_prefill) {
-            Some(p) => p.to_string(),
-            None => pdq_protocol::Topology::ANY.to_string(),
+        let target =
+            Target { pins, dispatch: Pins { prefill: dispatch_prefill, decode: dispatch_decode }, ..Target::default() };
+        let Route::Prefill(prefill_key) = route(At::Publish, &target) else {
+            unreachable!("a publish goes to prefill")
         };
         Assignment { prefill_key, dispatch_prefill, dispatch_decode }
     }

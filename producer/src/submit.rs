@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use pdq_protocol::{validate, ClusterShape, Endpoint, InputLine, MetaInfo, Outcome, RawLine, ValidationError};
 use pdq_store::{Accepting, NewJob, NewRequest, Outbound, Store, DEFAULT_COMPLETION_WINDOW};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::dispatch::prefix_key;
@@ -72,23 +71,12 @@ pub struct CheckedLine {
 pub fn check_line(raw: &RawLine<'_>, job_id: Uuid, shape: &ClusterShape, endpoint: Option<Endpoint>) -> CheckedLine {
     let request_id = Uuid::now_v7();
     let parsed = InputLine::parse(raw);
-    let custom_id = parsed.as_ref().ok().and_then(|l| l.custom_id()).map(str::to_string);
-    let mut row = NewRequest {
-        id: request_id,
-        job_id: Some(job_id),
-        line_no: Some(raw.line_no as i32),
-        custom_id: custom_id.clone(),
-        url: parsed.as_ref().ok().and_then(|l| l.url()).map(str::to_string),
-        body: Value::String(raw.text.to_string()),
-        routed_dp_rank: None,
-        disagg_prefill_dp_rank: None,
-        outbound: None,
-    };
+    let row = NewRequest::of_line(request_id, Some(job_id), Some(raw.line_no as i32), parsed.as_ref().ok(), raw.text);
+    let custom_id = row.custom_id.clone();
     let checked = parsed.and_then(|line| {
         if line.custom_id().is_none() {
             return Err(ValidationError::Missing { field: "custom_id", context: " in a batch file".into() });
         }
-        row.body = line.body().cloned().map(Value::Object).unwrap_or_else(|| line.to_value());
         if let (Some(endpoint), Some(url)) = (endpoint, line.url()) {
             if url != endpoint.path() {
                 return Err(ValidationError::EndpointMismatch { url: url.to_string(), endpoint: endpoint.path() });
@@ -96,20 +84,15 @@ pub fn check_line(raw: &RawLine<'_>, job_id: Uuid, shape: &ClusterShape, endpoin
         }
         validate(&line, None, shape)
     });
-    let failed = match checked {
+    let (row, failed) = match checked {
         Ok(req) => {
-            row.routed_dp_rank = req.routing.routed_dp_rank;
-            row.disagg_prefill_dp_rank = req.routing.disagg_prefill_dp_rank;
-            row.outbound = Some(Outbound {
-                line: raw.text.to_string(),
-                pins: req.pins,
-                prefix_key: prefix_key(&req.prompt) as i64,
-            });
-            None
+            let outbound =
+                Outbound { line: raw.text.to_string(), pins: req.pins, prefix_key: prefix_key(&req.prompt) as i64 };
+            (NewRequest { outbound: Some(outbound), ..row.routed(&req) }, None)
         }
         Err(e) => {
             let meta = MetaInfo { id: request_id.to_string(), ..MetaInfo::default() };
-            Some(Outcome::failed(request_id, Some(job_id), custom_id, e.to_body(), meta))
+            (row, Some(Outcome::failed(request_id, Some(job_id), custom_id, e.to_body(), meta)))
         }
     };
     CheckedLine { row, failed }

@@ -101,4 +101,8 @@ pub enum ErrorClass {
     Request,
     /// The process is misconfigured (credentials, topology): retrying cannot help.
     Fatal,
+    /// The rank itself is broken (its device failed, a forward step failed, its engine thread
+    /// died): not the request's fault. The message goes back to its queue for another rank,
+    /// nothing is written, and the rank stops taking work.
+    Rank,
 }

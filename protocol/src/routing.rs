@@ -41,6 +41,59 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// What a worker process runs: one stage of the disaggregated pipeline, or both on one rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerRole {
+    Prefill,
+    Decode,
+    Colocated,
+}
+
+impl WorkerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerRole::Prefill => "prefill",
+            WorkerRole::Decode => "decode",
+            WorkerRole::Colocated => "colocated",
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "prefill" => Ok(WorkerRole::Prefill),
+            "decode" => Ok(WorkerRole::Decode),
+            "colocated" => Ok(WorkerRole::Colocated),
+            other => Err(format!("role must be prefill, decode or colocated, got '{other}'")),
+        }
+    }
+}
+
+/// Read from a registry row: an unknown role is an error, never a guess.
+impl TryFrom<String> for WorkerRole {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for WorkerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Read from a registry row: an unknown mode is an error, never a guess.
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 /// DP sizes of each stage. In colocated mode there is one set of ranks serving both stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterShape {

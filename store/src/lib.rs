@@ -22,6 +22,6 @@ pub use files::{FileRow, FileUpload, ListOrder, NewFile};
 pub use jobs::{JobRow, JobStatus, NewJob, DEFAULT_COMPLETION_WINDOW};
 pub use requests::{NewRequest, Outbound};
 pub use results::{ExportRow, ResultsWritten};
-pub use workers::{WorkerInfo, WorkerRole};
+pub use workers::WorkerInfo;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use pdq_protocol::Pins;
+use pdq_protocol::{InputLine, Pins, ValidRequest};
 
 use crate::{Store, StoreError};
 
@@ -22,6 +22,34 @@ pub struct NewRequest {
     /// What the feeder publishes. `None`: the request is not the feeder's to publish (it came
     /// over AMQP, or it failed validation), and its row counts as published.
     pub outbound: Option<Outbound>,
+}
+
+impl NewRequest {
+    /// The row of one input line: what it names, and its body. `line` is `None` when the text
+    /// was not a JSON line at all; the row then keeps the raw text.
+    pub fn of_line(id: Uuid, job_id: Option<Uuid>, line_no: Option<i32>, line: Option<&InputLine>, raw: &str) -> Self {
+        NewRequest {
+            id,
+            job_id,
+            line_no,
+            custom_id: line.and_then(|l| l.custom_id()).map(str::to_string),
+            url: line.and_then(|l| l.url()).map(str::to_string),
+            body: match line {
+                Some(l) => l.body().cloned().map(Value::Object).unwrap_or_else(|| l.to_value()),
+                None => Value::String(raw.to_string()),
+            },
+            routed_dp_rank: None,
+            disagg_prefill_dp_rank: None,
+            outbound: None,
+        }
+    }
+
+    /// Records the routing fields as validation resolved them (the header and alias applied).
+    pub fn routed(mut self, req: &ValidRequest) -> Self {
+        self.routed_dp_rank = req.routing.routed_dp_rank;
+        self.disagg_prefill_dp_rank = req.routing.disagg_prefill_dp_rank;
+        self
+    }
 }
 
 /// A validated request of a job, as the feeder will publish it.

@@ -2,47 +2,20 @@
 //! producer takes the cluster's DP sizes from the rows that are still beating.
 
 use chrono::{DateTime, Utc};
-use pdq_protocol::{ClusterShape, Mode};
+use pdq_protocol::{ClusterShape, Mode, WorkerRole};
 
 use crate::{Store, StoreError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerRole {
-    Prefill,
-    Decode,
-    Colocated,
-}
-
-impl WorkerRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerRole::Prefill => "prefill",
-            WorkerRole::Decode => "decode",
-            WorkerRole::Colocated => "colocated",
-        }
-    }
-}
-
-impl std::str::FromStr for WorkerRole {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "prefill" => Ok(WorkerRole::Prefill),
-            "decode" => Ok(WorkerRole::Decode),
-            "colocated" => Ok(WorkerRole::Colocated),
-            other => Err(format!("role must be prefill, decode or colocated, got '{other}'")),
-        }
-    }
-}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WorkerInfo {
     pub namespace: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: WorkerRole,
     pub dp_rank: i32,
     pub prefill_dp: i32,
     pub decode_dp: i32,
-    pub mode: String,
+    #[sqlx(try_from = "String")]
+    pub mode: Mode,
     pub endpoint: Option<String>,
     pub host: String,
     pub pid: i32,
@@ -53,8 +26,7 @@ pub struct WorkerInfo {
 
 impl WorkerInfo {
     pub fn shape(&self) -> ClusterShape {
-        let mode = self.mode.parse().unwrap_or(Mode::Disagg);
-        ClusterShape { prefill_dp: self.prefill_dp as u32, decode_dp: self.decode_dp as u32, mode }
+        ClusterShape { prefill_dp: self.prefill_dp as u32, decode_dp: self.decode_dp as u32, mode: self.mode }
     }
 }
 
@@ -69,11 +41,11 @@ impl Store {
                started_at = now(), heartbeat_at = now()",
         )
         .bind(&w.namespace)
-        .bind(&w.role)
+        .bind(w.role.as_str())
         .bind(w.dp_rank)
         .bind(w.prefill_dp)
         .bind(w.decode_dp)
-        .bind(&w.mode)
+        .bind(w.mode.to_string())
         .bind(&w.endpoint)
         .bind(&w.host)
         .bind(w.pid)

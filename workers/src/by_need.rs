@@ -43,8 +43,8 @@ pub(super) fn make_room(cfg: &EngineLoopConfig, exec: &mut dyn Executor, dec: &m
 
 /// Recomputes the KV of preempted sequences while the pool has room for them (and a block of
 /// headroom per running sequence), in one batched step; returns whether any left the queue
-/// (resumed or failed).
-pub(super) fn resume(exec: &mut dyn Executor, dec: &mut Decoding) -> bool {
+/// (resumed or failed). Fails only when the step itself does (the rank's fault).
+pub(super) fn resume(exec: &mut dyn Executor, dec: &mut Decoding) -> Result<bool, EngineError> {
     let mut batch = Vec::new();
     let mut failed = false;
     while let Some(r) = dec.preempted.front() {
@@ -68,7 +68,7 @@ pub(super) fn resume(exec: &mut dyn Executor, dec: &mut Decoding) -> bool {
     }
     if batch.is_empty() {
         dec.sweep(exec);
-        return failed;
+        return Ok(failed);
     }
     let items: Vec<StepItem> = batch
         .iter()
@@ -78,23 +78,15 @@ pub(super) fn resume(exec: &mut dyn Executor, dec: &mut Decoding) -> bool {
             StepItem { seq: *seq, tokens: &tokens[*cached..], want: Want::Token(r.gen.params().draw(r.gen.step())) }
         })
         .collect();
-    let result = exec.step(&items);
+    exec.step(&items)?;
     for (seq, _, mut r) in batch {
-        match &result {
-            Ok(_) => {
-                let prompt = &r.kv_tokens.as_deref().expect("checked")[..r.gen.prompt_len()];
-                if let Err(e) = exec.register_prompt(seq, prompt) {
-                    tracing::warn!(error = %e, "a resumed prompt's blocks could not be offered to the prefix cache");
-                }
-                r.seq = seq;
-                dec.running.push(r);
-            }
-            Err(e) => {
-                exec.release(seq);
-                dec.fail(r.group, EngineError::KvCache(format!("resuming a preempted sequence failed: {e}")));
-            }
+        let prompt = &r.kv_tokens.as_deref().expect("checked")[..r.gen.prompt_len()];
+        if let Err(e) = exec.register_prompt(seq, prompt) {
+            tracing::warn!(error = %e, "a resumed prompt's blocks could not be offered to the prefix cache");
         }
+        r.seq = seq;
+        dec.running.push(r);
     }
     dec.sweep(exec);
-    true
+    Ok(true)
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use pdq_broker::Inbound;
-use pdq_protocol::{MetaInfo, Outcome, ResultStatus, Timings};
+use pdq_protocol::{MetaInfo, Timings};
 
 use crate::context::{now_ms, Ctx};
 use crate::convert::{answer, compile_constraint, sampling_params, seed_for};
@@ -37,9 +37,7 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
     let meta_info = MetaInfo {
         dp_rank: Some(rank),
         prefill_dp_rank: Some(rank),
-        completion_tokens: answer.completion_tokens,
         cached_tokens: prefilled.cached_tokens as u32,
-        finish_reason: Some(answer.finish),
         e2e_latency: (now_ms() - a.enqueued_at_ms).max(0) as f64 / 1000.0,
         timings: Timings {
             queue_time: a.queue_time,
@@ -50,17 +48,6 @@ async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
         seed: Some(seed),
         ..a.meta_info()
     };
-    let outcome = Outcome {
-        request_id: a.request_id,
-        job_id: a.job_id,
-        custom_id: a.req.custom_id.clone(),
-        status: ResultStatus::Completed,
-        text: Some(answer.text),
-        output_ids: answer.output_ids,
-        meta_info,
-        error: None,
-        logprobs: answer.logprobs,
-        choices: answer.choices,
-    };
+    let outcome = answer.completed(a.request_id, a.job_id, a.req.custom_id.clone(), meta_info);
     Ok(Decision::Write { outcome, dead_letter: false })
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use pdq_broker::BrokerOptions;
 use pdq_protocol::ClusterShape;
-use pdq_store::WorkerRole;
+use pdq_protocol::WorkerRole;
 
 use crate::data_plane::DataPlaneConfig;
 

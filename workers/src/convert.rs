@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use pdq_engine::{Constrained, FinishReason as EngineFinish, GrammarSpec, Logprob, Matched, Model, SamplingParams};
 use pdq_protocol::{
-    Choice, Constraint, Endpoint, FinishReason, FirstToken, RawLogprob, Sampling, TokenLogprob, TopLogprob,
-    ValidRequest, ValidationError,
+    Choice, Constraint, Endpoint, FinishReason, FirstToken, MetaInfo, Outcome, RawLogprob, ResultStatus, Sampling,
+    TokenLogprob, TopLogprob, ValidRequest, ValidationError,
 };
 
 use crate::engine_loop::{DecodeOut, EngineHandle, First};
@@ -67,6 +67,35 @@ pub struct Answer {
     pub choices: Vec<Choice>,
     /// Over every choice (OpenAI's usage counts them all).
     pub completion_tokens: u32,
+}
+
+impl Answer {
+    /// The `completed` row of a request this answers. `meta_info` is the stage's; the answer
+    /// fills in its token count and finish reason.
+    pub fn completed(
+        self,
+        request_id: Uuid,
+        job_id: Option<Uuid>,
+        custom_id: Option<String>,
+        meta_info: MetaInfo,
+    ) -> Outcome {
+        Outcome {
+            request_id,
+            job_id,
+            custom_id,
+            status: ResultStatus::Completed,
+            text: Some(self.text),
+            output_ids: self.output_ids,
+            meta_info: MetaInfo {
+                completion_tokens: self.completion_tokens,
+                finish_reason: Some(self.finish),
+                ..meta_info
+            },
+            error: None,
+            logprobs: self.logprobs,
+            choices: self.choices,
+        }
+    }
 }
 
 pub fn answer(model: &Model, out: DecodeOut, with_logprobs: bool) -> Answer {

@@ -28,6 +28,10 @@ pub enum Decision {
     Write { outcome: Outcome, dead_letter: bool },
     /// Back to its queue after a pause: the broker, the database or an actor is away for now.
     Requeue(WorkerError),
+    /// Back to its queue now, for another rank: this rank is broken (see `fault.rs`). Counted
+    /// as a delivery, so a request that breaks every rank it meets ends as a poison message
+    /// instead of breaking ranks forever.
+    HandBack(WorkerError),
     /// Nothing names a request to record a row for: dead-letter it for inspection.
     DeadLetter(String),
 }
@@ -64,6 +68,7 @@ impl Decision {
     pub fn from_error(e: WorkerError, failed: FailedRow) -> Decision {
         match e.class() {
             ErrorClass::Transient | ErrorClass::Fatal => Decision::Requeue(e),
+            ErrorClass::Rank => Decision::HandBack(e),
             ErrorClass::KvLost | ErrorClass::Request => {
                 tracing::warn!(request_id = %failed.request_id, error = %e, "request failed");
                 failed.write(ErrorBody::new(e.code(), e.to_string()))
@@ -78,6 +83,9 @@ pub async fn execute(ctx: &Ctx, settlement: Settlement, decision: Decision) {
         Decision::Ack => settlement.ack().await,
         Decision::Publish { msgs, lease, failed } => match ctx.publisher.publish_all(&msgs).await {
             Ok(()) => {
+                for m in &msgs {
+                    tracing::debug!(exchange = %m.exchange, key = %m.key, "published");
+                }
                 if let Some(lease) = lease {
                     lease.hand_off();
                 }
@@ -99,6 +107,13 @@ pub async fn execute(ctx: &Ctx, settlement: Settlement, decision: Decision) {
             tracing::warn!(error = %e, "transient failure; requeueing");
             settlement.requeue_after(REQUEUE_DELAY).await;
         }
+        Decision::HandBack(e) => {
+            // The fault was logged once where it was raised; the worker stops on it.
+            ctx.fault.raise(e.to_string());
+            let _ = ctx.consumers_cancelled.clone().wait_for(|cancelled| *cancelled).await;
+            tracing::debug!(error = %e, "handing a message back for another rank");
+            settlement.hand_back().await;
+        }
         Decision::DeadLetter(reason) => {
             tracing::error!(%reason, "dead-lettering a message no row can be written for");
             settlement.dead_letter().await;
@@ -110,7 +125,10 @@ async fn write(ctx: &Ctx, settlement: Settlement, outcome: Outcome, dead_letter:
     let observed = outcome.clone();
     match ctx.writer.write(outcome, settlement, dead_letter).await {
         // Only a new row counts: a duplicate was counted when it was first written.
-        Ok(Written::New) => ctx.metrics.outcome(&observed),
+        Ok(Written::New) => {
+            tracing::debug!(status = ?observed.status, "result recorded");
+            ctx.metrics.outcome(&observed)
+        }
         Ok(Written::Duplicate) => tracing::debug!(request_id = %observed.request_id, "result already written"),
         Err(e) => tracing::error!(error = %e, "could not record a result; the message goes back to its queue"),
     }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pdq_broker::{Inbound, MessageMeta, Outgoing};
-use pdq_protocol::{ErrorBody, ErrorClass, KvHandle, MetaInfo, Outcome, ResultStatus, Timings, Topology};
+use pdq_protocol::{route, At, ErrorBody, ErrorClass, KvHandle, MetaInfo, Pins, Route, Target, Timings};
 use serde_json::Value;
 
 use crate::config::MAX_PREFILL_ATTEMPTS;
-use crate::context::{now_ms, Ctx};
+use crate::context::{now_ms, trace_request, Ctx};
 use crate::convert::{answer, compile_constraint, engine_firsts, sampling_params};
 use crate::decision::{execute, Decision, FailedRow};
 use crate::WorkerError;
@@ -22,33 +22,35 @@ pub async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
     let decision = match KvHandle::decode(&msg.body) {
         Err(e) => unreadable_handle(&msg.body, e),
         Ok(h) if msg.poisoned => {
+            trace_request(h.request_id, h.request.custom_id.as_deref());
             drop(ctx.kv.lease(&h.endpoint, h.kv_id, h.kv_bytes));
             failed_row(&h).poisoned(msg.deliveries)
         }
-        Ok(h) => decide(&ctx, &h, &msg.body).await.unwrap_or_else(|e| Decision::from_error(e, failed_row(&h))),
+        Ok(h) => {
+            trace_request(h.request_id, h.request.custom_id.as_deref());
+            decide(&ctx, &h, &msg.body).await.unwrap_or_else(|e| Decision::from_error(e, failed_row(&h)))
+        }
     };
     execute(&ctx, msg.settlement, decision).await;
 }
 
 async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, WorkerError> {
     let rank = ctx.cfg.rank;
-    if let Some(d) = h.decode_rank.filter(|&d| d != rank) {
-        // Pinned elsewhere: the KV stays for the decoder it is meant for.
-        let key = Topology::kv_key(h.prefill_dp_rank, Some(d));
-        let meta = MessageMeta { request_id: Some(h.request_id), job_id: h.job_id, ..Default::default() };
-        let msg = Outgoing { exchange: ctx.topology.kv_exchange(), key, body: body.to_vec(), meta };
-        return Ok(Decision::Publish { msgs: vec![msg], lease: None, failed: Some(failed_row(h)) });
-    }
+    let refused = match route(At::Decode { rank, prefill: h.prefill_dp_rank }, &target(h)) {
+        Route::Here => None,
+        Route::Kv(key) => {
+            // Pinned elsewhere: the KV stays for the decoder it is meant for.
+            let meta = MessageMeta { request_id: Some(h.request_id), job_id: h.job_id, ..Default::default() };
+            let msg = Outgoing { exchange: ctx.topology.kv_exchange(), key, body: body.to_vec(), meta };
+            return Ok(Decision::Publish { msgs: vec![msg], lease: None, failed: Some(failed_row(h)) });
+        }
+        Route::Refuse(e) => Some(e),
+        other => unreachable!("a KV handle is decoded here, moved to a KV key or refused, never {other:?}"),
+    };
     // From here on the KV is this decoder's to take or to free (the lease frees it on drop).
     let kv = ctx.kv.lease(&h.endpoint, h.kv_id, h.kv_bytes);
-    if let Some(p) = h.request.routing.disagg_prefill_dp_rank {
-        if p != h.prefill_dp_rank as i64 {
-            let message = format!(
-                "KV handle names prefill rank {} but the request pins disagg_prefill_dp_rank={p}",
-                h.prefill_dp_rank
-            );
-            return Ok(failed_row(h).write(ErrorBody::new("prefill_rank_mismatch", message)));
-        }
+    if let Some(e) = refused {
+        return Ok(failed_row(h).write(e));
     }
     if ctx.closed.contains(h.job_id) {
         // Cancelled: its row is written, and the lease frees the KV.
@@ -75,29 +77,16 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         .map_err(|e| WorkerError::Engine(pdq_engine::EngineError::Grammar(e.to_string())))?;
     let out = ctx.engine.decode(bytes, engine_firsts(&h.first_tokens()), params, grammar).await?;
     let decode_time = out.elapsed.as_secs_f64();
-    let a = answer(ctx.engine.model(), out, h.request.sampling.logprobs.is_some());
     let meta_info = MetaInfo {
         dp_rank: Some(rank),
         prefill_dp_rank: Some(h.prefill_dp_rank),
-        completion_tokens: a.completion_tokens,
-        finish_reason: Some(a.finish),
         e2e_latency: (now_ms() - h.enqueued_at_ms).max(0) as f64 / 1000.0,
         timings: Timings { kv_transfer_time, decode_time, ..h.timings },
         kv_bytes: h.kv_bytes,
         ..base_meta(h)
     };
-    let outcome = Outcome {
-        request_id: h.request_id,
-        job_id: h.job_id,
-        custom_id: h.request.custom_id.clone(),
-        status: ResultStatus::Completed,
-        text: Some(a.text),
-        output_ids: a.output_ids,
-        meta_info,
-        error: None,
-        logprobs: a.logprobs,
-        choices: a.choices,
-    };
+    let answer = answer(ctx.engine.model(), out, h.request.sampling.logprobs.is_some());
+    let outcome = answer.completed(h.request_id, h.job_id, h.request.custom_id.clone(), meta_info);
     Ok(Decision::Write { outcome, dead_letter: false })
 }
 
@@ -109,6 +98,16 @@ fn same_host_kv(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u8>> {
         return None;
     }
     crate::data_plane::shm_read(dir, h.kv_id, h.kv_bytes)
+}
+
+/// The handle's request as routing sees it: its pins, the decode rank prefill chose for it, and
+/// the prefill rank it names explicitly.
+fn target(h: &KvHandle) -> Target {
+    Target {
+        pins: h.request.pins,
+        dispatch: Pins { prefill: None, decode: h.decode_rank },
+        explicit_prefill: h.request.routing.disagg_prefill_dp_rank,
+    }
 }
 
 fn base_meta(h: &KvHandle) -> MetaInfo {
@@ -151,7 +150,9 @@ async fn reprefill(ctx: &Ctx, h: &KvHandle, e: WorkerError) -> Result<Decision, 
         rank_header: h.request.routing.routed_dp_rank.map(Value::from),
         ..Default::default()
     };
-    let key = h.request.pins.prefill.map(|p| p.to_string()).unwrap_or_else(|| Topology::ANY.to_string());
+    // Any live prefill rank may redo the prompt unless the request pins one.
+    let request_pins = Target { pins: h.request.pins, ..Target::default() };
+    let Route::Prefill(key) = route(At::Publish, &request_pins) else { unreachable!("a publish goes to prefill") };
     let body = serde_json::to_vec(&h.line).expect("a JSON value serializes");
     ctx.store.set_attempts(h.request_id, h.attempt + 1).await?;
     let msg = Outgoing { exchange: ctx.topology.prefill_exchange(), key, body, meta };

@@ -20,6 +20,11 @@
 //!    runs as `n` sequences forked from the one prompt KV, sharing its full blocks;
 //! 3. runs one decode step for every running sequence as one batched forward.
 //!
+//! A step that fails is the rank's fault, not its requests': the loop raises the worker's
+//! [`Fault`] with the reason and stops, and every job it held is answered with the fault, so the
+//! worker hands their messages back for other ranks instead of writing failed rows. A panic in
+//! the loop does the same.
+//!
 //! Work that does not fit waits at the front of its queue for blocks to free; only work that
 //! could never fit in the whole pool fails (`kv_capacity`). Growth within a reservation never
 //! fails; only a sequence admitted by need is ever preempted, and it resumes with the same
@@ -36,6 +41,7 @@ use pdq_engine::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fault::Fault;
 use crate::WorkerError;
 
 pub struct PrefillOut {
@@ -219,6 +225,8 @@ pub struct EngineHandle {
     model: Arc<Model>,
     /// Built on the first constrained request: the trie of a large vocabulary takes a while.
     grammars: Arc<std::sync::OnceLock<Result<Arc<Grammars>, String>>>,
+    /// Raised by the engine thread when a step fails or the thread panics.
+    fault: Fault,
 }
 
 impl EngineHandle {
@@ -226,8 +234,40 @@ impl EngineHandle {
     pub fn spawn(exec: Box<dyn Executor>, cfg: EngineLoopConfig, name: String) -> EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let model = exec.model().clone();
-        std::thread::Builder::new().name(name).spawn(move || run(exec, cfg, rx)).expect("spawning the engine thread");
-        EngineHandle { tx, model, grammars: Arc::default() }
+        let fault = Fault::default();
+        let thread_fault = fault.clone();
+        let thread = move || {
+            let device = exec.device();
+            // The jobs live out here, so a panic raises the fault before their replies drop:
+            // every waiter then learns the reason. The executor is dropped with the thread:
+            // nothing touches it after a panic.
+            let mut jobs = Jobs { rx, prefills: VecDeque::new(), waiting: VecDeque::new(), dec: Decoding::default() };
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(exec, cfg, &mut jobs, &thread_fault)));
+            if let Err(panic) = ran {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                broken(&thread_fault, device, format!("the engine thread panicked: {what}"));
+            }
+        };
+        std::thread::Builder::new().name(name).spawn(thread).expect("spawning the engine thread");
+        EngineHandle { tx, model, grammars: Arc::default(), fault }
+    }
+
+    /// Raised when this engine can no longer run anything (see the module docs).
+    pub fn fault(&self) -> &Fault {
+        &self.fault
+    }
+
+    /// Why a job got no answer: the fault that stopped the engine, if it is known yet.
+    fn stopped(&self) -> WorkerError {
+        match self.fault.reason() {
+            Some(reason) => WorkerError::RankFault(reason),
+            None => WorkerError::EngineStopped,
+        }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -253,8 +293,8 @@ impl EngineHandle {
     ) -> Result<PrefillOut, WorkerError> {
         let (reply, rx) = oneshot::channel();
         let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Pages(reply) };
-        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
-        Ok(rx.await.map_err(|_| WorkerError::EngineStopped)??)
+        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| self.stopped())?;
+        Ok(rx.await.map_err(|_| self.stopped())??)
     }
 
     /// Prefill and decode on this engine, the KV staying in its pool (a colocated rank): the
@@ -270,8 +310,8 @@ impl EngineHandle {
     ) -> Result<(Prefilled, DecodeOut), WorkerError> {
         let ((prefilled, prefill_rx), (reply, rx)) = (oneshot::channel(), oneshot::channel());
         let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Decode { prefilled, reply } };
-        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
-        let out = rx.await.map_err(|_| WorkerError::EngineStopped)??;
+        self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| self.stopped())?;
+        let out = rx.await.map_err(|_| self.stopped())??;
         // Sent before any choice could finish; absent only when the prompt failed first.
         Ok((prefill_rx.await.unwrap_or_default(), out))
     }
@@ -292,18 +332,32 @@ impl EngineHandle {
         }
         let (reply, rx) = oneshot::channel();
         let job = DecodeJob { pages, prompt_len: header.len, firsts, params, grammar, started: Instant::now(), reply };
-        self.tx.send(Job::Decode(Box::new(job))).map_err(|_| WorkerError::EngineStopped)?;
-        Ok(rx.await.map_err(|_| WorkerError::EngineStopped)??)
+        self.tx.send(Job::Decode(Box::new(job))).map_err(|_| self.stopped())?;
+        Ok(rx.await.map_err(|_| self.stopped())??)
     }
 }
 
-fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::UnboundedReceiver<Job>) {
+/// Logs a rank fault once and raises it.
+fn broken(fault: &Fault, device: &str, reason: String) {
+    if fault.raise(reason.clone()) {
+        tracing::error!(device, %reason, "the engine is broken: this rank stops taking work and hands its messages back");
+    }
+}
+
+/// What the engine thread holds for its callers: the incoming channel and every job not yet
+/// answered.
+struct Jobs {
+    rx: mpsc::UnboundedReceiver<Job>,
+    prefills: VecDeque<PrefillJob>,
+    waiting: VecDeque<Box<DecodeJob>>,
+    dec: Decoding,
+}
+
+fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, jobs: &mut Jobs, fault: &Fault) {
+    let Jobs { rx, prefills, waiting, dec } = jobs;
     let model = exec.model().clone();
     let exec = &mut *exec;
     tracing::debug!(device = exec.device(), blocks = exec.pool().n_blocks(), "engine KV pool ready");
-    let mut prefills: VecDeque<PrefillJob> = VecDeque::new();
-    let mut waiting: VecDeque<Box<DecodeJob>> = VecDeque::new();
-    let mut dec = Decoding::default();
     // Gauges are set after every step and before every wait, so an idle engine reads idle.
     let mut cache_reported = PrefixCacheStats::default();
     let mut report = |kv: &PagedKv, dec: &Decoding, queued: usize| {
@@ -318,31 +372,45 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, mut rx: mpsc::Unbound
     loop {
         // Preempted sequences are work too: the loop never sleeps while one waits to resume.
         if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() && dec.preempted.is_empty() {
-            report(exec.pool(), &dec, 0);
+            report(exec.pool(), dec, 0);
             match rx.blocking_recv() {
-                Some(job) => enqueue(job, &mut prefills, &mut waiting),
+                Some(job) => enqueue(job, prefills, waiting),
                 None => return,
             }
         }
         while let Ok(job) = rx.try_recv() {
-            enqueue(job, &mut prefills, &mut waiting);
+            enqueue(job, prefills, waiting);
         }
-        let resumed = by_need::resume(exec, &mut dec);
+        // A failed step is the rank's fault: raised before the queued jobs' replies drop, so
+        // every waiter learns the reason.
+        let device = exec.device();
+        let resumed = match by_need::resume(exec, dec) {
+            Ok(resumed) => resumed,
+            Err(e) => return broken(fault, device, format!("resuming preempted sequences failed: {e}")),
+        };
         // Preempted sequences go first: a new prompt would only take their room again.
-        let prefilled = dec.preempted.is_empty() && prefill::prefill_batch(&model, &cfg, exec, &mut prefills, &mut dec);
-        let admitted = admit_decodes(&model, &cfg, exec, &mut waiting, &mut dec);
+        let prefilled = match dec.preempted.is_empty() {
+            false => false,
+            true => match prefill::prefill_batch(&model, &cfg, exec, prefills, dec) {
+                Ok(prefilled) => prefilled,
+                Err(e) => return broken(fault, device, format!("a prefill step failed: {e}")),
+            },
+        };
+        let admitted = admit_decodes(&model, &cfg, exec, waiting, dec);
 
         if !resumed && !prefilled && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
-            report(exec.pool(), &dec, prefills.len() + waiting.len() + dec.preempted.len());
+            report(exec.pool(), dec, prefills.len() + waiting.len() + dec.preempted.len());
             match rx.blocking_recv() {
-                Some(job) => enqueue(job, &mut prefills, &mut waiting),
+                Some(job) => enqueue(job, prefills, waiting),
                 None => return,
             }
             continue;
         }
-        decode_step(&model, &cfg, exec, &mut dec);
-        report(exec.pool(), &dec, prefills.len() + waiting.len() + dec.preempted.len());
+        if let Err(e) = decode_step(&model, &cfg, exec, dec) {
+            return broken(fault, device, format!("a decode step failed: {e}"));
+        }
+        report(exec.pool(), dec, prefills.len() + waiting.len() + dec.preempted.len());
     }
 }
 
@@ -491,8 +559,14 @@ fn admit_decodes(
     admitted
 }
 
-/// Step 3: one token for every running sequence, in one batched forward.
-fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, dec: &mut Decoding) {
+/// Step 3: one token for every running sequence, in one batched forward. Fails only when the
+/// forward itself does (the rank's fault); a sequence's own error fails its request.
+fn decode_step(
+    model: &Model,
+    cfg: &EngineLoopConfig,
+    exec: &mut dyn Executor,
+    dec: &mut Decoding,
+) -> Result<(), EngineError> {
     by_need::make_room(cfg, exec, dec);
     // A sequence that cannot take its next token fails its request rather than the batch.
     for i in 0..dec.running.len() {
@@ -504,7 +578,7 @@ fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, d
     }
     dec.sweep(exec);
     if dec.running.is_empty() {
-        return;
+        return Ok(());
     }
     let tokens: Vec<[u32; 1]> = dec.running.iter().map(|r| [r.last]).collect();
     // Logits come back only for what needs the distribution itself: a grammar's mask or scores.
@@ -547,18 +621,7 @@ fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, d
             "grammar masks beside the forward pass"
         );
     }
-    let outs = match outs {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(error = %e, "decode step failed");
-            let groups: Vec<u64> = dec.groups.keys().copied().collect();
-            for g in groups {
-                dec.fail(g, EngineError::KvCache(format!("decode step failed: {e}")));
-            }
-            dec.sweep(exec);
-            return;
-        }
-    };
+    let outs = outs?;
     let mut done = Vec::new();
     for (i, (r, out)) in dec.running.iter_mut().zip(outs).enumerate() {
         let next = match out {
@@ -587,6 +650,7 @@ fn decode_step(model: &Model, cfg: &EngineLoopConfig, exec: &mut dyn Executor, d
         dec.complete(model, r.group, r.choice, &r.gen);
     }
     dec.sweep(exec);
+    Ok(())
 }
 
 #[path = "by_need.rs"]

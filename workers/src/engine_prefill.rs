@@ -12,14 +12,15 @@ use super::{
     Prefilled, Source, Start,
 };
 
-/// Step 1 of the loop; returns whether any prompt ran.
+/// Step 1 of the loop; returns whether any prompt ran. Fails only when the step itself does
+/// (the rank's fault); a prompt's own error fails its request.
 pub(super) fn prefill_batch(
     model: &Model,
     cfg: &EngineLoopConfig,
     exec: &mut dyn Executor,
     queue: &mut VecDeque<PrefillJob>,
     dec: &mut Decoding,
-) -> bool {
+) -> Result<bool, EngineError> {
     let started = Instant::now();
     // Each admitted prompt with the number of its tokens the prefix cache already held.
     let mut batch: Vec<(SeqId, usize, PrefillJob)> = Vec::new();
@@ -80,25 +81,14 @@ pub(super) fn prefill_batch(
         batch.push((seq, cached, queue.pop_front().expect("front exists")));
     }
     if batch.is_empty() {
-        return false;
+        return Ok(false);
     }
     let items: Vec<StepItem> = batch
         .iter()
         .map(|(seq, cached, job)| StepItem { seq: *seq, tokens: &job.tokens[*cached..], want: first_want(job) })
         .collect();
-    let result = exec.step(&items);
+    let outs = exec.step(&items)?;
     let elapsed = started.elapsed();
-    let outs = match result {
-        Ok(outs) => outs,
-        Err(e) => {
-            tracing::error!(error = %e, "prefill batch failed");
-            for (seq, _, job) in batch {
-                exec.release(seq);
-                job.reply.fail(EngineError::KvCache(format!("prefill batch failed: {e}")));
-            }
-            return true;
-        }
-    };
     for ((seq, cached_tokens, job), out) in batch.into_iter().zip(outs) {
         // The prompt's KV is computed now: its full blocks serve later prompts.
         if let Err(e) = exec.register_prompt(seq, &job.tokens) {
@@ -131,7 +121,7 @@ pub(super) fn prefill_batch(
             },
         }
     }
-    true
+    Ok(true)
 }
 
 /// What a prompt needs back: its first token alone, unless a grammar masks it, it is scored,

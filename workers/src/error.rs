@@ -19,8 +19,12 @@ pub enum WorkerError {
     DataPlaneTimeout { endpoint: String, seconds: f64 },
     #[error("KV {0} is not held by its prefill worker (freed, expired, or the worker restarted)")]
     KvNotFound(uuid::Uuid),
+    /// The engine thread is gone without a recorded reason (it logged one).
     #[error("the engine loop has stopped")]
     EngineStopped,
+    /// This rank's device or engine failed; see [`crate::fault`].
+    #[error("rank fault: {0}")]
+    RankFault(String),
     #[error("the KV store has stopped")]
     KvStoreStopped,
     #[error("the result writer has stopped")]
@@ -36,14 +40,13 @@ impl WorkerError {
         match self {
             WorkerError::Broker(e) => e.class(),
             WorkerError::Store(e) => e.class(),
-            WorkerError::Engine(_) => ErrorClass::Request,
+            WorkerError::Engine(e) => engine_class(e),
+            WorkerError::EngineStopped | WorkerError::RankFault(_) => ErrorClass::Rank,
             WorkerError::DataPlane { .. }
             | WorkerError::DataPlaneProtocol { .. }
             | WorkerError::DataPlaneTimeout { .. }
             | WorkerError::KvNotFound(_) => ErrorClass::KvLost,
-            WorkerError::EngineStopped | WorkerError::KvStoreStopped | WorkerError::WriterStopped => {
-                ErrorClass::Transient
-            }
+            WorkerError::KvStoreStopped | WorkerError::WriterStopped => ErrorClass::Transient,
             WorkerError::Config(_) => ErrorClass::Fatal,
         }
     }
@@ -58,8 +61,55 @@ impl WorkerError {
             | WorkerError::DataPlaneProtocol { .. }
             | WorkerError::DataPlaneTimeout { .. }
             | WorkerError::KvNotFound(_) => "kv_lost",
-            WorkerError::EngineStopped | WorkerError::KvStoreStopped | WorkerError::WriterStopped => "unavailable",
+            WorkerError::KvStoreStopped | WorkerError::WriterStopped => "unavailable",
+            // Never a row's code: a rank fault hands the message back.
+            WorkerError::EngineStopped | WorkerError::RankFault(_) => "rank_fault",
             WorkerError::Config(_) => "config",
+        }
+    }
+}
+
+/// Whose fault an engine error is. The device, the model's files and the engine itself are the
+/// rank's: the same request would run on a healthy rank. Everything else is about the request
+/// (its input, its length, its constraint, what it asks of the pool) and would fail anywhere.
+fn engine_class(e: &EngineError) -> ErrorClass {
+    match e {
+        EngineError::Device(_)
+        | EngineError::Io { .. }
+        | EngineError::MissingFile { .. }
+        | EngineError::Weights { .. }
+        | EngineError::Config { .. } => ErrorClass::Rank,
+        EngineError::Tokenizer(_)
+        | EngineError::ChatTemplate(_)
+        | EngineError::InvalidInput(_)
+        | EngineError::ContextLength { .. }
+        | EngineError::KvCache(_)
+        | EngineError::KvCapacity { .. }
+        | EngineError::Grammar(_) => ErrorClass::Request,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_failure_is_the_ranks_fault_and_bad_input_the_requests() {
+        let rank = [
+            WorkerError::Engine(EngineError::Device("CUDA_ERROR_ILLEGAL_ADDRESS".into())),
+            WorkerError::EngineStopped,
+            WorkerError::RankFault("a decode step failed".into()),
+        ];
+        for e in rank {
+            assert_eq!(e.class(), ErrorClass::Rank, "{e}");
+        }
+        let request = [
+            WorkerError::Engine(EngineError::ContextLength { len: 9, max: 8 }),
+            WorkerError::Engine(EngineError::Grammar("no token allowed".into())),
+            WorkerError::Engine(EngineError::KvCapacity { needed: 9, available: 8 }),
+        ];
+        for e in request {
+            assert_eq!(e.class(), ErrorClass::Request, "{e}");
         }
     }
 }

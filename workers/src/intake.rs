@@ -5,12 +5,14 @@
 
 use pdq_broker::{Inbound, MessageMeta, Outgoing};
 use pdq_engine::Model;
-use pdq_protocol::{validate, InputLine, MetaInfo, Prompt, RawLine, Topology, ValidRequest, ValidationError};
+use pdq_protocol::{
+    route, validate, At, InputLine, MetaInfo, Pins, Prompt, RawLine, Route, Target, ValidRequest, ValidationError,
+};
 use pdq_store::NewRequest;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::context::{now_ms, Ctx};
+use crate::context::{now_ms, trace_request, Ctx};
 use crate::decision::{Decision, FailedRow};
 use crate::WorkerError;
 
@@ -22,8 +24,8 @@ pub struct Accepted {
     pub line: Value,
     pub meta: MessageMeta,
     pub tokens: Vec<u32>,
-    /// The decode rank: the request's pin, else the dispatcher's choice.
-    pub decode_rank: Option<u32>,
+    /// Its pins and the dispatcher's choice, for the hops after this one.
+    pub target: Target,
     pub enqueued_at_ms: i64,
     pub queue_time: f64,
 }
@@ -78,57 +80,63 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         Err(e) => {
             // No worker can read it: record it, then let RabbitMQ dead-letter it.
             if direct {
-                ctx.store.insert_request(&direct_row(request_id, None, Value::String(text.clone()))).await?;
+                ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, None, &text)).await?;
             }
             let outcome = failed(None, Vec::new()).outcome(e.to_body());
             return Ok(Intake::Decided(Decision::Write { outcome, dead_letter: true }));
         }
     };
     let custom_id = line.custom_id().map(str::to_string);
+    trace_request(request_id, custom_id.as_deref());
     if msg.poisoned {
         if direct {
-            ctx.store.insert_request(&direct_row(request_id, Some(&line), line.to_value())).await?;
+            ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, Some(&line), &text)).await?;
         }
         return Ok(Intake::Decided(failed(custom_id, Vec::new()).poisoned(msg.deliveries)));
     }
-    let validated = match unroutable_key(ctx, &msg.routing_key, &msg.exchange) {
-        Some(e) => Err(e),
-        None => validate(&line, meta.rank_header.as_ref(), &ctx.cfg.shape),
+    // The key it came by is checked before the request is read: a key that names no queue
+    // arrives through the alternate exchange, whatever the request says.
+    let arrived = match msg.exchange == ctx.topology.prefill_exchange() {
+        true => route(At::Arrived { key: &msg.routing_key, prefill_dp: ctx.cfg.shape.prefill_dp }, &Target::default()),
+        false => Route::Here,
+    };
+    let validated = match arrived {
+        Route::Refuse(e) => Err(e),
+        _ => validate(&line, meta.rank_header.as_ref(), &ctx.cfg.shape).map_err(|e| e.to_body()),
     };
     let req = match validated {
         Ok(req) => req,
         Err(e) => {
             if direct {
-                ctx.store.insert_request(&direct_row(request_id, Some(&line), line.to_value())).await?;
+                ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, Some(&line), &text)).await?;
             }
-            return Ok(Intake::Decided(failed(custom_id, Vec::new()).write(e.to_body())));
+            return Ok(Intake::Decided(failed(custom_id, Vec::new()).write(e)));
         }
     };
     if req.routing.used_deprecated_alias {
         tracing::warn!(%request_id, "{}", pdq_protocol::DEPRECATION_WARNING);
     }
     if direct {
-        let mut row =
-            direct_row(request_id, Some(&line), line.body().cloned().map(Value::Object).unwrap_or(Value::Null));
-        row.routed_dp_rank = req.routing.routed_dp_rank;
-        row.disagg_prefill_dp_rank = req.routing.disagg_prefill_dp_rank;
-        ctx.store.insert_request(&row).await?;
+        // It arrived over AMQP: published already, so no outbound.
+        ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, Some(&line), &text).routed(&req)).await?;
         meta.enqueued_at_ms.get_or_insert(received_ms);
     }
 
     // Honour the pins whatever queue the message came from.
-    if let Some(p) = req.pins.prefill.or(meta.dispatch_prefill) {
-        if p != ctx.cfg.rank {
+    let target = Target {
+        pins: req.pins,
+        dispatch: Pins { prefill: meta.dispatch_prefill, decode: meta.dispatch_decode },
+        explicit_prefill: req.routing.disagg_prefill_dp_rank,
+    };
+    match route(At::Prefill { rank: ctx.cfg.rank }, &target) {
+        Route::Here => {}
+        Route::Prefill(key) => {
             // A forward is a publish of its own, through the route it names.
             meta.first_route = None;
-            let msg = Outgoing {
-                exchange: ctx.topology.prefill_exchange(),
-                key: p.to_string(),
-                body: msg.body.to_vec(),
-                meta,
-            };
+            let msg = Outgoing { exchange: ctx.topology.prefill_exchange(), key, body: msg.body.to_vec(), meta };
             return Ok(Intake::Decided(Decision::Publish { msgs: vec![msg], lease: None, failed: None }));
         }
+        other => unreachable!("a prefill rank runs a request or forwards it, never {other:?}"),
     }
     if ctx.closed.contains(meta.job_id) {
         // Its job was cancelled: the request's `cancelled` row is written already.
@@ -142,7 +150,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     Ok(Intake::Run(Box::new(Accepted {
         request_id,
         job_id: meta.job_id,
-        decode_rank: req.pins.decode.or(meta.dispatch_decode),
+        target,
         req,
         line: line.to_value(),
         meta,
@@ -150,39 +158,6 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         enqueued_at_ms,
         queue_time: (received_ms - enqueued_at_ms).max(0) as f64 / 1000.0,
     })))
-}
-
-/// A message published to `{ns}.prefill` with a routing key that names no prefill queue (a rank
-/// outside the cluster) reaches us through the exchange's alternate, `{ns}.unroutable`, still
-/// carrying its original exchange and key: it fails rather than vanish.
-fn unroutable_key(ctx: &Ctx, key: &str, exchange: &str) -> Option<ValidationError> {
-    let routable = key == Topology::ANY || key.parse::<u32>().is_ok_and(|p| p < ctx.cfg.shape.prefill_dp);
-    if exchange != ctx.topology.prefill_exchange() || routable {
-        return None;
-    }
-    Some(ValidationError::Invalid {
-        field: "routing key".into(),
-        reason: format!(
-            "'{key}' names no prefill queue: use '{}' or a prefill rank in [0, {})",
-            Topology::ANY,
-            ctx.cfg.shape.prefill_dp
-        ),
-    })
-}
-
-fn direct_row(id: Uuid, line: Option<&InputLine>, body: Value) -> NewRequest {
-    NewRequest {
-        id,
-        job_id: None,
-        line_no: None,
-        custom_id: line.and_then(|l| l.custom_id()).map(str::to_string),
-        url: line.and_then(|l| l.url()).map(str::to_string),
-        body,
-        routed_dp_rank: None,
-        disagg_prefill_dp_rank: None,
-        // It arrived over AMQP: published already.
-        outbound: None,
-    }
 }
 
 /// Prompt tokens, checked against the byte limit (before any tokenizing), the vocabulary and

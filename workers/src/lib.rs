@@ -16,6 +16,7 @@ mod decision;
 mod decode;
 mod engine_loop;
 mod error;
+mod fault;
 mod intake;
 mod kv_store;
 mod metrics;
@@ -26,11 +27,15 @@ mod writer;
 
 pub mod colocated;
 
-pub use config::{WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_MAX_PROMPT_BYTES};
+pub use config::{
+    WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_KV_POOL_BYTES, DEFAULT_KV_TTL, DEFAULT_MAX_PROMPT_BYTES,
+    DEFAULT_MAX_RUNNING, DEFAULT_PREFETCH,
+};
 pub use data_plane::{shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
 pub use engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut, Prefilled};
 pub use error::WorkerError;
+pub use fault::Fault;
 pub use metrics::Labels as MetricLabels;
-pub use pdq_store::WorkerRole;
+pub use pdq_protocol::WorkerRole;
 pub use serve::{run_worker, serve, Cluster, ClusterConfig, RunningWorker};
 pub use writer::RESULT_BATCH;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use pdq_broker::{Inbound, Outgoing};
-use pdq_protocol::{KvHandle, Timings, Topology};
+use pdq_protocol::{route, At, KvHandle, Route, Timings};
 use uuid::Uuid;
 
 use crate::context::Ctx;
@@ -55,7 +55,7 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, 
         request: a.req.clone(),
         line: a.line.clone(),
         attempt: a.meta.attempt + 1,
-        decode_rank: a.decode_rank,
+        decode_rank: a.target.decode(),
         prefill_dp_rank: rank,
         endpoint: state.endpoint.clone(),
         kv_id,
@@ -70,9 +70,13 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, 
         warnings: a.req.warnings.clone(),
         shm_host,
     };
+    let key = match route(At::Prefilled { prefill: rank }, &a.target) {
+        Route::Kv(key) => key,
+        other => unreachable!("a prefilled request's handle goes to a KV key, not {other:?}"),
+    };
     let msg = Outgoing {
         exchange: ctx.topology.kv_exchange(),
-        key: Topology::kv_key(rank, a.decode_rank),
+        key,
         body: serde_json::to_vec(&handle).expect("a KV handle serializes"),
         meta: pdq_broker::MessageMeta { request_id: Some(a.request_id), job_id: a.job_id, ..Default::default() },
     };

@@ -21,11 +21,11 @@ pub async fn register(
     store
         .register_worker(&WorkerInfo {
             namespace: cfg.namespace().to_string(),
-            role: cfg.role.as_str().to_string(),
+            role: cfg.role,
             dp_rank: cfg.rank as i32,
             prefill_dp: cfg.shape.prefill_dp as i32,
             decode_dp: cfg.shape.decode_dp as i32,
-            mode: cfg.shape.mode.to_string(),
+            mode: cfg.shape.mode,
             endpoint,
             host: cfg.advertise_host.clone(),
             pid: std::process::id() as i32,

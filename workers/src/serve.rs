@@ -4,6 +4,10 @@
 //! holds, flushes its results, and only then closes its channel (unacked leftovers are requeued by
 //! the broker). A prefill rank keeps serving KV until its decoders have fetched it all, so a
 //! cluster stops its request-side ranks first and its decoders last.
+//!
+//! A rank fault (`fault.rs`) stops the worker the same way, except that the messages its broken
+//! engine held go back to their queues for other ranks, and the worker ends with the fault as
+//! its error (`pdq worker` exits non-zero, so a supervisor restarts it).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,15 +15,18 @@ use std::time::Instant;
 use pdq_broker::Broker;
 use pdq_engine::Device;
 use pdq_protocol::Mode;
-use pdq_store::{Store, WorkerRole};
+use pdq_protocol::WorkerRole;
+use pdq_store::Store;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
 
 use crate::closed_jobs::ClosedJobs;
 use crate::config::{DRAIN_IDLE, DRAIN_TIMEOUT};
 use crate::context::Ctx;
 use crate::data_plane::KvClient;
 use crate::engine_loop::{EngineHandle, EngineLoopConfig};
+use crate::fault::Fault;
 use crate::kv_store::KvStore;
 use crate::metrics::Labels;
 use crate::prefill::PrefillState;
@@ -29,7 +36,8 @@ use crate::{colocated, data_plane, decode, prefill, registry, WorkerConfig, Work
 /// A started worker: stop it with [`RunningWorker::stop`].
 pub struct RunningWorker {
     pub cfg: WorkerConfig,
-    stop: watch::Sender<bool>,
+    fault: Fault,
+    stop: Arc<watch::Sender<bool>>,
     task: JoinHandle<Result<(), WorkerError>>,
 }
 
@@ -48,6 +56,7 @@ impl RunningWorker {
         broker.declare(&cfg.shape).await?;
         let publisher = broker.publisher();
         let (stop, stop_rx) = watch::channel(false);
+        let stop = Arc::new(stop);
         let prefill_state = if cfg.role == WorkerRole::Prefill {
             let kv = KvStore::spawn(cfg.kv_budget_bytes, cfg.kv_ttl);
             let addr = data_plane::serve(cfg.data_plane_bind, kv.clone(), &cfg.data_plane, stop_rx.clone())
@@ -109,24 +118,47 @@ impl RunningWorker {
             registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone(), reconnects, metrics.clone());
         let kv = KvClient::new(cfg.data_plane.clone());
         let closed = ClosedJobs::spawn(store.clone(), cfg.namespace().to_string(), stop_rx.clone());
-        let ctx =
-            Arc::new(Ctx { cfg: cfg.clone(), store, publisher, topology: t, engine, writer, kv, metrics, closed });
+        let fault = engine.fault().clone();
+        let (cancelled_tx, consumers_cancelled) = watch::channel(false);
+        let ctx = Arc::new(Ctx {
+            cfg: cfg.clone(),
+            store,
+            publisher,
+            topology: t,
+            engine,
+            writer,
+            kv,
+            metrics,
+            closed,
+            fault: fault.clone(),
+            consumers_cancelled,
+        });
         tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
 
         let cfg_tag = cfg.tag();
+        // A rank fault ends the loop without a stop request: the task sends one itself, so the
+        // heartbeat, the data plane and the closed-jobs poller wind down as on a normal stop.
+        let stopper = stop.clone();
         let task = tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             let mut tasks = JoinSet::new();
             let result = loop {
                 tokio::select! {
                     _ = stop_rx.changed() => break Ok(()),
+                    reason = ctx.fault.raised() => {
+                        tracing::error!(worker = %cfg_tag, %reason, "rank fault: stopping, handing held messages back");
+                        break Err(WorkerError::RankFault(reason));
+                    }
                     next = subscription.next() => match next {
                         Some(Ok(msg)) => {
                             let ctx = ctx.clone();
+                            let span = message_span(&ctx.cfg, &msg);
                             match &prefill_state {
-                                Some(state) => tasks.spawn(prefill::handle(ctx, state.clone(), msg)),
-                                None if ctx.cfg.role == WorkerRole::Decode => tasks.spawn(decode::handle(ctx, msg)),
-                                None => tasks.spawn(colocated::handle(ctx, msg)),
+                                Some(state) => tasks.spawn(prefill::handle(ctx, state.clone(), msg).instrument(span)),
+                                None if ctx.cfg.role == WorkerRole::Decode => {
+                                    tasks.spawn(decode::handle(ctx, msg).instrument(span))
+                                }
+                                None => tasks.spawn(colocated::handle(ctx, msg).instrument(span)),
                             };
                         }
                         // Only what reconnecting cannot fix ends the subscription.
@@ -139,6 +171,9 @@ impl RunningWorker {
             let worker = cfg_tag.as_str();
             tracing::debug!(worker, "draining: consumers cancelled");
             subscription.cancel().await;
+            let _ = stopper.send(true);
+            // Only now can a broken rank hand messages back without being given them again.
+            let _ = cancelled_tx.send(true);
             tracing::debug!(worker, tasks = tasks.len(), "draining: finishing the messages held");
             while tasks.join_next().await.is_some() {}
             if let Some(state) = &prefill_state {
@@ -153,7 +188,12 @@ impl RunningWorker {
             tracing::debug!(worker, "drained");
             result
         });
-        Ok(RunningWorker { cfg, stop, task })
+        Ok(RunningWorker { cfg, fault, stop, task })
+    }
+
+    /// Raised when this rank breaks; it then stops by itself.
+    pub fn fault(&self) -> &Fault {
+        &self.fault
     }
 
     pub fn request_stop(&self) {
@@ -168,6 +208,29 @@ impl RunningWorker {
         self.request_stop();
         self.join().await
     }
+}
+
+/// One span per message, so `RUST_LOG` (or `--log-format json`) follows a request from intake
+/// to its row: every event a handler logs carries these fields. A direct producer's message
+/// has no request id until intake gives it one, and `custom_id` is known only once the line
+/// is read: handlers record both then.
+fn message_span(cfg: &WorkerConfig, msg: &pdq_broker::Inbound) -> tracing::Span {
+    let span = tracing::info_span!(
+        "message",
+        role = cfg.role.as_str(),
+        rank = cfg.rank,
+        request_id = tracing::field::Empty,
+        job_id = tracing::field::Empty,
+        custom_id = tracing::field::Empty,
+        queue = %msg.queue,
+    );
+    if let Some(id) = msg.meta.request_id {
+        span.record("request_id", tracing::field::display(id));
+    }
+    if let Some(id) = msg.meta.job_id {
+        span.record("job_id", tracing::field::display(id));
+    }
+    span
 }
 
 /// Keeps serving KV until decoders have taken it all, stopped asking for it, or the drain
@@ -227,6 +290,16 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The first rank fault of any rank (pending forever while none breaks).
+    pub async fn faulted(&self) -> String {
+        let waits: Vec<_> =
+            self.request_side.iter().chain(&self.decoders).map(|w| Box::pin(w.fault.raised())).collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        futures_util::future::select_all(waits).await.0
+    }
+
     /// Drains request-side ranks first (their KV must reach the decoders), then the decoders.
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         let mut first_error = None;
@@ -250,7 +323,8 @@ impl Cluster {
     }
 }
 
-/// `pdq serve`: runs until `shutdown` resolves, then drains.
+/// `pdq serve`: runs until `shutdown` resolves, then drains. A rank fault drains every rank and
+/// ends with the fault: the ranks share one device, and a supervisor restarts the process.
 pub async fn serve(
     template: &ClusterConfig,
     device: impl Into<Device>,
@@ -258,9 +332,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let cluster = Cluster::start(template, device, store).await?;
-    shutdown.await;
+    let fault = tokio::select! {
+        _ = shutdown => None,
+        reason = cluster.faulted() => Some(reason),
+    };
     tracing::info!("draining");
-    cluster.shutdown().await
+    let drained = cluster.shutdown().await;
+    match fault {
+        Some(reason) => Err(WorkerError::RankFault(reason)),
+        None => drained,
+    }
 }
 
 /// `pdq worker`: one rank until `shutdown` resolves, then drains.
@@ -270,7 +351,7 @@ pub async fn run_worker(
     store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let RunningWorker { cfg, stop, mut task } = RunningWorker::start(cfg, device, store).await?;
+    let RunningWorker { cfg, stop, mut task, .. } = RunningWorker::start(cfg, device, store).await?;
     let joined = |r: Result<Result<(), WorkerError>, tokio::task::JoinError>| {
         r.map_err(|e| WorkerError::Config(format!("worker task panicked: {e}")))?
     };

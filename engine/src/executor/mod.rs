@@ -124,6 +124,17 @@ pub enum Device {
     Cpu(Arc<Model>),
     #[cfg(feature = "cuda")]
     Cuda(Arc<crate::cuda::GpuModel>),
+    /// Executors the embedder makes: a wrapper around another device's (one that counts, or
+    /// that fails on purpose, as the fault tests' does), or a device pdq does not know.
+    Custom(Arc<dyn ExecutorSource>),
+}
+
+/// Makes the executors of a [`Device::Custom`].
+pub trait ExecutorSource: Send + Sync {
+    fn model(&self) -> &Arc<Model>;
+    /// For logs and metrics.
+    fn name(&self) -> &'static str;
+    fn executor(&self, pool_bytes: usize) -> Result<Box<dyn Executor>, EngineError>;
 }
 
 impl From<Arc<Model>> for Device {
@@ -181,6 +192,7 @@ impl Device {
             Device::Cpu(m) => m,
             #[cfg(feature = "cuda")]
             Device::Cuda(g) => g.model_arc(),
+            Device::Custom(c) => c.model(),
         }
     }
 
@@ -190,6 +202,7 @@ impl Device {
             Device::Cpu(_) => "cpu",
             #[cfg(feature = "cuda")]
             Device::Cuda(_) => "cuda",
+            Device::Custom(c) => c.name(),
         }
     }
 
@@ -199,6 +212,7 @@ impl Device {
             Device::Cpu(m) => Ok(Box::new(CpuExecutor::new(m.clone(), pool_bytes))),
             #[cfg(feature = "cuda")]
             Device::Cuda(g) => Ok(Box::new(crate::cuda::GpuExecutor::new(g.clone(), pool_bytes)?)),
+            Device::Custom(c) => c.executor(pool_bytes),
         }
     }
 }
