@@ -21,8 +21,8 @@ pub(crate) fn fused512_available() -> bool {
 /// the instructions.
 ///
 /// # Safety
-/// [`fused_available`](super::fused::fused_available) for `t` and [`fused512_available`] hold; `xs[0]`
-/// points at `k` floats; `ws[..4]` at one weight row each.
+/// [`fused_available`](super::fused::fused_available) for `t` and [`fused512_available`] hold;
+/// `xs[0]` points at `k` floats; `ws[..4]` at one weight row each.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
 pub(crate) unsafe fn dot_rows4_avx512(
     t: QuantType,
@@ -145,8 +145,8 @@ unsafe fn dot_rows4_512_as<const T: u8>(x: *const f32, ws: &[*const u8; 4], k: u
 }
 
 /// Q4_K's eight 6-bit (scale, min) pairs of one block as bytes `[sc0..sc8]` and `[m0..m8]`,
-/// unpacked four at a time in 32-bit words (what [`crate::quant::blocks::scale_min_k4`] computes one
-/// by one).
+/// unpacked four at a time in 32-bit words (what [`crate::quant::blocks::scale_min_k4`]
+/// computes one by one).
 #[inline(always)]
 unsafe fn q4_k_scales(q: *const u8) -> (u64, u64) {
     let w = |i: usize| (q.add(4 * i) as *const u32).read_unaligned();
