@@ -4,6 +4,7 @@
 //! one settlement. pdq's per-message metadata travels in AMQP headers beside the unchanged
 //! input line.
 
+mod broker;
 mod ceiling;
 mod consume;
 mod error;
@@ -14,6 +15,7 @@ mod options;
 mod publish;
 mod topology;
 
+pub use broker::Broker;
 pub use ceiling::{broker_ceiling, CeilingOptions};
 pub use consume::Subscription;
 pub use error::BrokerError;
@@ -21,4 +23,3 @@ pub use inbound::{Inbound, Settlement};
 pub use meta::MessageMeta;
 pub use options::{BrokerOptions, QueueType, DEFAULT_CONSUMER_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_MAX_DELIVERIES};
 pub use publish::{Outgoing, Publisher};
-pub use topology::Broker;

@@ -10,6 +10,7 @@ use pdq_kernels::{Activations, Backend};
 
 use crate::config::ModelConfig;
 use crate::error::EngineError;
+use crate::gguf;
 use crate::kv::KvCache;
 use crate::text::TextCodec;
 use crate::weights::{self, Weights};
@@ -28,7 +29,7 @@ impl Model {
     /// `tokenizer.json`, and optionally `chat_template.jinja`, `tokenizer_config.json` and
     /// `generation_config.json`; or a `.gguf` file ([`Model::load_gguf`]).
     pub fn load(dir: &Path) -> Result<Model, EngineError> {
-        if crate::gguf::is_gguf(dir) {
+        if gguf::is_gguf(dir) {
             return Model::load_gguf(dir);
         }
         if !dir.is_dir() {
@@ -44,6 +45,25 @@ impl Model {
             .unwrap_or_else(|| dir.display().to_string());
         let inv_freq = config.rope_inv_freq();
         tracing::debug!(model = %name, layers = config.num_hidden_layers, vocab = config.vocab_size, "model loaded");
+        Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text })
+    }
+
+    /// Loads a `.gguf` file: metadata, tokenizer and chat template, and quantized weights kept
+    /// in their blocks, memory-mapped.
+    pub fn load_gguf(path: &Path) -> Result<Model, EngineError> {
+        let f = gguf::file::GgufFile::open(path)?;
+        let config = gguf::model::config(&f)?;
+        let (tokenizer, spec) = gguf::tokenizer::build(&f)?;
+        let text = TextCodec::new(tokenizer, spec)?;
+        let weights = gguf::model::weights(&f, &config)?;
+        let mut inv_freq = config.rope_inv_freq();
+        if let Some(factors) = gguf::model::rope_factors(&f, config.head_dim)? {
+            // llama.cpp divides each frequency by its factor (Llama 3.1's scaling, precomputed).
+            inv_freq.iter_mut().zip(&factors).for_each(|(f, s)| *f = (*f as f64 / *s as f64) as f32);
+        }
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        tracing::debug!(model = %name, version = f.version, layers = config.num_hidden_layers,
+            embed = %weights.embed.dtype_name(), weight_bytes = weights.stored_bytes(), "GGUF model loaded");
         Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text })
     }
 

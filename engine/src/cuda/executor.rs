@@ -20,7 +20,7 @@ impl GpuExecutor {
     /// thread and driven from the engine's; cudarc binds before its own copies and launches,
     /// but cuBLAS calls run on whatever context is current.
     fn bind(&self) -> Result<(), EngineError> {
-        self.gpu.backend().context().bind_to_thread().map_err(super::forward::dev_err)
+        self.gpu.backend().context().bind_to_thread().map_err(super::dev_err)
     }
 
     /// A device pool of `pool_bytes / block bytes` bf16 blocks (at least one), allocated and

@@ -14,16 +14,13 @@ use pdq_kernels::cuda::{KvViews, SampleArgs};
 use pdq_kernels::paged::{cu_seqlens, slot_mapping, BlockTables};
 use pdq_kernels::{AttnShape, CudaBackend};
 
+use super::dev_err;
 use super::staging::Staging;
 use super::weights::{self, DeviceLinear, DeviceWeights};
 use crate::error::EngineError;
 use crate::executor::{StepItem, StepOut, Want};
 use crate::model::Model;
 use crate::paged::{PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
-
-pub(crate) fn dev_err(e: cudarc::driver::DriverError) -> EngineError {
-    EngineError::Device(e.to_string())
-}
 
 /// A model whose weights live on one GPU. The host model stays for validation, tokenizer and
 /// config (its f32 weights are not needed after upload; dropping them is future work).

@@ -25,3 +25,10 @@ mod weights;
 
 pub use executor::GpuExecutor;
 pub use forward::{GpuKv, GpuModel};
+
+use crate::error::EngineError;
+
+/// A CUDA driver error as the engine's device error; every file of the GPU forward uses it.
+fn dev_err(e: cudarc::driver::DriverError) -> EngineError {
+    EngineError::Device(e.to_string())
+}

@@ -9,7 +9,8 @@
 
 use half::bf16;
 
-use super::forward::{dev_err, GpuKv, GpuModel};
+use super::dev_err;
+use super::forward::{GpuKv, GpuModel};
 use crate::error::EngineError;
 use crate::paged::{KvLayout, PageHeader, SeqId, HEADER_LEN};
 

@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, PinnedHostSlice};
 use half::bf16;
 use pdq_kernels::CudaBackend;
 
-use super::forward::dev_err;
+use super::dev_err;
 use crate::error::EngineError;
 
 #[derive(Default)]
