@@ -200,6 +200,7 @@ pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShap
         secret: t.kv_secret.as_ref().map(|s| s.as_bytes().to_vec()),
         connect_timeout: t.kv_connect_timeout,
         read_timeout: t.kv_read_timeout,
+        unreachable_wait: t.kv_unreachable_wait,
         max_kv_bytes: (t.kv_pool_mb as u64) << 20,
         shm_dir: Some(std::path::PathBuf::from(&t.kv_shm_dir)).filter(|d| !d.as_os_str().is_empty()),
     };

@@ -98,7 +98,18 @@ fn submit_file(env: &Env, lines: &[Value]) -> Uuid {
 async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
     const BOUND: Duration = Duration::from_secs(60);
     let env = Env::new(&pool).await;
-    let fast = ["--amqp-heartbeat", "2s", "--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"];
+    // A silent peer is handed back for `--kv-unreachable-wait` (it may be a partition), then
+    // its requests are prefilled again.
+    let fast = [
+        "--amqp-heartbeat",
+        "2s",
+        "--kv-read-timeout",
+        "1s",
+        "--kv-connect-timeout",
+        "1s",
+        "--kv-unreachable-wait",
+        "5s",
+    ];
     let mut ranks = start_2x2(&env, &pool, &fast).await;
     let n = 1500;
     let job = submit_file(&env, &batch(n, "s", 16));
@@ -239,6 +250,8 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
             firsts: Vec::new(),
             seed: 0,
             enqueued_at_ms: chrono::Utc::now().timestamp_millis(),
+            // Unknown, as from an older prefill: an unreachable peer is not waited for.
+            published_at_ms: 0,
             timings: Timings::default(),
             warnings: Vec::new(),
             shm_host: None,

@@ -28,6 +28,10 @@ pub enum Decision {
     Write { outcome: Outcome, dead_letter: bool },
     /// Back to its queue after a pause: the broker, the database or an actor is away for now.
     Requeue(WorkerError),
+    /// A KV handle whose prefill rank this decoder cannot reach: back to the tail of its queue
+    /// after `after` (unacked meanwhile), for a decoder that can reach it, or for this one
+    /// once the link is back. Not a delivery toward the poison bound.
+    HandBack { after: Duration },
     /// Nothing names a request to record a row for: dead-letter it for inspection.
     DeadLetter(String),
 }
@@ -99,6 +103,7 @@ pub async fn execute(ctx: &Ctx, settlement: Settlement, decision: Decision) {
             tracing::warn!(error = %e, "transient failure; requeueing");
             settlement.requeue_after(REQUEUE_DELAY).await;
         }
+        Decision::HandBack { after } => settlement.requeue_after(after).await,
         Decision::DeadLetter(reason) => {
             tracing::error!(%reason, "dead-lettering a message no row can be written for");
             settlement.dead_letter().await;

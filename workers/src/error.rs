@@ -17,6 +17,9 @@ pub enum WorkerError {
     DataPlaneProtocol { endpoint: String, reason: String },
     #[error("data plane {endpoint}: no answer within {seconds:.1}s")]
     DataPlaneTimeout { endpoint: String, seconds: f64 },
+    /// `last` is the failure that put the endpoint in backoff.
+    #[error("{last} (the peer is in backoff: next try in {:.1}s)", retry_in.as_secs_f64())]
+    DataPlaneUnreachable { last: String, retry_in: std::time::Duration },
     #[error("KV {0} is not held by its prefill worker (freed, expired, or the worker restarted)")]
     KvNotFound(uuid::Uuid),
     #[error("the engine loop has stopped")]
@@ -40,6 +43,7 @@ impl WorkerError {
             WorkerError::DataPlane { .. }
             | WorkerError::DataPlaneProtocol { .. }
             | WorkerError::DataPlaneTimeout { .. }
+            | WorkerError::DataPlaneUnreachable { .. }
             | WorkerError::KvNotFound(_) => ErrorClass::KvLost,
             WorkerError::EngineStopped | WorkerError::KvStoreStopped | WorkerError::WriterStopped => {
                 ErrorClass::Transient
@@ -57,6 +61,7 @@ impl WorkerError {
             WorkerError::DataPlane { .. }
             | WorkerError::DataPlaneProtocol { .. }
             | WorkerError::DataPlaneTimeout { .. }
+            | WorkerError::DataPlaneUnreachable { .. }
             | WorkerError::KvNotFound(_) => "kv_lost",
             WorkerError::EngineStopped | WorkerError::KvStoreStopped | WorkerError::WriterStopped => "unavailable",
             WorkerError::Config(_) => "config",

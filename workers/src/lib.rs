@@ -27,7 +27,9 @@ mod writer;
 pub mod colocated;
 
 pub use config::{WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_MAX_PROMPT_BYTES};
-pub use data_plane::{shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
+pub use data_plane::{
+    shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_UNREACHABLE_WAIT,
+};
 pub use engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut, Prefilled};
 pub use error::WorkerError;
 pub use metrics::Labels as MetricLabels;
