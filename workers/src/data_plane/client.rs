@@ -2,8 +2,8 @@
 //! each remote KV that frees it unless it was taken or kept.
 //!
 //! Invariants:
-//! - a lease is settled only by an answer from the peer (the KV taken, or not there) or by
-//!   [`RemoteKv::keep`]; any other end (a failed or timed-out take, a drop) frees the KV in the
+//! - a lease is settled only by an answer from the peer (the KV taken, or not there, or a
+//!   protocol violation) or by [`RemoteKv::keep`]; any other end (a failed or timed-out take, a drop) frees the KV in the
 //!   background, retried on fresh connections for [`FREE_RETRY_FOR`], so a KV outlives its
 //!   decoder's interest by at most that, not by the prefill rank's TTL;
 //! - an endpoint that timed out or was unreachable is in backoff (doubling per failure, up to
@@ -325,6 +325,10 @@ impl RemoteKv {
                 answer.ok_or(WorkerError::KvNotFound(self.id))
             }
             Err(e) => {
+                // A peer that broke the protocol is asked nothing more, not even to free.
+                if matches!(e, WorkerError::DataPlaneProtocol { .. }) {
+                    self.settled = true;
+                }
                 // A refusal or a reset is an answer too: the host is there (its worker may not be).
                 if is_unreachable(&e) {
                     self.client.unreachable(&self.endpoint, &e);
