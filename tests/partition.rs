@@ -7,8 +7,9 @@
 //!   prefill ranks hold no KV at the end;
 //! - prefill host 0 off the network for good mid-batch: every request one completed row.
 //!
-//! They need root and `ip`; elsewhere they print `SKIPPED` and return. They run one at a time
-//! (each is four processes on the machine's cores).
+//! They need root and `ip`; elsewhere they print `SKIPPED` and return (or fail, with
+//! `PDQ_REQUIRE_NETNS` set, for a CI that must run them). They run one at a time (each is four
+//! processes on the machine's cores).
 
 mod common;
 
@@ -46,6 +47,9 @@ impl Cluster {
     async fn start(pool: &PgPool, test: &str, extra: &[&str]) -> Option<Cluster> {
         let mut net = match Net::new(test, 4) {
             Ok(net) => net,
+            Err(why) if std::env::var_os("PDQ_REQUIRE_NETNS").is_some() => {
+                panic!("{test}: PDQ_REQUIRE_NETNS is set but network namespaces cannot be made: {why}")
+            }
             Err(why) => {
                 eprintln!("SKIPPED: {test}: cannot make network namespaces here: {why}");
                 return None;
