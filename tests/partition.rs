@@ -206,6 +206,29 @@ async fn tally(pool: &PgPool, job: Uuid) -> (i64, i64, i64, i64) {
     (rows, distinct, failed, twice)
 }
 
+/// The KV hop across the bridge (median and 99th percentile of `kv_transfer_time`, ms) and
+/// the longest end-to-end time of the pinned requests (s).
+async fn timings(pool: &PgPool, job: Uuid) -> (f64, f64, f64) {
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000
+           FROM results WHERE job_id = $1 AND status = 'completed'",
+    )
+    .bind(job)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let pinned: Option<f64> = sqlx::query_scalar(
+        "SELECT max((r.meta_info->>'e2e_latency')::float8) FROM results r JOIN requests q ON q.id = r.request_id
+          WHERE r.job_id = $1 AND q.disagg_prefill_dp_rank IS NOT NULL",
+    )
+    .bind(job)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (p50.unwrap_or(0.0), p99.unwrap_or(0.0), pinned.unwrap_or(0.0))
+}
+
 async fn failures(pool: &PgPool, job: Uuid) -> Vec<(String, Value)> {
     sqlx::query_as("SELECT custom_id, error FROM results WHERE job_id = $1 AND status <> 'completed' LIMIT 5")
         .bind(job)
@@ -241,11 +264,13 @@ async fn a_partition_between_a_decode_and_a_prefill_host_costs_no_request(pool: 
     let handbacks = c.sum_metric(&[2, 3], "pdq_kv_handbacks_total").await;
     let reprefills = c.sum_metric(&[2, 3], "pdq_kv_reprefills_total").await;
     let kv = c.kv_left(&[0, 1], Duration::from_secs(30)).await;
+    let (p50, p99, pinned) = timings(&pool, job).await;
     eprintln!(
         "partition: {n} requests in {took:.1?}; cut decode host {decode1} from prefill host {prefill0} at \
          {cut_at:.1?} ({done_at_cut} done), healed at {healed_at:.1?} ({done_at_heal} done); {failed} failed, \
          {twice} prefilled more than once, {handbacks} handles handed back, {reprefills} re-prefills; \
-         KV left on the prefill ranks: {kv:?}"
+         KV left on the prefill ranks: {kv:?}; KV hop p50 {p50:.2} ms, p99 {p99:.2} ms; the cut pair's \
+         pinned requests took at most {pinned:.1} s"
     );
     assert_eq!((rows, distinct), (n as i64, n as i64), "one row per request");
     assert_eq!(failed, 0, "no request failed: {:?}", failures(&pool, job).await);
@@ -276,10 +301,12 @@ async fn a_prefill_host_that_leaves_the_network_loses_no_request(pool: PgPool) {
     let handbacks = c.sum_metric(&[2, 3], "pdq_kv_handbacks_total").await;
     let reprefills = c.sum_metric(&[2, 3], "pdq_kv_reprefills_total").await;
     let kv = c.kv_left(&[1], Duration::from_secs(30)).await;
+    let (p50, p99, _) = timings(&pool, job).await;
     eprintln!(
         "host loss: {n} requests in {took:.1?}; prefill host 0 left the network at {lost_at:.1?} \
          ({done_at_loss} done); {failed} failed, {twice} prefilled more than once, {handbacks} handles handed \
-         back, {reprefills} re-prefills; KV left on prefill rank 1: {kv:?}"
+         back, {reprefills} re-prefills; KV left on prefill rank 1: {kv:?}; KV hop p50 {p50:.2} ms, p99 \
+         {p99:.2} ms"
     );
     assert_eq!((rows, distinct), (n as i64, n as i64), "one row per request, none twice");
     assert_eq!(failed, 0, "no request failed: {:?}", failures(&pool, job).await);
