@@ -31,6 +31,8 @@ pub struct Net {
     pub hosts: Vec<Host>,
     children: Vec<Child>,
     stop_forwarders: Option<tokio::sync::watch::Sender<bool>>,
+    /// Whether this net made its bridge (and so may delete it).
+    bridge_made: bool,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -55,6 +57,7 @@ fn is_root() -> bool {
 
 impl Net {
     /// A bridge and `hosts` hosts on it, or why they cannot be made here (not root, no `ip`).
+    /// Once those hold, a failure to make them panics: it is a failure, not a skip.
     pub fn new(tag: &str, hosts: usize) -> Result<Net, String> {
         if !is_root() {
             return Err("needs root (network namespaces)".into());
@@ -64,10 +67,11 @@ impl Net {
         }
         // A /24 from the test's name and pid; one in use (another test, a leftover) is skipped.
         let seed = tag.bytes().fold(std::process::id(), |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        let free = |x: &u8| !link_exists(&format!("pqbr{x}")) && !Path::new(&format!("/run/netns/pdq-{x}-0")).exists();
         let third = (0..200)
             .map(|i| 20 + (seed.wrapping_add(i) % 200) as u8)
-            .find(|x| !link_exists(&format!("pqbr{x}")))
-            .ok_or("no free /24 in 10.201.20-219.0")?;
+            .find(free)
+            .expect("a free /24 in 10.201.20-219.0 (leftover pqbr* bridges?)");
         let gateway = Ipv4Addr::new(10, 201, third, 1);
         let mut net = Net {
             bridge: format!("pqbr{third}"),
@@ -75,24 +79,28 @@ impl Net {
             hosts: Vec::new(),
             children: Vec::new(),
             stop_forwarders: None,
+            bridge_made: false,
         };
-        ip(&["link", "add", &net.bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{gateway}/24"), "dev", &net.bridge])?;
-        ip(&["link", "set", &net.bridge, "up"])?;
+        // From here on a failure is the test's, not a reason to skip it: panic (and clean up).
+        let must = |args: &[&str]| ip(args).unwrap_or_else(|e| panic!("making the test's network: {e}"));
+        must(&["link", "add", &net.bridge, "type", "bridge"]);
+        net.bridge_made = true;
+        must(&["addr", "add", &format!("{gateway}/24"), "dev", &net.bridge]);
+        must(&["link", "set", &net.bridge, "up"]);
         for i in 0..hosts {
             let host = Host {
                 ns: format!("pdq-{third}-{i}"),
                 port: format!("pqv{third}h{i}"),
                 addr: Ipv4Addr::new(10, 201, third, 2 + i as u8),
             };
-            // Recorded first, so Drop removes a half-made host too.
+            must(&["netns", "add", &host.ns]);
+            // Recorded as soon as it exists, so Drop removes a half-made host too.
             net.hosts.push(Host { ns: host.ns.clone(), port: host.port.clone(), addr: host.addr });
-            ip(&["netns", "add", &host.ns])?;
-            ip(&["link", "add", &host.port, "type", "veth", "peer", "name", "eth0", "netns", &host.ns])?;
-            ip(&["link", "set", &host.port, "master", &net.bridge, "up"])?;
-            ip(&["-n", &host.ns, "addr", "add", &format!("{}/24", host.addr), "dev", "eth0"])?;
-            ip(&["-n", &host.ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &host.ns, "link", "set", "lo", "up"])?;
+            must(&["link", "add", &host.port, "type", "veth", "peer", "name", "eth0", "netns", &host.ns]);
+            must(&["link", "set", &host.port, "master", &net.bridge, "up"]);
+            must(&["-n", &host.ns, "addr", "add", &format!("{}/24", host.addr), "dev", "eth0"]);
+            must(&["-n", &host.ns, "link", "set", "eth0", "up"]);
+            must(&["-n", &host.ns, "link", "set", "lo", "up"]);
         }
         Ok(net)
     }
@@ -184,7 +192,9 @@ impl Drop for Net {
                 let _ = ip(&["link", "del", &h.port]);
             }
         }
-        let _ = ip(&["link", "del", &self.bridge]);
+        if self.bridge_made {
+            let _ = ip(&["link", "del", &self.bridge]);
+        }
     }
 }
 
