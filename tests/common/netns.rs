@@ -48,6 +48,10 @@ fn link_exists(name: &str) -> bool {
     Path::new(&format!("/sys/class/net/{name}")).exists()
 }
 
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// Whether this process runs as root (its effective uid, from /proc).
 fn is_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -135,12 +139,18 @@ impl Net {
     /// Returns its index for [`Net::child`].
     pub fn spawn(&mut self, i: usize, program: &str, args: &[String], envs: &[(&str, String)]) -> usize {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.hosts[i].ns, program]).args(args).stdin(Stdio::null());
+        c.args(["netns", "exec", &self.hosts[i].ns]);
+        // Where util-linux has setpriv, a rank dies with the test process even when that is
+        // killed outright (Drop never runs then).
+        if which("setpriv") {
+            c.args(["setpriv", "--pdeathsig", "KILL"]);
+        }
+        c.arg(program).args(args).stdin(Stdio::null());
         c.stdout(Stdio::null()).stderr(Stdio::inherit());
         for (k, v) in envs {
             c.env(k, v);
         }
-        // `ip netns exec` execs the program: the child's pid is the program's.
+        // `ip netns exec` (and setpriv) exec the program: the child's pid is the program's.
         self.children.push(c.spawn().expect("ip netns exec runs"));
         self.children.len() - 1
     }
