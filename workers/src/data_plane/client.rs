@@ -3,9 +3,10 @@
 //!
 //! Invariants:
 //! - a lease is settled only by an answer from the peer (the KV taken, or not there, or a
-//!   protocol violation) or by [`RemoteKv::keep`]; any other end (a failed or timed-out take, a drop) frees the KV in the
-//!   background, retried on fresh connections for [`FREE_RETRY_FOR`], so a KV outlives its
-//!   decoder's interest by at most that, not by the prefill rank's TTL;
+//!   protocol violation) or by [`RemoteKv::keep`]; any other end (a failed or timed-out take,
+//!   a drop) frees the KV in the background, retried on fresh connections for
+//!   [`FREE_RETRY_FOR`], so a KV outlives its decoder's interest by at most that, not by the
+//!   prefill rank's TTL;
 //! - an endpoint that timed out or was unreachable is in backoff (doubling per failure, up to
 //!   [`MAX_BACKOFF`]): takes fail fast with [`WorkerError::DataPlaneUnreachable`] without dialing,
 //!   except one probe each time the backoff runs out; any answer ends the backoff.
@@ -32,9 +33,9 @@ const MAX_IDLE_PER_ENDPOINT: usize = 16;
 const READ_CHUNK: usize = 1 << 20;
 /// The first backoff after an endpoint fails; it doubles with each failure after that.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// How long a lost free is tried again (a partition healing); after that the TTL frees the KV.
-pub const FREE_RETRY_FOR: Duration = Duration::from_secs(120);
+const FREE_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// An endpoint that failed lately.
 struct Backoff {
