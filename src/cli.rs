@@ -223,6 +223,11 @@ pub struct TuningArgs {
     /// its size).
     #[arg(long, env = "PDQ_KV_READ_TIMEOUT", default_value_t = Human(pdq_workers::DEFAULT_READ_TIMEOUT))]
     pub kv_read_timeout: Human,
+    /// A decoder that cannot reach a handle's prefill rank (partitioned, silent) hands the
+    /// handle back, for a decoder that can or until the link heals, for this long after the
+    /// handle was published; then the request is prefilled again.
+    #[arg(long, env = "PDQ_KV_UNREACHABLE_WAIT", default_value_t = Human(pdq_workers::DEFAULT_UNREACHABLE_WAIT))]
+    pub kv_unreachable_wait: Human,
     /// Shared-memory directory (e.g. /dev/shm) for KVs between prefill and decode ranks on one
     /// host; decoders on other hosts still use TCP. Unset, every KV goes over TCP. Prefill and
     /// decode ranks of a host must name the same directory.

@@ -201,6 +201,7 @@ pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShap
         secret: t.kv_secret.as_ref().map(|s| s.as_bytes().to_vec()),
         connect_timeout: t.kv_connect_timeout.0,
         read_timeout: t.kv_read_timeout.0,
+        unreachable_wait: t.kv_unreachable_wait.0,
         max_kv_bytes: (t.kv_pool_mb as u64) << 20,
         shm_dir: t.kv_shm_dir.clone(),
     };

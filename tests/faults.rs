@@ -98,7 +98,18 @@ fn submit_file(env: &Env, lines: &[Value]) -> Uuid {
 async fn a_stopped_prefill_rank_delays_requests_within_a_bound(pool: PgPool) {
     const BOUND: Duration = Duration::from_secs(60);
     let env = Env::new(&pool).await;
-    let fast = ["--amqp-heartbeat", "2s", "--kv-read-timeout", "1s", "--kv-connect-timeout", "1s"];
+    // A silent peer is handed back for `--kv-unreachable-wait` (it may be a partition), then
+    // its requests are prefilled again.
+    let fast = [
+        "--amqp-heartbeat",
+        "2s",
+        "--kv-read-timeout",
+        "1s",
+        "--kv-connect-timeout",
+        "1s",
+        "--kv-unreachable-wait",
+        "5s",
+    ];
     let mut ranks = start_2x2(&env, &pool, &fast).await;
     let n = 1500;
     let job = submit_file(&env, &batch(n, "s", 16));
@@ -185,12 +196,15 @@ async fn fake_peer(answer: Vec<u8>) -> String {
     endpoint
 }
 
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(2);
+
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
     let shape = ClusterShape::disagg(1, 1);
     let h = Harness::start_with(pool.clone(), shape, |c| {
         c.data_plane.connect_timeout = Duration::from_millis(500);
         c.data_plane.read_timeout = Duration::from_millis(500);
+        c.data_plane.unreachable_wait = UNREACHABLE_WAIT;
     })
     .await;
     let mut huge = vec![0u8];
@@ -199,9 +213,17 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
     let silent = fake_peer(Vec::new()).await;
     let publisher = h.broker.publisher();
     let mut cases = Vec::new();
-    for (name, endpoint, attempt) in
-        [("liar", &liar, 1), ("liar", &liar, 3), ("silent", &silent, 1), ("silent", &silent, 3)]
-    {
+    // "waited" is a fresh handle (published now) on its last attempt: the silent peer may be a
+    // partition, so the decoder hands it back until the wait bound, then fails it.
+    let forged = [
+        ("liar", &liar, 1),
+        ("liar", &liar, 3),
+        ("silent", &silent, 1),
+        ("silent", &silent, 3),
+        ("waited", &silent, 3),
+    ];
+    let published = chrono::Utc::now().timestamp_millis();
+    for (name, endpoint, attempt) in forged {
         let custom_id = format!("{name}-{attempt}");
         let line = generate_line(&custom_id, json!({}));
         let text = line.to_string();
@@ -239,6 +261,8 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
             firsts: Vec::new(),
             seed: 0,
             enqueued_at_ms: chrono::Utc::now().timestamp_millis(),
+            // 0 is unknown, as from an older prefill: an unreachable peer is not waited for.
+            published_at_ms: if name == "waited" { published } else { 0 },
             timings: Timings::default(),
             warnings: Vec::new(),
             shm_host: None,
@@ -254,7 +278,7 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
         cases.push((request_id, name, attempt));
     }
     let ids: Vec<Uuid> = cases.iter().map(|c| c.0).collect();
-    h.wait_count(&format!("SELECT count(*) FROM results WHERE request_id IN ('{}')", join(&ids)), 4).await;
+    h.wait_count(&format!("SELECT count(*) FROM results WHERE request_id IN ('{}')", join(&ids)), 5).await;
     for (id, name, attempt) in cases {
         let (status, error): (String, Option<Value>) =
             sqlx::query_as("SELECT status, error FROM results WHERE request_id = $1")
@@ -271,6 +295,18 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
             let message = error["message"].as_str().unwrap();
             let expected = if name == "liar" { "announced 1099511627776 bytes" } else { "no answer within" };
             assert!(message.contains(expected), "{name}: {message}");
+            if name == "waited" {
+                let ended: f64 = sqlx::query_scalar(
+                    "SELECT (extract(epoch FROM created_at) * 1000)::float8 FROM results WHERE request_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                let waited = Duration::from_millis((ended as i64 - published).max(0) as u64);
+                assert!(waited >= UNREACHABLE_WAIT, "failed after {waited:?}, before the wait bound");
+                assert!(waited < UNREACHABLE_WAIT * 5, "waited {waited:?}, far past the bound");
+            }
         }
     }
     let rss = peak_rss_mib("self");

@@ -211,6 +211,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
         firsts: Vec::new(),
         seed: 0,
         enqueued_at_ms: 0,
+        published_at_ms: 0,
         timings: Default::default(),
         warnings: vec![],
         shm_host: None,

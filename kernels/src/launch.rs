@@ -6,7 +6,7 @@
 
 use crate::KernelError;
 
-/// CUDA C sources, compiled at run time by NVRTC. [`COMMON`] is prepended to each.
+/// CUDA C sources, compiled at run time by NVRTC. [`COMMON`](sources::COMMON) is prepended to each.
 pub mod sources {
     pub const COMMON: &str = include_str!("../cuda/common.cuh");
     /// `(file, code)` for every kernel file.

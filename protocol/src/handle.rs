@@ -42,6 +42,10 @@ pub struct KvHandle {
     pub seed: u64,
     /// Milliseconds since the epoch when the request was first enqueued.
     pub enqueued_at_ms: i64,
+    /// Milliseconds since the epoch when prefill published this handle (0 from a prefill that
+    /// predates it): bounds how long decoders wait for an unreachable prefill rank.
+    #[serde(default)]
+    pub published_at_ms: i64,
     pub timings: Timings,
     pub warnings: Vec<String>,
     /// The boot id of the prefill worker's host when it keeps this KV in shared memory: a

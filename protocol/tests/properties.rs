@@ -154,6 +154,7 @@ fn handle() -> Value {
         firsts: Vec::new(),
         seed: 0,
         enqueued_at_ms: 0,
+        published_at_ms: 0,
         timings: Default::default(),
         warnings: Vec::new(),
         shm_host: None,

@@ -117,6 +117,7 @@ pub fn handle_body(line: &Value, shape: &ClusterShape, prompt_tokens: u32, kv_by
         firsts: Vec::new(),
         seed: 7,
         enqueued_at_ms: 1_764_590_000_000,
+        published_at_ms: 0,
         timings: Timings { queue_time: 0.1, prefill_time: 0.01, ..Timings::default() },
         warnings: Vec::new(),
         shm_host: None,

@@ -2,6 +2,7 @@
 //! namespace of its own, on the fresh database `#[sqlx::test]` gives each test.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod procs;
 pub mod rabbit;
 

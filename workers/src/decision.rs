@@ -32,6 +32,10 @@ pub enum Decision {
     /// as a delivery, so a request that breaks every rank it meets ends as a poison message
     /// instead of breaking ranks forever.
     HandBack(WorkerError),
+    /// A KV handle whose prefill rank this decoder cannot reach: back to the tail of its queue
+    /// after `after` (unacked meanwhile), for a decoder that can reach it, or for this one
+    /// once the link is back. Not a delivery toward the poison bound.
+    Defer { after: Duration },
     /// Nothing names a request to record a row for: dead-letter it for inspection.
     DeadLetter(String),
 }
@@ -114,6 +118,7 @@ pub async fn execute(ctx: &Ctx, settlement: Settlement, decision: Decision) {
             tracing::debug!(error = %e, "handing a message back for another rank");
             settlement.hand_back().await;
         }
+        Decision::Defer { after } => settlement.requeue_after(after).await,
         Decision::DeadLetter(reason) => {
             tracing::error!(%reason, "dead-lettering a message no row can be written for");
             settlement.dead_letter().await;

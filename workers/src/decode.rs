@@ -2,11 +2,14 @@
 //! data plane, generates, and writes the result. The prefill rank is resolved as CONTRACT §3 says:
 //! the request's `disagg_prefill_dp_rank`, else the rank the handle names; a handle that disagrees
 //! with an explicit `disagg_prefill_dp_rank` fails the request rather than being used.
-//! A KV that cannot be had (gone, the peer dead, hung or lying) sends the request back to
-//! prefill, up to a bound.
+//! A KV that cannot be had (gone, the peer dead or lying) sends the request back to prefill, up
+//! to a bound. A KV on a prefill rank this decoder cannot reach (partitioned, silent; the
+//! endpoint is then in backoff) is left there and its handle handed back, for another decoder or
+//! for a later try, until `unreachable_wait` after the handle was published; then it too is
+//! prefilled again, so no request waits without bound.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pdq_broker::{Inbound, MessageMeta, Outgoing};
 use pdq_protocol::{route, At, ErrorBody, ErrorClass, KvHandle, MetaInfo, Pins, Route, Target, Timings};
@@ -15,8 +18,14 @@ use serde_json::Value;
 use crate::config::MAX_PREFILL_ATTEMPTS;
 use crate::context::{now_ms, trace_request, Ctx};
 use crate::convert::{answer, compile_constraint, engine_firsts, sampling_params};
+use crate::data_plane::{is_unreachable, RemoteKv};
 use crate::decision::{execute, Decision, FailedRow};
 use crate::WorkerError;
+
+/// A handed-back handle is held at least this long (so a decoder that cannot reach a rank does
+/// not spin on its queue) and at most this long (so one that can gets it soon).
+const MIN_HAND_BACK: Duration = Duration::from_millis(250);
+const MAX_HAND_BACK: Duration = Duration::from_secs(2);
 
 pub async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
     let decision = match KvHandle::decode(&msg.body) {
@@ -48,7 +57,7 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         other => unreachable!("a KV handle is decoded here, moved to a KV key or refused, never {other:?}"),
     };
     // From here on the KV is this decoder's to take or to free (the lease frees it on drop).
-    let kv = ctx.kv.lease(&h.endpoint, h.kv_id, h.kv_bytes);
+    let mut kv = ctx.kv.lease(&h.endpoint, h.kv_id, h.kv_bytes);
     if let Some(e) = refused {
         return Ok(failed_row(h).write(e));
     }
@@ -65,6 +74,8 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         }
         None => match kv.take().await {
             Ok(b) => b,
+            Err(e) if is_unreachable(&e) => return hand_back(ctx, h, kv, e).await,
+            // The lease, dropped, frees the KV (retrying while the peer is out of reach).
             Err(e) if e.class() == ErrorClass::KvLost => return reprefill(ctx, h, e).await,
             Err(e) => return Err(e),
         },
@@ -131,6 +142,21 @@ fn failed_row(h: &KvHandle) -> FailedRow {
     }
 }
 
+/// The prefill rank is out of reach: leave the KV there and the handle to whoever can take it,
+/// spaced by the endpoint's backoff, until the wait bound; past it, prefill again.
+async fn hand_back(ctx: &Ctx, h: &KvHandle, kv: RemoteKv, e: WorkerError) -> Result<Decision, WorkerError> {
+    let waited = Duration::from_millis((now_ms() - h.published_at_ms).max(0) as u64);
+    if h.published_at_ms == 0 || waited >= ctx.cfg.data_plane.unreachable_wait {
+        drop(kv);
+        return reprefill(ctx, h, e).await;
+    }
+    kv.keep();
+    let after = ctx.kv.backoff_left(&h.endpoint).unwrap_or(MIN_HAND_BACK).clamp(MIN_HAND_BACK, MAX_HAND_BACK);
+    tracing::debug!(request_id = %h.request_id, endpoint = %h.endpoint, ?waited, error = %e, "handing the KV handle back");
+    ctx.metrics.handed_back();
+    Ok(Decision::Defer { after })
+}
+
 /// The KV is gone or out of reach (prefill crashed, restarted, hung, or expired it): prefill
 /// again, up to a bound.
 async fn reprefill(ctx: &Ctx, h: &KvHandle, e: WorkerError) -> Result<Decision, WorkerError> {
@@ -139,6 +165,7 @@ async fn reprefill(ctx: &Ctx, h: &KvHandle, e: WorkerError) -> Result<Decision, 
         return Ok(failed_row(h).write(ErrorBody::new("kv_lost", message)));
     }
     tracing::warn!(request_id = %h.request_id, attempt = h.attempt, error = %e, "KV lost; prefilling again");
+    ctx.metrics.reprefilled();
     let meta = MessageMeta {
         request_id: Some(h.request_id),
         job_id: h.job_id,

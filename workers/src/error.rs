@@ -17,12 +17,15 @@ pub enum WorkerError {
     DataPlaneProtocol { endpoint: String, reason: String },
     #[error("data plane {endpoint}: no answer within {seconds:.1}s")]
     DataPlaneTimeout { endpoint: String, seconds: f64 },
+    /// `last` is the failure that put the endpoint in backoff.
+    #[error("{last} (the peer is in backoff: next try in {:.1}s)", retry_in.as_secs_f64())]
+    DataPlaneUnreachable { last: String, retry_in: std::time::Duration },
     #[error("KV {0} is not held by its prefill worker (freed, expired, or the worker restarted)")]
     KvNotFound(uuid::Uuid),
     /// The engine thread is gone without a recorded reason (it logged one).
     #[error("the engine loop has stopped")]
     EngineStopped,
-    /// This rank's device or engine failed; see [`crate::fault`].
+    /// This rank's device or engine failed; see [`Fault`](crate::Fault).
     #[error("rank fault: {0}")]
     RankFault(String),
     #[error("the KV store has stopped")]
@@ -45,6 +48,7 @@ impl WorkerError {
             WorkerError::DataPlane { .. }
             | WorkerError::DataPlaneProtocol { .. }
             | WorkerError::DataPlaneTimeout { .. }
+            | WorkerError::DataPlaneUnreachable { .. }
             | WorkerError::KvNotFound(_) => ErrorClass::KvLost,
             WorkerError::KvStoreStopped | WorkerError::WriterStopped => ErrorClass::Transient,
             WorkerError::Config(_) => ErrorClass::Fatal,
@@ -60,6 +64,7 @@ impl WorkerError {
             WorkerError::DataPlane { .. }
             | WorkerError::DataPlaneProtocol { .. }
             | WorkerError::DataPlaneTimeout { .. }
+            | WorkerError::DataPlaneUnreachable { .. }
             | WorkerError::KvNotFound(_) => "kv_lost",
             WorkerError::KvStoreStopped | WorkerError::WriterStopped => "unavailable",
             // Never a row's code: a rank fault hands the message back.

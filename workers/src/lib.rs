@@ -31,7 +31,9 @@ pub use config::{
     WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_KV_POOL_BYTES, DEFAULT_KV_TTL, DEFAULT_MAX_PROMPT_BYTES,
     DEFAULT_MAX_RUNNING, DEFAULT_PREFETCH,
 };
-pub use data_plane::{shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
+pub use data_plane::{
+    shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_UNREACHABLE_WAIT,
+};
 pub use engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut, Prefilled};
 pub use error::WorkerError;
 pub use fault::Fault;

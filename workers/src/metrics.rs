@@ -33,6 +33,10 @@ struct Metrics {
     prefix_evictions: IntCounterVec,
     prefix_hit_ratio: GaugeVec,
     preemptions: IntCounterVec,
+    handbacks: IntCounterVec,
+    reprefills: IntCounterVec,
+    kv_store_entries: IntGaugeVec,
+    kv_store_bytes: IntGaugeVec,
     ttft: HistogramVec,
     e2e: HistogramVec,
     kv_transfer: HistogramVec,
@@ -92,6 +96,28 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Running sequences whose KV blocks were freed for room, to be recomputed later",
             LABELS,
         ),
+        handbacks: counter(
+            "pdq_kv_handbacks_total",
+            "KV handles a decoder handed back because it could not reach their prefill rank",
+            LABELS,
+        ),
+        reprefills: counter(
+            "pdq_kv_reprefills_total",
+            "Requests a decoder sent back to prefill because their KV was lost or out of reach too long",
+            LABELS,
+        ),
+        kv_store_entries: register_int_gauge_vec!(
+            "pdq_kv_store_entries",
+            "KVs a prefill rank holds for decoders that have not taken them yet",
+            LABELS
+        )
+        .expect("a metric is registered once"),
+        kv_store_bytes: register_int_gauge_vec!(
+            "pdq_kv_store_bytes",
+            "Bytes of the KVs a prefill rank holds for decoders",
+            LABELS
+        )
+        .expect("a metric is registered once"),
         ttft: histogram("pdq_time_to_first_token_seconds", "From enqueue to the first token (queue time plus prefill)"),
         e2e: histogram("pdq_e2e_request_latency_seconds", "From enqueue to the result"),
         kv_transfer: histogram("pdq_kv_transfer_seconds", "Taking a request's KV from its prefill rank"),
@@ -160,6 +186,24 @@ impl Labels {
     /// A running sequence was preempted (its blocks freed; it resumes by recomputing).
     pub fn preempted(&self) {
         METRICS.preemptions.with_label_values(&self.values()).inc();
+    }
+
+    /// A decoder handed a KV handle back (its prefill rank out of reach).
+    pub fn handed_back(&self) {
+        METRICS.handbacks.with_label_values(&self.values()).inc();
+    }
+
+    /// A decoder sent a request back to prefill.
+    pub fn reprefilled(&self) {
+        METRICS.reprefills.with_label_values(&self.values()).inc();
+    }
+
+    /// What a prefill rank's KV store holds now.
+    pub fn kv_store(&self, entries: usize, bytes: usize) {
+        let m = &*METRICS;
+        let v = self.values();
+        m.kv_store_entries.with_label_values(&v).set(entries as i64);
+        m.kv_store_bytes.with_label_values(&v).set(bytes as i64);
     }
 
     pub fn reconnects(&self, more: u64) {

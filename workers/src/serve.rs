@@ -78,6 +78,9 @@ impl RunningWorker {
         // Registered at start, so a scrape shows every series before the first request.
         metrics.engine(0, 0, 0.0);
         metrics.reconnects(0);
+        if let Some(state) = &prefill_state {
+            spawn_kv_store_gauges(state.kv.clone(), metrics.clone(), stop_rx.clone());
+        }
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
         let mut exec = device.executor(cfg.kv_pool_bytes)?;
         // A decode rank imports every prompt's pages: it has no prompt blocks of its own to keep.
@@ -231,6 +234,22 @@ fn message_span(cfg: &WorkerConfig, msg: &pdq_broker::Inbound) -> tracing::Span 
         span.record("job_id", tracing::field::display(id));
     }
     span
+}
+
+/// Reports what the KV store holds, once a second, until the worker stops.
+fn spawn_kv_store_gauges(kv: KvStore, metrics: Labels, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    let stats = kv.stats().await;
+                    metrics.kv_store(stats.entries, stats.used);
+                }
+            }
+        }
+    });
 }
 
 /// Keeps serving KV until decoders have taken it all, stopped asking for it, or the drain

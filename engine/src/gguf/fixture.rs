@@ -87,7 +87,7 @@ pub fn write(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
     write_arch(false, dtype, dir)
 }
 
-/// [`write`] for a Qwen2: q/k/v biases (F32), and no Q/K permutation (llama.cpp stores Qwen2's
+/// [`write()`] for a Qwen2: q/k/v biases (F32), and no Q/K permutation (llama.cpp stores Qwen2's
 /// rows in HF order, since its RoPE there is the NeoX layout HF uses).
 pub fn write_qwen2(dtype: QuantType, dir: &Path) -> Result<(), EngineError> {
     write_arch(true, dtype, dir)

@@ -1,6 +1,7 @@
-//! GGUF checkpoints (llama.cpp's format): the container ([`file`]), the model it describes
-//! ([`model`]: config and weights, which stay in their block format), its tokenizer
-//! ([`tokenizer`]), and a writer with random fixtures for tests ([`write`], [`fixture`]).
+//! GGUF checkpoints (llama.cpp's format): the container ([`file`](mod@file)), the model it
+//! describes (`model`: config and weights, which stay in their block format), its tokenizer
+//! (`tokenizer`), and a writer with random fixtures for tests ([`write`](mod@write),
+//! [`fixture`]).
 //! [`crate::Model::load_gguf`] puts the parts together into a model.
 //!
 //! The parser is our own rather than a crate: the format is a few hundred bytes of header over

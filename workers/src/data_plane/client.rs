@@ -1,5 +1,15 @@
 //! The decode side: persistent, authenticated connections per prefill endpoint, and a lease on
-//! each remote KV that frees it unless it was taken.
+//! each remote KV that frees it unless it was taken or kept.
+//!
+//! Invariants:
+//! - a lease is settled only by an answer from the peer (the KV taken, or not there, or a
+//!   protocol violation) or by [`RemoteKv::keep`]; any other end (a failed or timed-out take,
+//!   a drop) frees the KV in the background, retried on fresh connections for
+//!   [`FREE_RETRY_FOR`], so a KV outlives its decoder's interest by at most that, not by the
+//!   prefill rank's TTL;
+//! - an endpoint that timed out or was unreachable is in backoff (doubling per failure, up to
+//!   [`MAX_BACKOFF`]): takes fail fast with [`WorkerError::DataPlaneUnreachable`] without dialing,
+//!   except one probe each time the backoff runs out; any answer ends the backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +31,19 @@ const MAX_IDLE_PER_ENDPOINT: usize = 16;
 /// Bytes read per step while receiving a KV: memory grows with what arrived, not with what
 /// the peer announced.
 const READ_CHUNK: usize = 1 << 20;
+/// The first backoff after an endpoint fails; it doubles with each failure after that.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// How long a lost free is tried again (a partition healing); after that the TTL frees the KV.
+const FREE_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// An endpoint that failed lately.
+struct Backoff {
+    failures: u32,
+    retry_at: Instant,
+    /// The failure that put it there, for the errors of the takes it turns away.
+    last: String,
+}
 
 struct Idle {
     sock: TcpStream,
@@ -33,11 +56,13 @@ pub struct KvClient {
     cfg: Arc<DataPlaneConfig>,
     /// Held only to push or pop a connection, never across `.await`.
     idle: Arc<Mutex<HashMap<String, Vec<Idle>>>>,
+    /// Endpoints in backoff; held, like `idle`, never across `.await`.
+    backoff: Arc<Mutex<HashMap<String, Backoff>>>,
 }
 
 impl KvClient {
     pub fn new(cfg: DataPlaneConfig) -> KvClient {
-        KvClient { cfg: Arc::new(cfg), idle: Arc::default() }
+        KvClient { cfg: Arc::new(cfg), idle: Arc::default(), backoff: Arc::default() }
     }
 
     /// A lease on the KV `id` at `endpoint`: freed when dropped, unless taken.
@@ -56,10 +81,73 @@ impl KvClient {
         self.idle.lock().expect("pool lock").get(endpoint).map_or(0, Vec::len)
     }
 
-    /// Best effort: the lease's TTL catches a free that is lost.
+    /// Best effort, one try: the lease's TTL catches a free that is lost.
+    #[cfg(test)]
     pub async fn free(&self, endpoint: &str, id: Uuid) {
         if let Err(e) = self.request(endpoint, FREE, id, 0).await {
             tracing::debug!(%endpoint, kv_id = %id, error = %e, "KV free did not reach the prefill worker");
+        }
+    }
+
+    /// Frees the KV, trying again on a fresh connection while the peer is out of reach, for
+    /// up to [`FREE_RETRY_FOR`]; a peer that refuses connections is gone, and its KV with it.
+    async fn free_retrying(&self, endpoint: &str, id: Uuid) {
+        let started = Instant::now();
+        let mut pause = FIRST_BACKOFF;
+        loop {
+            match self.request(endpoint, FREE, id, 0).await {
+                Ok(_) => return,
+                Err(e) if is_unreachable(&e) && started.elapsed() + pause < FREE_RETRY_FOR => {
+                    tracing::debug!(%endpoint, kv_id = %id, error = %e, "KV free did not reach the prefill worker; retrying");
+                }
+                Err(e) => {
+                    tracing::debug!(%endpoint, kv_id = %id, error = %e, "KV free given up; the TTL frees it");
+                    return;
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// How long `endpoint` stays in backoff, or `None` when it is not in backoff.
+    pub fn backoff_left(&self, endpoint: &str) -> Option<Duration> {
+        let backoff = self.backoff.lock().expect("backoff lock");
+        let left = backoff.get(endpoint)?.retry_at.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Whether `endpoint` may be dialed now; `Err` with the backoff left when not. When an
+    /// endpoint's backoff has run out, the first caller is its probe and the others wait for
+    /// the probe's answer (or its deadline).
+    fn may_dial(&self, endpoint: &str) -> Result<(), WorkerError> {
+        let mut backoff = self.backoff.lock().expect("backoff lock");
+        let Some(b) = backoff.get_mut(endpoint) else { return Ok(()) };
+        let now = Instant::now();
+        if b.retry_at > now {
+            return Err(WorkerError::DataPlaneUnreachable { last: b.last.clone(), retry_in: b.retry_at - now });
+        }
+        b.retry_at = now + self.cfg.connect_timeout + self.cfg.read_timeout;
+        Ok(())
+    }
+
+    fn unreachable(&self, endpoint: &str, e: &WorkerError) {
+        let mut backoff = self.backoff.lock().expect("backoff lock");
+        let b = backoff.entry(endpoint.to_string()).or_insert(Backoff {
+            failures: 0,
+            retry_at: Instant::now(),
+            last: String::new(),
+        });
+        b.failures += 1;
+        b.last = e.to_string();
+        let pause = FIRST_BACKOFF.saturating_mul(1 << (b.failures - 1).min(16)).min(MAX_BACKOFF);
+        b.retry_at = Instant::now() + pause;
+        tracing::info!(%endpoint, failures = b.failures, backoff = ?pause, "prefill data plane unreachable; backing off");
+    }
+
+    fn reachable(&self, endpoint: &str) {
+        if self.backoff.lock().expect("backoff lock").remove(endpoint).is_some() {
+            tracing::info!(%endpoint, "prefill data plane reachable again");
         }
     }
 
@@ -187,8 +275,13 @@ impl KvClient {
             }
             Ok(Some(bytes))
         };
-        let answer = timeout(deadline, work).await.map_err(|_| self.timed_out(endpoint, deadline))??;
-        Ok((answer, sock))
+        let Ok(answer) = timeout(deadline, work).await else {
+            // Reset, not closed: a request still unsent (a partition) is dropped here, rather
+            // than delivered when the link heals, taking a KV that nobody is reading anymore.
+            sock.set_zero_linger().ok();
+            return Err(self.timed_out(endpoint, deadline));
+        };
+        Ok((answer?, sock))
     }
 
     fn timed_out(&self, endpoint: &str, after: Duration) -> WorkerError {
@@ -196,9 +289,22 @@ impl KvClient {
     }
 }
 
+/// Whether `e` says the peer is out of reach (silent, timed out, no route), as opposed to gone
+/// (refusing connections, resetting them) or lying: the KV may still be there for later.
+pub fn is_unreachable(e: &WorkerError) -> bool {
+    use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable, TimedOut};
+    match e {
+        WorkerError::DataPlaneTimeout { .. } | WorkerError::DataPlaneUnreachable { .. } => true,
+        WorkerError::DataPlane { source, .. } => {
+            matches!(source.kind(), TimedOut | HostUnreachable | NetworkUnreachable)
+        }
+        _ => false,
+    }
+}
+
 /// A decoder's claim on one KV held by a prefill worker. Taking it frees it there in the same
-/// round trip; dropping it untaken frees it in the background, so no path leaks a KV until its
-/// TTL.
+/// round trip; dropping it untaken (a failed take included) frees it in the background, so no
+/// path leaks a KV until its TTL; [`RemoteKv::keep`] leaves it for the next decoder.
 pub struct RemoteKv {
     client: KvClient,
     endpoint: String,
@@ -208,11 +314,36 @@ pub struct RemoteKv {
 }
 
 impl RemoteKv {
-    /// Fetches and frees the KV, reading at most the handle's `kv_bytes`.
-    pub async fn take(mut self) -> Result<Vec<u8>, WorkerError> {
+    /// Fetches and frees the KV, reading at most the handle's `kv_bytes`. An endpoint in
+    /// backoff fails at once with [`WorkerError::DataPlaneUnreachable`].
+    pub async fn take(&mut self) -> Result<Vec<u8>, WorkerError> {
+        self.client.may_dial(&self.endpoint)?;
+        match self.client.request(&self.endpoint, TAKE, self.id, self.kv_bytes).await {
+            Ok(answer) => {
+                // Taken, or not there: either way nothing is left to free.
+                self.settled = true;
+                self.client.reachable(&self.endpoint);
+                answer.ok_or(WorkerError::KvNotFound(self.id))
+            }
+            Err(e) => {
+                // A peer that broke the protocol is asked nothing more, not even to free.
+                if matches!(e, WorkerError::DataPlaneProtocol { .. }) {
+                    self.settled = true;
+                }
+                // A refusal or a reset is an answer too: the host is there (its worker may not be).
+                if is_unreachable(&e) {
+                    self.client.unreachable(&self.endpoint, &e);
+                } else {
+                    self.client.reachable(&self.endpoint);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Leaves the KV on the prefill rank, for whoever takes the handle next.
+    pub fn keep(mut self) {
         self.settled = true;
-        let answer = self.client.request(&self.endpoint, TAKE, self.id, self.kv_bytes).await?;
-        answer.ok_or(WorkerError::KvNotFound(self.id))
     }
 }
 
@@ -223,7 +354,7 @@ impl Drop for RemoteKv {
         }
         let (client, endpoint, id) = (self.client.clone(), std::mem::take(&mut self.endpoint), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { client.free(&endpoint, id).await });
+            rt.spawn(async move { client.free_retrying(&endpoint, id).await });
         }
     }
 }

@@ -19,7 +19,7 @@ mod shm;
 
 use std::time::Duration;
 
-pub use client::KvClient;
+pub use client::{is_unreachable, KvClient, RemoteKv};
 pub use server::serve;
 pub use shm::{host_id as shm_host_id, read as shm_read, usable as shm_usable, KvBytes};
 
@@ -36,6 +36,9 @@ const NOT_FOUND: u8 = 1;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a peer may take to start answering; a transfer also gets time for its size.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a decoder keeps handing back the handles of a prefill rank it cannot reach (for a
+/// decoder that can, or for itself once the partition heals) before it prefills them again.
+pub const DEFAULT_UNREACHABLE_WAIT: Duration = Duration::from_secs(30);
 /// The slowest transfer rate a deadline allows for, on top of the read timeout.
 const MIN_BYTES_PER_SEC: u64 = 16 << 20;
 /// A server closes a connection idle this long; clients reuse one idle for less.
@@ -51,6 +54,9 @@ pub struct DataPlaneConfig {
     pub secret: Option<Vec<u8>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long after a handle was published a decoder that cannot reach its prefill rank
+    /// still hands it back rather than prefilling the request again (`--kv-unreachable-wait`).
+    pub unreachable_wait: Duration,
     /// The most bytes one KV may have, whatever a handle says.
     pub max_kv_bytes: u64,
     /// Where KVs live in shared memory for decoders on the same host (`--kv-shm-dir`); `None`
@@ -64,6 +70,7 @@ impl std::fmt::Debug for DataPlaneConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("unreachable_wait", &self.unreachable_wait)
             .field("max_kv_bytes", &self.max_kv_bytes)
             .field("shm_dir", &self.shm_dir)
             .finish()
@@ -76,6 +83,7 @@ impl DataPlaneConfig {
             secret,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            unreachable_wait: DEFAULT_UNREACHABLE_WAIT,
             max_kv_bytes,
             shm_dir: None,
         }

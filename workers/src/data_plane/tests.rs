@@ -1,3 +1,5 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,4 +136,88 @@ async fn a_peer_that_never_answers_times_out() {
     let endpoint = liar(answer, true).await;
     let e = KvClient::new(cfg(None)).lease(&endpoint, Uuid::new_v4(), 4096).take().await.unwrap_err();
     assert!(matches!(e, WorkerError::DataPlaneTimeout { .. }), "{e}");
+}
+
+/// A link to `target` that can be cut: while cut, connections are accepted and then hear
+/// nothing (as across a partition whose SYN got through, or a peer that hung); once healed,
+/// new connections are forwarded.
+async fn gate(target: String) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let open = Arc::new(AtomicBool::new(false));
+    let is_open = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (target, is_open) = (target.clone(), is_open.clone());
+            tokio::spawn(async move {
+                if !is_open.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+                let mut up = tokio::net::TcpStream::connect(&target).await.unwrap();
+                tokio::io::copy_bidirectional(&mut sock, &mut up).await.ok();
+            });
+        }
+    });
+    (endpoint, open)
+}
+
+async fn wait_entries(store: &KvStore, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().await.entries != n {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_timed_out_take_still_frees_the_kv_once_the_peer_is_back() {
+    let (store, target, _stop) = server(None).await;
+    let (endpoint, open) = gate(target).await;
+    let client = KvClient::new(cfg(None));
+    let id = Uuid::new_v4();
+    store.put(id, payload(64)).await.unwrap();
+    let mut kv = client.lease(&endpoint, id, 64);
+    let e = kv.take().await.unwrap_err();
+    assert!(matches!(e, WorkerError::DataPlaneTimeout { .. }) && is_unreachable(&e), "{e}");
+    // In backoff: the next take fails at once, without dialing.
+    assert!(client.backoff_left(&endpoint).is_some());
+    let started = std::time::Instant::now();
+    let e = kv.take().await.unwrap_err();
+    assert!(matches!(e, WorkerError::DataPlaneUnreachable { .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
+    // The take failed, so dropping the lease frees the KV: retried until the link is back.
+    drop(kv);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.stats().await.entries, 1, "nothing reached the peer while the link was cut");
+    open.store(true, Ordering::SeqCst);
+    wait_entries(&store, 0, "the free never arrived after the link came back").await;
+}
+
+#[tokio::test]
+async fn a_kept_lease_leaves_the_kv_and_an_answer_ends_the_backoff() {
+    let (store, target, _stop) = server(None).await;
+    let (endpoint, open) = gate(target).await;
+    let client = KvClient::new(cfg(None));
+    let id = Uuid::new_v4();
+    store.put(id, payload(64)).await.unwrap();
+    let mut kv = client.lease(&endpoint, id, 64);
+    assert!(kv.take().await.is_err());
+    let first = client.backoff_left(&endpoint).unwrap();
+    kv.keep();
+    tokio::time::sleep(first).await;
+    // The backoff ran out: this take is the probe; it fails again, and the backoff doubles.
+    let mut kv = client.lease(&endpoint, id, 64);
+    assert!(matches!(kv.take().await, Err(WorkerError::DataPlaneTimeout { .. })));
+    let second = client.backoff_left(&endpoint).unwrap();
+    assert!(second > first, "{second:?} after {first:?}");
+    kv.keep();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.stats().await.entries, 1, "a kept lease frees nothing");
+    open.store(true, Ordering::SeqCst);
+    tokio::time::sleep(second).await;
+    let mut kv = client.lease(&endpoint, id, 64);
+    assert_eq!(kv.take().await.unwrap(), payload(64));
+    assert!(client.backoff_left(&endpoint).is_none(), "an answer ends the backoff");
+    wait_entries(&store, 0, "the take freed it").await;
 }
