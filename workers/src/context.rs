@@ -4,12 +4,12 @@ use pdq_broker::Publisher;
 use pdq_protocol::Topology;
 use pdq_store::Store;
 
-use crate::closed_jobs::ClosedJobs;
+use crate::actors::closed_jobs::ClosedJobs;
+use crate::actors::engine_loop::EngineHandle;
+use crate::actors::writer::ResultWriter;
 use crate::data_plane::KvClient;
-use crate::engine_loop::EngineHandle;
 use crate::fault::Fault;
 use crate::metrics::Labels;
-use crate::writer::ResultWriter;
 use crate::WorkerConfig;
 
 pub struct Ctx {

@@ -8,7 +8,7 @@ use pdq_protocol::{
     TokenLogprob, TopLogprob, ValidRequest, ValidationError,
 };
 
-use crate::engine_loop::{DecodeOut, EngineHandle, First};
+use crate::actors::engine_loop::{DecodeOut, EngineHandle, First};
 use serde_json::Value;
 use uuid::Uuid;
 

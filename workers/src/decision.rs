@@ -8,9 +8,9 @@ use pdq_broker::{Outgoing, Settlement};
 use pdq_protocol::{ErrorBody, ErrorClass, MetaInfo, Outcome};
 use uuid::Uuid;
 
+use crate::actors::kv_store::KvLease;
+use crate::actors::writer::Written;
 use crate::context::Ctx;
-use crate::kv_store::KvLease;
-use crate::writer::Written;
 use crate::WorkerError;
 
 /// How long to hold a message before requeueing it after a transient failure, so a broker or

@@ -21,17 +21,19 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-use crate::closed_jobs::ClosedJobs;
+use crate::actors::closed_jobs::ClosedJobs;
+use crate::actors::engine_loop::{EngineHandle, EngineLoopConfig};
+use crate::actors::kv_store::KvStore;
+use crate::actors::registry;
+use crate::actors::writer::ResultWriter;
 use crate::config::{DRAIN_IDLE, DRAIN_TIMEOUT};
 use crate::context::Ctx;
 use crate::data_plane::KvClient;
-use crate::engine_loop::{EngineHandle, EngineLoopConfig};
 use crate::fault::Fault;
-use crate::kv_store::KvStore;
 use crate::metrics::Labels;
-use crate::prefill::PrefillState;
-use crate::writer::ResultWriter;
-use crate::{colocated, data_plane, decode, prefill, registry, WorkerConfig, WorkerError};
+use crate::roles::prefill::PrefillState;
+use crate::roles::{colocated, decode, prefill};
+use crate::{data_plane, WorkerConfig, WorkerError};
 
 /// A started worker: stop it with [`RunningWorker::stop`].
 pub struct RunningWorker {

@@ -13,7 +13,7 @@ use super::auth::{self, MAC_LEN};
 use super::{
     DataPlaneConfig, FETCH, FLAG_AUTH, FOUND, FREE, HANDSHAKE_TIMEOUT, MAGIC, NONCE_LEN, NOT_FOUND, SERVER_IDLE, TAKE,
 };
-use crate::kv_store::KvStore;
+use crate::actors::kv_store::KvStore;
 
 /// Serves the KV store on `bind` until `stop` fires; returns the bound address.
 pub async fn serve(

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::*;
-use crate::kv_store::KvStore;
+use crate::actors::kv_store::KvStore;
 use crate::WorkerError;
 
 fn cfg(secret: Option<&str>) -> DataPlaneConfig {

@@ -9,12 +9,12 @@ use pdq_broker::{Inbound, Outgoing};
 use pdq_protocol::{route, At, KvHandle, Route, Timings};
 use uuid::Uuid;
 
+use crate::actors::kv_store::KvStore;
 use crate::context::Ctx;
 use crate::convert::{compile_constraint, sampling_params, seed_for, wire_firsts};
 use crate::data_plane::{shm_host_id, KvBytes};
 use crate::decision::{execute, Decision};
-use crate::intake::{intake, Accepted, Intake};
-use crate::kv_store::KvStore;
+use crate::roles::intake::{intake, Accepted, Intake};
 use crate::WorkerError;
 
 /// The prefill side's extra state: its KV store and the endpoint decoders fetch from.

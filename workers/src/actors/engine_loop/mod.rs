@@ -8,7 +8,7 @@
 //! Each iteration (continuous batching):
 //! 0. with `kv_by_need`, resumes preempted sequences first (`by_need.rs`);
 //! 1. admits waiting prompts while they fit the prefill token budget (always at least one) and
-//!    the pool has blocks for them, and prefills them as one batch (`engine_prefill.rs`). Each
+//!    the pool has blocks for them, and prefills them as one batch (`prefill.rs`). Each
 //!    takes the longest prefix of it the pool's prefix cache holds and computes only the rest;
 //!    its full blocks are offered to the cache afterwards. A prefill rank's prompt has its
 //!    pages exported and its blocks released at once (the KV store holds the bytes); a
@@ -653,11 +653,8 @@ fn decode_step(
     Ok(())
 }
 
-#[path = "by_need.rs"]
 mod by_need;
-#[path = "engine_prefill.rs"]
 mod prefill;
 
 #[cfg(test)]
-#[path = "engine_loop_tests.rs"]
 mod tests;

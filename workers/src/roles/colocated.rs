@@ -10,7 +10,7 @@ use pdq_protocol::{MetaInfo, Timings};
 use crate::context::{now_ms, Ctx};
 use crate::convert::{answer, compile_constraint, sampling_params, seed_for};
 use crate::decision::{execute, Decision};
-use crate::intake::{intake, Accepted, Intake};
+use crate::roles::intake::{intake, Accepted, Intake};
 use crate::WorkerError;
 
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
