@@ -8,7 +8,7 @@ use pdq_engine::{Device, Model};
 use pdq_producer::{export_lines, wait_for_job, ExportKind, SubmitOptions, WaitMode};
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::{JobRow, Store};
-use pdq_workers::{WorkerConfig, WorkerRole};
+use pdq_workers::{ClusterConfig, WorkerRole};
 
 use crate::cli::{Cli, ClusterArgs, Command, Global, ModelArg, ModelCommand, TuningArgs};
 use crate::shutdown::feeding_until_shutdown;
@@ -20,11 +20,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             let shape = shape(&cluster)?;
             let model = load_model(&model)?;
             let store = Store::connect(&g.database_url).await?;
-            let template = worker_config(g, WorkerRole::Prefill, 0, shape, &tuning);
+            let cluster = cluster_config(g, shape, &tuning);
             g.serve_metrics().await?;
             tracing::info!(?shape, model = model.model().name(), "serving");
             let shutdown = feeding_until_shutdown(g, &feeder, &store, Some(shape));
-            pdq_workers::serve(&template, model, store, shutdown).await?;
+            pdq_workers::serve(&cluster, model, store, shutdown).await?;
         }
         Command::Worker { role, dp_rank, mut cluster, model, tuning, feeder } => {
             if role == WorkerRole::Colocated {
@@ -39,7 +39,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             let model = load_model(&model)?;
             let store = Store::connect(&g.database_url).await?;
-            let cfg = worker_config(g, role, dp_rank, shape, &tuning);
+            let cfg = cluster_config(g, shape, &tuning).rank(role, dp_rank);
             g.serve_metrics().await?;
             let shutdown = feeding_until_shutdown(g, &feeder, &store, Some(shape));
             pdq_workers::run_worker(cfg, model, store, shutdown).await?;
@@ -196,7 +196,7 @@ pub fn load_model(arg: &ModelArg) -> Result<Device> {
     Ok(Device::open(Arc::new(model), arg.device)?)
 }
 
-pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShape, t: &TuningArgs) -> WorkerConfig {
+pub fn cluster_config(g: &Global, shape: ClusterShape, t: &TuningArgs) -> ClusterConfig {
     let data_plane = pdq_workers::DataPlaneConfig {
         secret: t.kv_secret.as_ref().map(|s| s.as_bytes().to_vec()),
         connect_timeout: t.kv_connect_timeout.0,
@@ -205,7 +205,7 @@ pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShap
         max_kv_bytes: (t.kv_pool_mb as u64) << 20,
         shm_dir: t.kv_shm_dir.clone(),
     };
-    WorkerConfig {
+    ClusterConfig {
         broker: g.broker(),
         data_plane,
         kv_ttl: t.kv_ttl.0,
@@ -218,7 +218,7 @@ pub fn worker_config(g: &Global, role: WorkerRole, rank: u32, shape: ClusterShap
         prefetch: t.prefetch,
         prefix_cache: t.prefix_cache,
         kv_by_need: t.kv_by_need,
-        ..WorkerConfig::new(role, rank, shape, &g.namespace, &g.amqp_url)
+        ..ClusterConfig::new(shape, &g.namespace, &g.amqp_url)
     }
 }
 

@@ -11,7 +11,7 @@ use pdq_producer::{submit_lines, wait_for_job, BatchSource, Lines, SubmitOptions
 use pdq_protocol::{ClusterShape, Mode};
 use pdq_store::JobRow;
 use pdq_store::Store;
-use pdq_workers::{Cluster, WorkerConfig, WorkerRole};
+use pdq_workers::{Cluster, ClusterConfig};
 use serde_json::{json, Value};
 use sqlx::Row;
 
@@ -127,15 +127,12 @@ impl LocalCluster {
         namespace: &str,
         shape: ClusterShape,
         model: Device,
-        tweak: impl FnOnce(&mut WorkerConfig),
+        tweak: impl FnOnce(&mut ClusterConfig),
     ) -> Result<LocalCluster> {
         let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
-        let mut template = WorkerConfig {
-            broker: opts.clone(),
-            ..WorkerConfig::new(WorkerRole::Prefill, 0, shape, namespace, &g.amqp_url)
-        };
-        tweak(&mut template);
-        let cluster = Cluster::start(&template, model, store.clone()).await?;
+        let mut config = ClusterConfig { broker: opts.clone(), ..ClusterConfig::new(shape, namespace, &g.amqp_url) };
+        tweak(&mut config);
+        let cluster = Cluster::start(&config, model, store.clone()).await?;
         let (stop_feeder, stop_rx) = tokio::sync::watch::channel(false);
         let cfg = FeederConfig {
             namespace: namespace.to_string(),

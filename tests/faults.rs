@@ -554,9 +554,10 @@ async fn a_rank_breaks(
     breaks: Breaks,
     good_steps: usize,
 ) {
-    use pdq_workers::{RunningWorker, WorkerConfig, WorkerRole};
+    use pdq_workers::{ClusterConfig, RunningWorker, WorkerRole};
     let h = Harness::idle(pool.clone(), shape).await;
-    let cfg = |role, rank| WorkerConfig::new(role, rank, shape, &h.ns, &common::amqp_url());
+    let cluster = ClusterConfig::new(shape, &h.ns, &common::amqp_url());
+    let cfg = |role, rank| cluster.rank(role, rank);
     let broken_device =
         pdq_engine::Device::Custom(std::sync::Arc::new(BreakingDevice { model: common::model(), good_steps, breaks }));
     let broken = RunningWorker::start(cfg(role, 0), broken_device, h.store.clone()).await.expect("broken rank starts");

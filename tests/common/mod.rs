@@ -16,7 +16,7 @@ use pdq_engine::Model;
 use pdq_producer::{submit, wait_for_job, Policy, SubmitOptions, WaitMode};
 use pdq_protocol::ClusterShape;
 use pdq_store::{JobRow, Store};
-use pdq_workers::{Cluster, WorkerConfig, WorkerRole};
+use pdq_workers::{Cluster, ClusterConfig};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -98,7 +98,7 @@ impl Harness {
     }
 
     /// `tweak` adjusts the worker settings (KV TTL, budgets) before the cluster starts.
-    pub async fn start_with(pool: PgPool, shape: ClusterShape, tweak: impl FnOnce(&mut WorkerConfig)) -> Harness {
+    pub async fn start_with(pool: PgPool, shape: ClusterShape, tweak: impl FnOnce(&mut ClusterConfig)) -> Harness {
         Harness::start_model(pool, shape, model(), tweak).await
     }
 
@@ -106,10 +106,10 @@ impl Harness {
         pool: PgPool,
         shape: ClusterShape,
         model: Arc<Model>,
-        tweak: impl FnOnce(&mut WorkerConfig),
+        tweak: impl FnOnce(&mut ClusterConfig),
     ) -> Harness {
         let mut h = Harness::idle(pool, shape).await;
-        let mut cfg = WorkerConfig::new(WorkerRole::Prefill, 0, shape, &h.ns, &amqp_url());
+        let mut cfg = ClusterConfig::new(shape, &h.ns, &amqp_url());
         tweak(&mut cfg);
         h.cluster = Some(Cluster::start(&cfg, model, h.store.clone()).await.expect("cluster starts"));
         h
@@ -155,8 +155,8 @@ impl Harness {
         self.start_cluster_with(|_| {}).await
     }
 
-    pub async fn start_cluster_with(&mut self, tweak: impl FnOnce(&mut WorkerConfig)) {
-        let mut cfg = WorkerConfig::new(WorkerRole::Prefill, 0, self.shape, &self.ns, &amqp_url());
+    pub async fn start_cluster_with(&mut self, tweak: impl FnOnce(&mut ClusterConfig)) {
+        let mut cfg = ClusterConfig::new(self.shape, &self.ns, &amqp_url());
         tweak(&mut cfg);
         self.cluster = Some(Cluster::start(&cfg, model(), self.store.clone()).await.expect("cluster starts"));
     }

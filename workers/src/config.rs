@@ -31,11 +31,10 @@ pub const DRAIN_IDLE: Duration = Duration::from_secs(10);
 /// tokenize only to be refused for its length).
 pub const DEFAULT_MAX_PROMPT_BYTES: usize = 1 << 20;
 
-/// Everything one worker needs; `pdq worker` and `pdq serve` both build these.
+/// What every rank of a cluster shares: `pdq serve` starts one worker per rank from it, and
+/// `pdq worker` adds its own role and rank ([`ClusterConfig::rank`]).
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub role: WorkerRole,
-    pub rank: u32,
+pub struct ClusterConfig {
     pub shape: ClusterShape,
     /// The broker URL, namespace, heartbeat, queue type and delivery bound.
     pub broker: BrokerOptions,
@@ -58,11 +57,10 @@ pub struct WorkerConfig {
     pub kv_by_need: bool,
 }
 
-impl WorkerConfig {
-    pub fn new(role: WorkerRole, rank: u32, shape: ClusterShape, namespace: &str, amqp_url: &str) -> Self {
-        WorkerConfig {
-            role,
-            rank,
+impl ClusterConfig {
+    /// The defaults for a cluster of `shape` in `namespace`.
+    pub fn new(shape: ClusterShape, namespace: &str, amqp_url: &str) -> Self {
+        ClusterConfig {
             shape,
             broker: BrokerOptions::new(amqp_url, namespace),
             data_plane: DataPlaneConfig::new(None, DEFAULT_KV_POOL_BYTES as u64),
@@ -82,6 +80,25 @@ impl WorkerConfig {
 
     pub fn namespace(&self) -> &str {
         &self.broker.namespace
+    }
+
+    /// The worker of this cluster with `role` and `rank`.
+    pub fn rank(&self, role: WorkerRole, rank: u32) -> WorkerConfig {
+        WorkerConfig { role, rank, cluster: self.clone() }
+    }
+}
+
+/// One worker: its place in the cluster, and what the whole cluster shares.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub role: WorkerRole,
+    pub rank: u32,
+    pub cluster: ClusterConfig,
+}
+
+impl WorkerConfig {
+    pub fn namespace(&self) -> &str {
+        self.cluster.namespace()
     }
 
     pub fn tag(&self) -> String {

@@ -30,8 +30,8 @@ mod serve;
 pub use actors::engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut, Prefilled};
 pub use actors::writer::RESULT_BATCH;
 pub use config::{
-    WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_KV_POOL_BYTES, DEFAULT_KV_TTL, DEFAULT_MAX_PROMPT_BYTES,
-    DEFAULT_MAX_RUNNING, DEFAULT_PREFETCH,
+    ClusterConfig, WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_KV_POOL_BYTES, DEFAULT_KV_TTL,
+    DEFAULT_MAX_PROMPT_BYTES, DEFAULT_MAX_RUNNING, DEFAULT_PREFETCH,
 };
 pub use data_plane::{
     shm_usable, DataPlaneConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_UNREACHABLE_WAIT,
@@ -40,4 +40,4 @@ pub use error::WorkerError;
 pub use fault::Fault;
 pub use metrics::Labels as MetricLabels;
 pub use pdq_protocol::WorkerRole;
-pub use serve::{run_worker, serve, Cluster, ClusterConfig, RunningWorker};
+pub use serve::{run_worker, serve, Cluster, RunningWorker};

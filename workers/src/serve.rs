@@ -33,7 +33,7 @@ use crate::fault::Fault;
 use crate::metrics::Labels;
 use crate::roles::prefill::PrefillState;
 use crate::roles::{colocated, decode, prefill};
-use crate::{data_plane, WorkerConfig, WorkerError};
+use crate::{data_plane, ClusterConfig, WorkerConfig, WorkerError};
 
 /// A started worker: stop it with [`RunningWorker::stop`].
 pub struct RunningWorker {
@@ -53,19 +53,23 @@ impl RunningWorker {
     ) -> Result<RunningWorker, WorkerError> {
         let device = device.into();
         let model = device.model().clone();
-        let opts = cfg.broker.clone().named(format!("pdq:{}:{}", cfg.namespace(), cfg.tag()));
+        let opts = cfg.cluster.broker.clone().named(format!("pdq:{}:{}", cfg.namespace(), cfg.tag()));
         let broker = Broker::connect_with(opts).await?;
-        broker.declare(&cfg.shape).await?;
+        broker.declare(&cfg.cluster.shape).await?;
         let publisher = broker.publisher();
         let (stop, stop_rx) = watch::channel(false);
         let stop = Arc::new(stop);
         let prefill_state = if cfg.role == WorkerRole::Prefill {
-            let kv = KvStore::spawn(cfg.kv_budget_bytes, cfg.kv_ttl);
-            let addr = data_plane::serve(cfg.data_plane_bind, kv.clone(), &cfg.data_plane, stop_rx.clone())
-                .await
-                .map_err(|source| WorkerError::DataPlane { endpoint: cfg.data_plane_bind.to_string(), source })?;
-            let endpoint = format!("{}:{}", cfg.advertise_host, addr.port());
-            let shm_dir = cfg.data_plane.shm_dir.clone().filter(|dir| {
+            let kv = KvStore::spawn(cfg.cluster.kv_budget_bytes, cfg.cluster.kv_ttl);
+            let addr =
+                data_plane::serve(cfg.cluster.data_plane_bind, kv.clone(), &cfg.cluster.data_plane, stop_rx.clone())
+                    .await
+                    .map_err(|source| WorkerError::DataPlane {
+                        endpoint: cfg.cluster.data_plane_bind.to_string(),
+                        source,
+                    })?;
+            let endpoint = format!("{}:{}", cfg.cluster.advertise_host, addr.port());
+            let shm_dir = cfg.cluster.data_plane.shm_dir.clone().filter(|dir| {
                 let ok = data_plane::shm_usable(dir) && data_plane::shm_host_id().is_some();
                 if !ok {
                     tracing::warn!(dir = %dir.display(), "the KV shared-memory directory is unusable; every KV goes over TCP");
@@ -84,17 +88,17 @@ impl RunningWorker {
             spawn_kv_store_gauges(state.kv.clone(), metrics.clone(), stop_rx.clone());
         }
         registry::register(&store, &cfg, prefill_state.as_ref().map(|s| s.endpoint.clone()), model.name()).await?;
-        let mut exec = device.executor(cfg.kv_pool_bytes)?;
+        let mut exec = device.executor(cfg.cluster.kv_pool_bytes)?;
         // A decode rank imports every prompt's pages: it has no prompt blocks of its own to keep.
-        let cache = cfg.prefix_cache && cfg.role != WorkerRole::Decode;
+        let cache = cfg.cluster.prefix_cache && cfg.role != WorkerRole::Decode;
         // An executor with a prefix cache is one whose KV does not depend on how a prompt was
         // split into steps: there, and only there, a preempted sequence resumes exactly.
         let exact_recompute = exec.set_prefix_cache(cache);
         if cache && !exact_recompute {
             tracing::info!(device = exec.device(), "no prefix cache on this device: every prompt is computed whole");
         }
-        let kv_by_need = cfg.kv_by_need && exact_recompute;
-        if cfg.kv_by_need && !exact_recompute {
+        let kv_by_need = cfg.cluster.kv_by_need && exact_recompute;
+        if cfg.cluster.kv_by_need && !exact_recompute {
             tracing::info!(
                 device = exec.device(),
                 "KV by need is CPU-only: each request reserves its whole generation"
@@ -103,8 +107,8 @@ impl RunningWorker {
         let engine = EngineHandle::spawn(
             exec,
             EngineLoopConfig {
-                max_running: cfg.max_running,
-                prefill_token_budget: cfg.prefill_token_budget,
+                max_running: cfg.cluster.max_running,
+                prefill_token_budget: cfg.cluster.prefill_token_budget,
                 metrics: metrics.clone(),
                 kv_by_need,
             },
@@ -114,14 +118,14 @@ impl RunningWorker {
         let t = broker.topology.clone();
         let queues = match cfg.role {
             WorkerRole::Prefill | WorkerRole::Colocated => t.request_queues(cfg.rank),
-            WorkerRole::Decode => t.decode_queues(cfg.shape.prefill_dp, cfg.rank),
+            WorkerRole::Decode => t.decode_queues(cfg.cluster.shape.prefill_dp, cfg.rank),
         };
         let tag = format!("{}-{}", cfg.tag(), uuid::Uuid::new_v4().simple());
-        let mut subscription = broker.subscribe(&queues, cfg.prefetch, &tag).await?;
+        let mut subscription = broker.subscribe(&queues, cfg.cluster.prefetch, &tag).await?;
         let reconnects = broker.reconnect_counter();
         let heartbeat =
             registry::spawn_heartbeat(store.clone(), cfg.clone(), stop_rx.clone(), reconnects, metrics.clone());
-        let kv = KvClient::new(cfg.data_plane.clone());
+        let kv = KvClient::new(cfg.cluster.data_plane.clone());
         let closed = ClosedJobs::spawn(store.clone(), cfg.namespace().to_string(), stop_rx.clone());
         let fault = engine.fault().clone();
         let (cancelled_tx, consumers_cancelled) = watch::channel(false);
@@ -281,19 +285,16 @@ pub struct Cluster {
     decoders: Vec<RunningWorker>,
 }
 
-/// The settings every rank of a cluster shares; role and rank are filled in per worker.
-pub type ClusterConfig = WorkerConfig;
-
 impl Cluster {
     /// Every rank's engine opens its own executor (and KV pool) on the one `device`.
     pub async fn start(
-        template: &ClusterConfig,
+        cluster: &ClusterConfig,
         device: impl Into<Device>,
         store: Store,
     ) -> Result<Cluster, WorkerError> {
         let device = device.into();
-        let shape = template.shape;
-        let ranks = |role, n| (0..n).map(move |rank| WorkerConfig { role, rank, ..template.clone() });
+        let shape = cluster.shape;
+        let ranks = |role, n| (0..n).map(move |rank| cluster.rank(role, rank));
         let (request_cfgs, decode_cfgs): (Vec<_>, Vec<_>) = match shape.mode {
             Mode::Disagg => (
                 ranks(WorkerRole::Prefill, shape.prefill_dp).collect(),
@@ -347,12 +348,12 @@ impl Cluster {
 /// `pdq serve`: runs until `shutdown` resolves, then drains. A rank fault drains every rank and
 /// ends with the fault: the ranks share one device, and a supervisor restarts the process.
 pub async fn serve(
-    template: &ClusterConfig,
+    cluster: &ClusterConfig,
     device: impl Into<Device>,
     store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let cluster = Cluster::start(template, device, store).await?;
+    let cluster = Cluster::start(cluster, device, store).await?;
     let fault = tokio::select! {
         _ = shutdown => None,
         reason = cluster.faulted() => Some(reason),

@@ -104,8 +104,10 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
 /// The KV from shared memory, when the handle's prefill worker runs on this host and this
 /// decoder shares its directory; `None` means TCP.
 fn same_host_kv(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u8>> {
-    let dir = ctx.cfg.data_plane.shm_dir.as_deref()?;
-    if h.shm_host.as_deref()? != crate::data_plane::shm_host_id()? || h.kv_bytes > ctx.cfg.data_plane.max_kv_bytes {
+    let dir = ctx.cfg.cluster.data_plane.shm_dir.as_deref()?;
+    if h.shm_host.as_deref()? != crate::data_plane::shm_host_id()?
+        || h.kv_bytes > ctx.cfg.cluster.data_plane.max_kv_bytes
+    {
         return None;
     }
     crate::data_plane::shm_read(dir, h.kv_id, h.kv_bytes)
@@ -146,7 +148,7 @@ fn failed_row(h: &KvHandle) -> FailedRow {
 /// spaced by the endpoint's backoff, until the wait bound; past it, prefill again.
 async fn hand_back(ctx: &Ctx, h: &KvHandle, kv: RemoteKv, e: WorkerError) -> Result<Decision, WorkerError> {
     let waited = Duration::from_millis((now_ms() - h.published_at_ms).max(0) as u64);
-    if h.published_at_ms == 0 || waited >= ctx.cfg.data_plane.unreachable_wait {
+    if h.published_at_ms == 0 || waited >= ctx.cfg.cluster.data_plane.unreachable_wait {
         drop(kv);
         return reprefill(ctx, h, e).await;
     }

@@ -97,12 +97,15 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     // The key it came by is checked before the request is read: a key that names no queue
     // arrives through the alternate exchange, whatever the request says.
     let arrived = match msg.exchange == ctx.topology.prefill_exchange() {
-        true => route(At::Arrived { key: &msg.routing_key, prefill_dp: ctx.cfg.shape.prefill_dp }, &Target::default()),
+        true => route(
+            At::Arrived { key: &msg.routing_key, prefill_dp: ctx.cfg.cluster.shape.prefill_dp },
+            &Target::default(),
+        ),
         false => Route::Here,
     };
     let validated = match arrived {
         Route::Refuse(e) => Err(e),
-        _ => validate(&line, meta.rank_header.as_ref(), &ctx.cfg.shape).map_err(|e| e.to_body()),
+        _ => validate(&line, meta.rank_header.as_ref(), &ctx.cfg.cluster.shape).map_err(|e| e.to_body()),
     };
     let req = match validated {
         Ok(req) => req,
@@ -142,7 +145,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         // Its job was cancelled: the request's `cancelled` row is written already.
         return Ok(Intake::Decided(Decision::Ack));
     }
-    let tokens = match tokenize(ctx.engine.model(), &req, ctx.cfg.max_prompt_bytes) {
+    let tokens = match tokenize(ctx.engine.model(), &req, ctx.cfg.cluster.max_prompt_bytes) {
         Ok(t) => t,
         Err(e) => return Ok(Intake::Decided(failed(custom_id, req.warnings.clone()).write(e.to_body()))),
     };
