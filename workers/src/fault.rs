@@ -5,17 +5,15 @@
 //! Nothing is written as failed: a broken rank must not turn every request it holds into a
 //! failed row.
 
-use std::sync::Arc;
-
 use tokio::sync::watch;
 
 /// Raised at most once; the first reason wins.
 #[derive(Clone)]
-pub struct Fault(Arc<watch::Sender<Option<String>>>);
+pub struct Fault(watch::Sender<Option<String>>);
 
 impl Default for Fault {
     fn default() -> Self {
-        Fault(Arc::new(watch::channel(None).0))
+        Fault(watch::channel(None).0)
     }
 }
 

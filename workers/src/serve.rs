@@ -39,7 +39,7 @@ use crate::{data_plane, ClusterConfig, WorkerConfig, WorkerError};
 pub struct RunningWorker {
     pub cfg: WorkerConfig,
     fault: Fault,
-    stop: Arc<watch::Sender<bool>>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), WorkerError>>,
 }
 
@@ -58,7 +58,6 @@ impl RunningWorker {
         broker.declare(&cfg.cluster.shape).await?;
         let publisher = broker.publisher();
         let (stop, stop_rx) = watch::channel(false);
-        let stop = Arc::new(stop);
         let prefill_state = if cfg.role == WorkerRole::Prefill {
             let kv = KvStore::spawn(cfg.cluster.kv_budget_bytes, cfg.cluster.kv_ttl);
             let addr =

@@ -81,17 +81,9 @@ impl KvClient {
         self.idle.lock().expect("pool lock").get(endpoint).map_or(0, Vec::len)
     }
 
-    /// Best effort, one try: the lease's TTL catches a free that is lost.
-    #[cfg(test)]
-    pub async fn free(&self, endpoint: &str, id: Uuid) {
-        if let Err(e) = self.request(endpoint, FREE, id, 0).await {
-            tracing::debug!(%endpoint, kv_id = %id, error = %e, "KV free did not reach the prefill worker");
-        }
-    }
-
     /// Frees the KV, trying again on a fresh connection while the peer is out of reach, for
     /// up to [`FREE_RETRY_FOR`]; a peer that refuses connections is gone, and its KV with it.
-    async fn free_retrying(&self, endpoint: &str, id: Uuid) {
+    pub async fn free(&self, endpoint: &str, id: Uuid) {
         let started = Instant::now();
         let mut pause = FIRST_BACKOFF;
         loop {
@@ -354,7 +346,7 @@ impl Drop for RemoteKv {
         }
         let (client, endpoint, id) = (self.client.clone(), std::mem::take(&mut self.endpoint), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { client.free_retrying(&endpoint, id).await });
+            rt.spawn(async move { client.free(&endpoint, id).await });
         }
     }
 }

@@ -74,7 +74,7 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
         }
         None => match kv.take().await {
             Ok(b) => b,
-            Err(e) if is_unreachable(&e) => return hand_back(ctx, h, kv, e).await,
+            Err(e) if is_unreachable(&e) => return defer_unreachable(ctx, h, kv, e).await,
             // The lease, dropped, frees the KV (retrying while the peer is out of reach).
             Err(e) if e.class() == ErrorClass::KvLost => return reprefill(ctx, h, e).await,
             Err(e) => return Err(e),
@@ -146,7 +146,7 @@ fn failed_row(h: &KvHandle) -> FailedRow {
 
 /// The prefill rank is out of reach: leave the KV there and the handle to whoever can take it,
 /// spaced by the endpoint's backoff, until the wait bound; past it, prefill again.
-async fn hand_back(ctx: &Ctx, h: &KvHandle, kv: RemoteKv, e: WorkerError) -> Result<Decision, WorkerError> {
+async fn defer_unreachable(ctx: &Ctx, h: &KvHandle, kv: RemoteKv, e: WorkerError) -> Result<Decision, WorkerError> {
     let waited = Duration::from_millis((now_ms() - h.published_at_ms).max(0) as u64);
     if h.published_at_ms == 0 || waited >= ctx.cfg.cluster.data_plane.unreachable_wait {
         drop(kv);
@@ -173,8 +173,7 @@ async fn reprefill(ctx: &Ctx, h: &KvHandle, e: WorkerError) -> Result<Decision, 
         job_id: h.job_id,
         attempt: h.attempt,
         enqueued_at_ms: Some(h.enqueued_at_ms),
-        // Keep the decode rank the request was headed for; let any live prefill rank redo the
-        // prompt unless the request pins one.
+        // Keep the decode rank the request was headed for.
         dispatch_decode: h.decode_rank,
         rank_header: h.request.routing.routed_dp_rank.map(Value::from),
         ..Default::default()

@@ -68,6 +68,8 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     let request_id = *meta.request_id.get_or_insert_with(Uuid::now_v7);
     let text = String::from_utf8_lossy(&msg.body).into_owned();
     let raw = RawLine { line_no: meta.line_no.unwrap_or(1) as usize, text: &text };
+    // The request row of a direct producer's message (`line`: `None` when it is not JSON).
+    let direct_row = |line: Option<&InputLine>| NewRequest::of_line(request_id, None, None, line, &text);
     let failed = |custom_id: Option<String>, warnings: Vec<String>| FailedRow {
         request_id,
         job_id: meta.job_id,
@@ -80,7 +82,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         Err(e) => {
             // No worker can read it: record it, then let RabbitMQ dead-letter it.
             if direct {
-                ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, None, &text)).await?;
+                ctx.store.insert_request(&direct_row(None)).await?;
             }
             let outcome = failed(None, Vec::new()).outcome(e.to_body());
             return Ok(Intake::Decided(Decision::Write { outcome, dead_letter: true }));
@@ -90,7 +92,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     trace_request(request_id, custom_id.as_deref());
     if msg.poisoned {
         if direct {
-            ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, Some(&line), &text)).await?;
+            ctx.store.insert_request(&direct_row(Some(&line))).await?;
         }
         return Ok(Intake::Decided(failed(custom_id, Vec::new()).poisoned(msg.deliveries)));
     }
@@ -111,7 +113,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         Ok(req) => req,
         Err(e) => {
             if direct {
-                ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, Some(&line), &text)).await?;
+                ctx.store.insert_request(&direct_row(Some(&line))).await?;
             }
             return Ok(Intake::Decided(failed(custom_id, Vec::new()).write(e)));
         }
@@ -121,7 +123,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
     }
     if direct {
         // It arrived over AMQP: published already, so no outbound.
-        ctx.store.insert_request(&NewRequest::of_line(request_id, None, None, Some(&line), &text).routed(&req)).await?;
+        ctx.store.insert_request(&direct_row(Some(&line)).routed(&req)).await?;
         meta.enqueued_at_ms.get_or_insert(received_ms);
     }
 
