@@ -10,7 +10,7 @@ code (`tiny::write`) into a temporary directory and is not committed; the test r
 Log-probabilities (`python3 scripts/golden.py logprobs`, also part of a full run): for the tiny
 model's prompts, every greedy step's log-softmax of the raw f32 logits at the chosen token and
 the 20 most likely tokens, as `logprobs-tiny.json` for engine/tests/logprobs.rs and the
-end-to-end tests in tests/features.rs.
+end-to-end tests in tests/e2e/features.rs.
 
 GGUF (`python3 scripts/golden.py gguf`, also part of a full run): the Rust fixture writer
 (`write_model gguf TYPE DIR`) makes a small random Llama per tensor type; gguf-py's numpy

@@ -5,7 +5,7 @@
 # `cargo test --workspace`, the broker-restart test alone (it stops the broker), and the
 # NVRTC compile check of the CUDA kernels (scripts/nvrtc-check.sh). Extra arguments go to
 # cargo test (and skip the lints and the last two steps), e.g.
-#   scripts/test.sh -p pdq-protocol        scripts/test.sh --test routing -- --nocapture
+#   scripts/test.sh -p pdq-protocol        scripts/test.sh --test e2e routing:: -- --nocapture
 #
 #   DATABASE_URL   server that #[sqlx::test] creates a fresh database per test on
 #   PDQ_AMQP_URL   broker; each test uses its own namespace

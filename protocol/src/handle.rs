@@ -1,18 +1,20 @@
 //! The KV handle: what a prefill worker publishes on `{ns}.kv` once a prompt's KV is computed.
-//! It names where the KV lives (rank, data-plane endpoint, id) and carries the validated request
-//! so the decode worker needs no database read before it can generate.
+//! It names where the KV lives (rank, data-plane endpoint, id) and carries what decode reads of
+//! the validated request, so the decode worker needs no database read before it can generate.
+//! The prompt travels once, in the input `line` that a re-prefill republishes: the KV stands for
+//! it everywhere else.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Timings, ValidRequest};
+use crate::{Endpoint, Pins, Routing, Sampling, Timings, ValidRequest};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KvHandle {
     pub request_id: Uuid,
     pub job_id: Option<Uuid>,
-    pub request: ValidRequest,
+    pub request: HandleRequest,
     /// The original input line, republished as-is if the KV is lost and must be prefilled again.
     pub line: Value,
     /// 1 for the first prefill; each re-prefill after a lost KV adds one.
@@ -52,6 +54,32 @@ pub struct KvHandle {
     /// decoder on the same host reads it there instead of over TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_host: Option<String>,
+}
+
+/// What decode reads of a validated request: everything but the prompt (the KV stands for it;
+/// the `line` has it for a re-prefill) and the warnings (the handle carries prefill's, once).
+/// A handle from a prefill that sent the whole `ValidRequest` reads as this too: serde skips
+/// the extra fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandleRequest {
+    pub custom_id: Option<String>,
+    /// Names the field a constraint came in, should it fail to compile on the decoder.
+    pub endpoint: Endpoint,
+    pub sampling: Sampling,
+    pub routing: Routing,
+    pub pins: Pins,
+}
+
+impl From<&ValidRequest> for HandleRequest {
+    fn from(r: &ValidRequest) -> HandleRequest {
+        HandleRequest {
+            custom_id: r.custom_id.clone(),
+            endpoint: r.endpoint,
+            sampling: r.sampling.clone(),
+            routing: r.routing.clone(),
+            pins: r.pins,
+        }
+    }
 }
 
 /// A sampled token's log-probability and the most likely `(id, logprob)` pairs, as ids: the

@@ -21,7 +21,7 @@ pub mod validate;
 pub use choice::{Choice, TokenLogprob, TopLogprob};
 pub use error::{ErrorBody, ErrorClass, ValidationError};
 pub use features::Constraint;
-pub use handle::{FirstToken, KvHandle, RawLogprob};
+pub use handle::{FirstToken, HandleRequest, KvHandle, RawLogprob};
 pub use input::{InputLine, RawLine};
 pub use names::Topology;
 pub use result::{FinishReason, MetaInfo, Outcome, ResultStatus, Timings};

@@ -140,7 +140,7 @@ fn handle() -> Value {
     let h = KvHandle {
         request_id: uuid::Uuid::now_v7(),
         job_id: None,
-        request,
+        request: (&request).into(),
         line,
         attempt: 1,
         decode_rank: Some(1),
@@ -181,4 +181,26 @@ fn a_handle_carries_one_first_token_per_choice() {
     assert!(KvHandle::decode(h.to_string().as_bytes()).unwrap_err().contains("`firsts` holds 1 tokens for n=2"));
     h["firsts"] = serde_json::to_value([first(3), first(9)]).unwrap();
     assert!(KvHandle::decode(h.to_string().as_bytes()).is_err(), "firsts[0] must be first_token");
+}
+
+#[test]
+fn a_handle_carries_the_prompt_once() {
+    let h = handle();
+    let text = h.to_string();
+    assert_eq!(text.matches("\"hi\"").count(), 1, "the prompt is in the line only: {text}");
+    assert!(h["request"].get("prompt").is_none() && h["request"].get("warnings").is_none());
+}
+
+#[test]
+fn a_handle_with_the_whole_request_still_decodes() {
+    // What a prefill rank sent before the handle was slimmed: the validated request, prompt,
+    // model and warnings included. A decoder of this version reads it, ignoring those.
+    let mut h = handle();
+    let line = valid_line();
+    let parsed = InputLine::parse(&RawLine { line_no: 1, text: &line.to_string() }).unwrap();
+    let whole = validate(&parsed, None, &ClusterShape::disagg(2, 3)).unwrap();
+    h["request"] = serde_json::to_value(&whole).unwrap();
+    assert!(h["request"].get("prompt").is_some());
+    let old = KvHandle::decode(h.to_string().as_bytes()).unwrap();
+    assert_eq!(old.request, (&whole).into());
 }

@@ -103,7 +103,7 @@ pub fn handle_body(line: &Value, shape: &ClusterShape, prompt_tokens: u32, kv_by
     let handle = KvHandle {
         request_id: Uuid::now_v7(),
         job_id: Some(Uuid::now_v7()),
-        request,
+        request: (&request).into(),
         line: line.clone(),
         attempt: 1,
         decode_rank: Some(0),

@@ -6,7 +6,8 @@
 //!
 //! Faults: [`Net::isolate`] sets bridge port isolation on two hosts' ports (isolated ports drop
 //! every frame between each other, both ways, and still reach everything else);
-//! [`Net::link_down`] takes a host off the bridge for good.
+//! [`Net::link_down`] takes a host off the bridge for good; a forwarder with an [`Impair`]
+//! delays what it carries and stalls it as lost segments would (this kernel has no netem).
 //!
 //! Dropping a [`Net`] kills the processes it started and deletes the namespaces, links and
 //! bridge, also when the test panics. It needs root and `ip`; [`Net::new`] says why not, and
@@ -30,7 +31,7 @@ pub struct Net {
     pub gateway: Ipv4Addr,
     pub hosts: Vec<Host>,
     children: Vec<Child>,
-    stop_forwarders: Option<tokio::sync::watch::Sender<bool>>,
+    stop_forwarders: Vec<tokio::sync::watch::Sender<bool>>,
     /// Whether this net made its bridge (and so may delete it).
     bridge_made: bool,
 }
@@ -82,7 +83,7 @@ impl Net {
             gateway,
             hosts: Vec::new(),
             children: Vec::new(),
-            stop_forwarders: None,
+            stop_forwarders: Vec::new(),
             bridge_made: false,
         };
         // From here on a failure is the test's, not a reason to skip it: panic (and clean up).
@@ -111,6 +112,11 @@ impl Net {
 
     /// Forwards `gateway:port` to `to` for every host, until the net is dropped.
     pub fn forward(&mut self, ports: &[(u16, SocketAddr)]) {
+        self.forward_impaired(ports, None);
+    }
+
+    /// [`Net::forward`] through a path that `impair` makes slow and lossy, both ways.
+    pub fn forward_impaired(&mut self, ports: &[(u16, SocketAddr)], impair: Option<Impair>) {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let gateway = self.gateway;
         let ports = ports.to_vec();
@@ -121,7 +127,7 @@ impl Net {
                 let mut tasks = Vec::new();
                 for (port, to) in ports {
                     let listener = tokio::net::TcpListener::bind((gateway, port)).await.expect("forwarder binds");
-                    tasks.push(tokio::spawn(forward(listener, to)));
+                    tasks.push(tokio::spawn(forward(listener, to, impair)));
                 }
                 ready_tx.send(()).ok();
                 let mut rx = rx;
@@ -132,7 +138,7 @@ impl Net {
             });
         });
         ready.recv_timeout(Duration::from_secs(10)).expect("forwarders listening");
-        self.stop_forwarders = Some(stop);
+        self.stop_forwarders.push(stop);
     }
 
     /// Starts `program args` on host `i` (`ip netns exec`); killed when the net is dropped.
@@ -192,7 +198,7 @@ impl Drop for Net {
                 c.wait().ok();
             }
         }
-        if let Some(stop) = self.stop_forwarders.take() {
+        for stop in self.stop_forwarders.drain(..) {
             let _ = stop.send(true);
         }
         for h in &self.hosts {
@@ -208,16 +214,74 @@ impl Drop for Net {
     }
 }
 
-async fn forward(listener: tokio::net::TcpListener, to: SocketAddr) {
+/// What a forwarder does to the bytes it carries, each way: holds every chunk `one_way` (so a
+/// request and its answer pay twice that), and stalls the stream by `retransmit` for each chunk
+/// in which some 1,448-byte segment was lost, with probability `loss` per segment. That is what
+/// loss looks like above TCP: the bytes all arrive, in order, late, and what follows a lost
+/// segment waits behind it. A proxy cannot drop bytes of a TCP stream without breaking it, and
+/// a real lossy link does not reset connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Impair {
+    pub one_way: Duration,
+    pub loss: f64,
+    pub retransmit: Duration,
+}
+
+const SEGMENT: usize = 1448;
+
+async fn forward(listener: tokio::net::TcpListener, to: SocketAddr, impair: Option<Impair>) {
     while let Ok((mut down, _)) = listener.accept().await {
         tokio::spawn(async move {
             if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
                 down.set_nodelay(true).ok();
                 up.set_nodelay(true).ok();
-                tokio::io::copy_bidirectional(&mut down, &mut up).await.ok();
+                match impair {
+                    None => {
+                        tokio::io::copy_bidirectional(&mut down, &mut up).await.ok();
+                    }
+                    Some(impair) => {
+                        let (down_r, down_w) = down.into_split();
+                        let (up_r, up_w) = up.into_split();
+                        tokio::join!(pump(down_r, up_w, impair), pump(up_r, down_w, impair));
+                    }
+                }
             }
         });
     }
+}
+
+/// Carries one direction of a connection through `impair`: a reader stamps each chunk with the
+/// time it may leave (never before the chunk ahead of it), a writer sends it then.
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, impair: Impair) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        to.shutdown().await.ok();
+    };
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut last = Instant::now();
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let segments = n.div_ceil(SEGMENT) as i32;
+            let lost = rand::random::<f64>() < 1.0 - (1.0 - impair.loss).powi(segments);
+            let mut due = Instant::now() + impair.one_way;
+            if lost {
+                due += impair.retransmit;
+            }
+            last = due.max(last);
+            if tx.send((last, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(reader, writer);
 }
 
 /// `host:port` of a URL such as `amqp://user:pass@127.0.0.1:5672/%2f`, and the URL with the

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use pdq_engine::{Constrained, FinishReason as EngineFinish, GrammarSpec, Logprob, Matched, Model, SamplingParams};
 use pdq_protocol::{
     Choice, Constraint, Endpoint, FinishReason, FirstToken, MetaInfo, Outcome, RawLogprob, ResultStatus, Sampling,
-    TokenLogprob, TopLogprob, ValidRequest, ValidationError,
+    TokenLogprob, TopLogprob, ValidationError,
 };
 
 use crate::actors::engine_loop::{DecodeOut, EngineHandle, First};
@@ -165,12 +165,16 @@ pub fn finish_reason(f: &EngineFinish) -> FinishReason {
 
 /// The request's output constraint, compiled against the model's vocabulary. One that does not
 /// compile is the request's fault (`invalid_request`, naming the field it came in).
-pub fn compile_constraint(engine: &EngineHandle, req: &ValidRequest) -> Result<Option<Constrained>, ValidationError> {
-    let Some(c) = &req.sampling.constraint else { return Ok(None) };
+pub fn compile_constraint(
+    engine: &EngineHandle,
+    sampling: &Sampling,
+    endpoint: Endpoint,
+) -> Result<Option<Constrained>, ValidationError> {
+    let Some(c) = &sampling.constraint else { return Ok(None) };
     let (field, spec) = match c {
         Constraint::JsonObject => ("response_format", GrammarSpec::JsonSchema(serde_json::json!({"type": "object"}))),
         Constraint::JsonSchema { schema } => {
-            let field = if req.endpoint == Endpoint::Generate {
+            let field = if endpoint == Endpoint::Generate {
                 "sampling_params.json_schema"
             } else {
                 "response_format.json_schema.schema"

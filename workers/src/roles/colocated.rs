@@ -25,7 +25,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
 async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
-    let grammar = match compile_constraint(&ctx.engine, &a.req) {
+    let grammar = match compile_constraint(&ctx.engine, &a.req.sampling, a.req.endpoint) {
         Ok(g) => g,
         Err(e) => return Ok(a.failed_row().write(e.to_body())),
     };

@@ -84,7 +84,7 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
     let params = sampling_params(&h.request.sampling, h.seed);
     // The engine validates the pages and writes them straight into blocks of its own pool.
     // Prefill compiled the same constraint, so it compiles here too; a failure is the engine's.
-    let grammar = compile_constraint(&ctx.engine, &h.request)
+    let grammar = compile_constraint(&ctx.engine, &h.request.sampling, h.request.endpoint)
         .map_err(|e| WorkerError::Engine(pdq_engine::EngineError::Grammar(e.to_string())))?;
     let out = ctx.engine.decode(bytes, engine_firsts(&h.first_tokens()), params, grammar).await?;
     let decode_time = out.elapsed.as_secs_f64();

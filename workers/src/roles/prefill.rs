@@ -37,7 +37,7 @@ pub async fn handle(ctx: Arc<Ctx>, state: Arc<PrefillState>, msg: Inbound) {
 async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, WorkerError> {
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
-    let grammar = match compile_constraint(&ctx.engine, &a.req) {
+    let grammar = match compile_constraint(&ctx.engine, &a.req.sampling, a.req.endpoint) {
         Ok(g) => g,
         Err(e) => return Ok(a.failed_row().write(e.to_body())),
     };
@@ -52,7 +52,7 @@ async fn run(ctx: &Ctx, state: &PrefillState, a: &Accepted) -> Result<Decision, 
     let handle = KvHandle {
         request_id: a.request_id,
         job_id: a.job_id,
-        request: a.req.clone(),
+        request: (&a.req).into(),
         line: a.line.clone(),
         attempt: a.meta.attempt + 1,
         decode_rank: a.target.decode(),

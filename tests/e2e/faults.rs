@@ -4,7 +4,7 @@
 //! stops only what belongs to its own namespace. (Stopping the whole broker is in
 //! `broker_restart.rs`, which runs alone.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -247,7 +247,7 @@ async fn forged_handles_end_in_one_row_each_and_cost_no_memory(pool: PgPool) {
         let handle = KvHandle {
             request_id,
             job_id: None,
-            request,
+            request: (&request).into(),
             line,
             attempt,
             decode_rank: None,
@@ -427,8 +427,8 @@ async fn a_poison_message_stops_at_the_delivery_bound(pool: PgPool) {
 }
 
 /// The load run of the closing note: 20,000 requests through 2x2 `pdq worker` processes, every
-/// one exactly once, and each process's peak memory. `cargo test --release --test faults --
-/// --ignored load_run --nocapture`.
+/// one exactly once, and each process's peak memory. `cargo test --release --test e2e --
+/// --ignored faults::load_run --nocapture`.
 #[ignore]
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn load_run_20k_requests(pool: PgPool) {

@@ -2,7 +2,7 @@
 //! it: `kill -9` of `pdq submit` and of the process whose feeder holds the lease, a small job
 //! behind a big one, priorities, cancel and expiry, on real RabbitMQ and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! CONTRACT §7: every bad input ends as exactly one failed row with the right code, and the
 //! job still adds up (`total = completed + failed + cancelled`).
 
-mod common;
+use crate::common;
 
 use common::{generate_line, Harness};
 use pdq_producer::{Policy, ProducerError};

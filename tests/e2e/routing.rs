@@ -2,7 +2,7 @@
 //! (routed_dp_rank, disagg_prefill_dp_rank) pairs on a 2-prefill x 3-decode cluster, and every
 //! result served exactly where it was asked to be.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -3,7 +3,7 @@
 //! how many prompt tokens were not computed, and the answers are those of a cluster without
 //! the cache.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

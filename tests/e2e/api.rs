@@ -1,7 +1,7 @@
 //! CONTRACT §10: the OpenAI Batch API, driven by a real HTTP client (`reqwest`) against
 //! `pdq api` served in-process on a free port, over a real cluster, broker and database.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

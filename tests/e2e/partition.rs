@@ -5,18 +5,21 @@
 //! - a partition between decode host 3 and prefill host 0 mid-batch, healed after 10 s:
 //!   every request ends as one completed row, at most 10% are prefilled twice, and the
 //!   prefill ranks hold no KV at the end;
-//! - prefill host 0 off the network for good mid-batch: every request one completed row.
+//! - prefill host 0 off the network for good mid-batch: every request one completed row;
+//! - every path to prefill host 0 slow (200 ms added to each round trip) and lossy (1% of
+//!   segments stall the stream as a retransmission would): every request one completed row,
+//!   none prefilled twice, and the KV hop's cost through that path beside the direct one.
 //!
 //! They need root and `ip`; elsewhere they print `SKIPPED` and return (or fail, with
 //! `PDQ_REQUIRE_NETNS` set, for a CI that must run them). They run one at a time (each is four
 //! processes on the machine's cores).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::netns::{rehost, Net};
+use common::netns::{rehost, Impair, Net};
 use common::procs::wait_for_workers;
 use common::{amqp_url, generate_line, Harness};
 use pdq_producer::Policy;
@@ -43,8 +46,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `None` (after saying so) where hosts cannot be made.
-    async fn start(pool: &PgPool, test: &str, extra: &[&str]) -> Option<Cluster> {
+    /// `None` (after saying so) where hosts cannot be made. With `slow`, decoders reach prefill
+    /// host 0's data plane only through a forwarder on the bridge that impairs the path: the
+    /// rank advertises the forwarder's address.
+    async fn start(pool: &PgPool, test: &str, extra: &[&str], slow: Option<Impair>) -> Option<Cluster> {
         let mut net = match Net::new(test, 4) {
             Ok(net) => net,
             Err(why) if std::env::var_os("PDQ_REQUIRE_NETNS").is_some() => {
@@ -63,6 +68,12 @@ impl Cluster {
         let (pg, pg_url) = rehost(&format!("{server}/{db}"), net.gateway, 5432);
         let (amqp, amqp_url) = rehost(&amqp_url(), net.gateway, 5672);
         net.forward(&[(amqp.port(), amqp), (pg.port(), pg)]);
+        let mut advertised: Vec<_> = net.hosts.iter().map(|h| h.addr).collect();
+        if slow.is_some() {
+            let prefill0 = SocketAddr::new(net.hosts[0].addr.into(), DATA_PLANE_PORT);
+            net.forward_impaired(&[(DATA_PLANE_PORT, prefill0)], slow);
+            advertised[0] = net.gateway;
+        }
         let envs = [
             ("DATABASE_URL", pg_url),
             ("PDQ_AMQP_URL", amqp_url),
@@ -77,7 +88,7 @@ impl Cluster {
                 .map(|s| s.to_string())
                 .collect();
             args.extend(["--decode-dp", "2", "--feeder", "off"].map(String::from));
-            args.extend(["--advertise-host".into(), net.hosts[i].addr.to_string()]);
+            args.extend(["--advertise-host".into(), advertised[i].to_string()]);
             args.extend(["--data-plane-addr".into(), format!("0.0.0.0:{DATA_PLANE_PORT}")]);
             args.extend(["--metrics-addr".into(), format!("0.0.0.0:{METRICS_PORT}")]);
             args.extend(extra.iter().map(|s| s.to_string()));
@@ -240,7 +251,7 @@ async fn failures(pool: &PgPool, job: Uuid) -> Vec<(String, Value)> {
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn a_partition_between_a_decode_and_a_prefill_host_costs_no_request(pool: PgPool) {
     let _serial = SERIAL.lock().await;
-    let Some(c) = Cluster::start(&pool, "partition", &[]).await else { return };
+    let Some(c) = Cluster::start(&pool, "partition", &[], None).await else { return };
     let (prefill0, decode1) = (0, 3);
     assert!(c.net.can_connect(decode1, c.data_plane(prefill0), Duration::from_secs(2)), "hosts reach each other");
     let n = 2000;
@@ -285,7 +296,7 @@ async fn a_prefill_host_that_leaves_the_network_loses_no_request(pool: PgPool) {
     let _serial = SERIAL.lock().await;
     // The lost host's handles are waited for this long, then prefilled again elsewhere.
     let extra = ["--kv-unreachable-wait", "10s", "--amqp-heartbeat", "5s"];
-    let Some(c) = Cluster::start(&pool, "hostloss", &extra).await else { return };
+    let Some(c) = Cluster::start(&pool, "hostloss", &extra, None).await else { return };
     let n = 2000;
     let started = Instant::now();
     // A request pinned to the lost prefill rank would wait for it to come back: pins go to rank 1.
@@ -312,5 +323,53 @@ async fn a_prefill_host_that_leaves_the_network_loses_no_request(pool: PgPool) {
     assert_eq!(failed, 0, "no request failed: {:?}", failures(&pool, job).await);
     assert_eq!(row.completed as usize, n);
     assert!(kv.is_ok(), "prefill rank 1 still holds {kv:?} KVs");
+    c.finish().await;
+}
+
+/// KV hop (median and 99th percentile of `kv_transfer_time`, ms) and requests, per prefill rank.
+async fn hops_by_prefill(pool: &PgPool, job: Uuid) -> Vec<(i32, f64, f64, i64)> {
+    sqlx::query_as(
+        "SELECT prefill_dp_rank,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
+                count(*)
+           FROM results WHERE job_id = $1 AND status = 'completed' GROUP BY 1 ORDER BY 1",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_slow_lossy_path_to_a_prefill_host_costs_time_not_requests(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
+    // 100 ms each way (200 ms added to every round trip) and 1% of segments lost, each costing
+    // a retransmission timeout's stall, on every path to prefill host 0; host 1 is direct.
+    let slow = Impair { one_way: Duration::from_millis(100), loss: 0.01, retransmit: Duration::from_millis(400) };
+    let Some(c) = Cluster::start(&pool, "slowpath", &[], Some(slow)).await else { return };
+    let n = 1000;
+    let started = Instant::now();
+    let job = c.h.submit(&lines(n, 0), Policy::Shared).await;
+    wait_results(&pool, job, n as i64, JOB_BOUND).await;
+    let row = c.h.wait(job).await;
+    let took = started.elapsed();
+    let (rows, distinct, failed, twice) = tally(&pool, job).await;
+    let handbacks = c.sum_metric(&[2, 3], "pdq_kv_handbacks_total").await;
+    let kv = c.kv_left(&[0, 1], Duration::from_secs(30)).await;
+    let hops = hops_by_prefill(&pool, job).await;
+    eprintln!(
+        "slow path: {n} requests in {took:.1?}; {failed} failed, {twice} prefilled more than once, {handbacks} \
+         handles handed back; KV left: {kv:?}; KV hop per prefill rank (rank, p50 ms, p99 ms, requests), \
+         rank 0 behind {slow:?}: {hops:?}"
+    );
+    assert_eq!((rows, distinct), (n as i64, n as i64), "one row per request");
+    assert_eq!(failed, 0, "no request failed: {:?}", failures(&pool, job).await);
+    assert_eq!(row.completed as usize, n);
+    assert_eq!(twice, 0, "a slow path is no reason to prefill again");
+    assert!(kv.is_ok(), "the prefill ranks still hold {kv:?} KVs");
+    let hop = |rank: i32| hops.iter().find(|h| h.0 == rank).map(|h| h.1).expect("both prefill ranks served");
+    assert!(hop(0) >= 200.0, "a take through the slow path pays its round trip: p50 {} ms", hop(0));
+    assert!(hop(1) < hop(0), "the direct path is the faster: {hops:?}");
     c.finish().await;
 }

@@ -2,7 +2,7 @@
 //! weights, tied embeddings with Llama 3 rope scaling, a sharded Mistral) serves a batch end to
 //! end, disaggregated, with the same tokens it gives colocated.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

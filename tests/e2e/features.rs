@@ -3,7 +3,7 @@
 //! in both modes and equal to single requests seeded `seed + i`, and structured output that
 //! parses and validates on all three urls. Results are read back through `pdq results`' export.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

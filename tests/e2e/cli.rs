@@ -1,7 +1,7 @@
 //! The `pdq` binary as a user runs it: ranks as separate processes, `submit --wait`, `status`,
 //! `results`, `jobs`, `cancel`, graceful SIGTERM, and the one-line errors of CONTRACT §1.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -168,7 +168,7 @@ async fn bench_reports_every_scenario_and_draws_its_chart(pool: PgPool) {
 
 /// `docs/cli.md` is `pdq --help` and every command's `--help`, so the reference cannot drift
 /// from the flags. After changing a flag, regenerate it:
-/// `PDQ_BLESS=1 cargo test --test cli the_cli_reference_is_current`.
+/// `PDQ_BLESS=1 cargo test --test e2e cli::the_cli_reference_is_current`.
 #[test]
 fn the_cli_reference_is_current() {
     let help = |args: &[&str]| {
@@ -189,8 +189,8 @@ fn the_cli_reference_is_current() {
     assert!(commands.len() >= 5, "commands parsed from --help: {commands:?}");
     let mut md = String::from(
         "# CLI reference\n\nEvery flag also reads the environment variable shown beside it. Generated from \
-         `pdq --help` by `tests/cli.rs` (`the_cli_reference_is_current`), which CI runs: do not edit by hand; \
-         regenerate with `PDQ_BLESS=1 cargo test --test cli the_cli_reference_is_current`.\n\n",
+         `pdq --help` by `tests/e2e/cli.rs` (`the_cli_reference_is_current`), which CI runs: do not edit by hand; \
+         regenerate with `PDQ_BLESS=1 cargo test --test e2e cli::the_cli_reference_is_current`.\n\n",
     );
     md += &format!("## pdq\n\n```text\n{top}```\n");
     for c in &commands {
@@ -205,6 +205,6 @@ fn the_cli_reference_is_current() {
     assert!(
         current == md,
         "docs/cli.md differs from `pdq --help`: regenerate it with \
-         PDQ_BLESS=1 cargo test --test cli the_cli_reference_is_current"
+         PDQ_BLESS=1 cargo test --test e2e cli::the_cli_reference_is_current"
     );
 }

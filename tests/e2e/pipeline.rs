@@ -3,7 +3,7 @@
 //! as `kv_lost`; a handle that contradicts the request's prefill pin is refused; cancel accounts for
 //! every line.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -197,7 +197,7 @@ async fn a_handle_contradicting_the_prefill_pin_is_refused(pool: PgPool) {
     let handle = pdq_protocol::KvHandle {
         request_id,
         job_id: None,
-        request,
+        request: (&request).into(),
         line,
         attempt: 1,
         decode_rank: None,
