@@ -240,8 +240,9 @@ pub struct TuningArgs {
     /// (prefill and colocated ranks on the CPU; exact: a hit gives a cold run's tokens).
     #[arg(long, env = "PDQ_PREFIX_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefix_cache: bool,
-    /// Colocated ranks reserve KV blocks as sequences grow instead of for `max_tokens` up front,
-    /// preempting and recomputing a sequence when the pool runs short (CPU only; same tokens).
+    /// Colocated and decode ranks reserve KV blocks as sequences grow instead of for `max_tokens`
+    /// up front, preempting and recomputing a sequence when the pool runs short (CPU only; same
+    /// tokens).
     #[arg(long, env = "PDQ_KV_BY_NEED", default_value_t = false, action = clap::ArgAction::Set)]
     pub kv_by_need: bool,
 }

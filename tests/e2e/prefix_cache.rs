@@ -130,3 +130,44 @@ async fn prefix_dispatch_keeps_a_prefix_on_one_rank(pool: PgPool) {
     assert!(cached > shared_cached, "each system prompt computed on one rank, not on both");
     assert!(cached * 10 >= prompt * 6, "most prompt tokens come from the cache ({cached} of {prompt})");
 }
+
+/// KV memory by need on a decode rank (`--kv-by-need`): disaggregated, with every rank's pool
+/// 12 blocks (too small to reserve more than three of these generations whole), the decode
+/// rank reserves each prompt alone, grows sequences as they decode, preempts and recomputes
+/// them when short, and every answer is the one a roomy cluster without by-need gives.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn a_decode_rank_by_need_preempts_and_keeps_every_answer(pool: PgPool) {
+    let lines: Vec<Value> = (0..24)
+        .map(|i| {
+            let body = json!({"text": format!("by need {i}: tell me about quay {i}"),
+                "sampling_params": {"max_new_tokens": 48, "temperature": 0.7, "seed": i, "ignore_eos": true}});
+            common::generate_line(&format!("n{i}"), body)
+        })
+        .collect();
+    let roomy = Harness::start(pool.clone(), ClusterShape::disagg(1, 1)).await;
+    let want = roomy.run(&lines, Policy::Shared).await;
+    roomy.finish().await;
+    // One tiny-model block: 16 tokens x 2 layers x (K + V) x 2 heads x 16 dims x 4 bytes.
+    let tight = Harness::start_with(pool.clone(), ClusterShape::disagg(1, 1), |c| {
+        c.kv_by_need = true;
+        c.kv_pool_bytes = 12 * 16 * 2 * 2 * 2 * 16 * 4;
+    })
+    .await;
+    let got = tight.run(&lines, Policy::Shared).await;
+    tight.finish().await;
+    for (id, r) in &want {
+        assert_eq!(r.status, "completed", "{id}");
+        assert_eq!(got[id].status, "completed", "{id}: {:?}", got[id].error);
+        assert_eq!(got[id].output_ids, r.output_ids, "{id}: by need changed the answer");
+    }
+    // No other test in this binary runs by need, so the decode role's preemptions are this test's.
+    let addr = pdq_api::serve_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let preempted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("pdq_preemptions_total{") && l.contains("role=\"decode\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!("decode by need: {preempted} preemptions over {} requests", lines.len());
+    assert!(preempted > 0.0, "12 blocks were tight enough to preempt");
+}

@@ -127,7 +127,8 @@ async fn run(device: &Device, reqs: &[Request], max_running: usize) -> Result<(V
         async move {
             tokio::time::sleep(r.delay).await;
             let pre = engine.prefill(r.prompt.clone(), r.params.clone(), r.n, None).await.map_err(|e| e.to_string())?;
-            let out = engine.decode(pre.pages, pre.firsts, r.params.clone(), None).await.map_err(|e| e.to_string())?;
+            let out =
+                engine.decode(pre.pages, None, pre.firsts, r.params.clone(), None).await.map_err(|e| e.to_string())?;
             Ok::<_, String>(out.choices.into_iter().map(|c| c.output_ids).collect::<Vec<_>>())
         }
     });

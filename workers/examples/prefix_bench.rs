@@ -2,10 +2,13 @@
 //! decode in one pool, as `serve --mode colocated` runs it), two settings in one run on one
 //! machine, output tokens compared request by request:
 //! - `--compare cache` (default): the prefix cache off, then on;
-//! - `--compare by-need`: whole-generation reservations, then KV by need (cache on in both).
+//! - `--compare by-need`: whole-generation reservations, then KV by need (cache on in both);
+//! - `--compare decode-by-need`: a decode rank's engine alone, as `serve --mode disagg` runs it:
+//!   every prompt prefilled beforehand on a roomy engine (not timed), then its pages decoded in
+//!   a `--pool-mb` pool, reserving whole generations, then by need.
 //!
 //! `prefix_bench [--model PATH|tiny] [--requests 48] [--max-tokens 64] [--max-running 8]
-//!  [--pool-mb 1024] [--system true|false] [--compare cache|by-need]`
+//!  [--pool-mb 1024] [--system true|false] [--compare cache|by-need|decode-by-need]`
 //!
 //! A model with a chat template gets a ~260-token support-rules system prompt (unless
 //! `--system false`) and a different short question per request (as in issue 18's batch);
@@ -53,7 +56,14 @@ struct Args {
     max_running: usize,
     pool_mb: usize,
     system: bool,
-    by_need: bool,
+    compare: Compare,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Compare {
+    Cache,
+    ByNeed,
+    DecodeByNeed,
 }
 
 fn args() -> Result<Args, String> {
@@ -64,7 +74,7 @@ fn args() -> Result<Args, String> {
         max_running: 8,
         pool_mb: 1024,
         system: true,
-        by_need: false,
+        compare: Compare::Cache,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,10 +88,11 @@ fn args() -> Result<Args, String> {
             "--pool-mb" => a.pool_mb = number(value()?)?,
             "--system" => a.system = value()?.parse().map_err(|e| format!("--system: {e}"))?,
             "--compare" => {
-                a.by_need = match value()?.as_str() {
-                    "cache" => false,
-                    "by-need" => true,
-                    other => return Err(format!("--compare: `cache` or `by-need`, got {other}")),
+                a.compare = match value()?.as_str() {
+                    "cache" => Compare::Cache,
+                    "by-need" => Compare::ByNeed,
+                    "decode-by-need" => Compare::DecodeByNeed,
+                    other => return Err(format!("--compare: `cache`, `by-need` or `decode-by-need`, got {other}")),
                 }
             }
             other => return Err(format!("unknown flag {other}")),
@@ -130,15 +141,19 @@ struct Run {
     outputs: Vec<Vec<u32>>,
 }
 
-/// One setting: `second` is the cache on (`--compare cache`) or KV by need (`--compare by-need`).
+/// One setting: `second` is the cache on (`--compare cache`) or KV by need (the others).
 async fn run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, second: bool) -> Result<Run, String> {
+    if a.compare == Compare::DecodeByNeed {
+        return decode_run(model, prompts, a, second).await;
+    }
+    let by_need = a.compare == Compare::ByNeed;
     let mut exec = CpuExecutor::new(model.clone(), a.pool_mb << 20);
-    exec.set_prefix_cache(second || a.by_need);
+    exec.set_prefix_cache(second || by_need);
     let cfg = EngineLoopConfig {
         max_running: a.max_running,
         prefill_token_budget: 4096,
         metrics: MetricLabels::new("prefix-bench", second as u32),
-        kv_by_need: a.by_need && second,
+        kv_by_need: by_need && second,
     };
     let engine = EngineHandle::spawn(Box::new(exec), cfg, "prefix-bench".into());
     let params = SamplingParams { max_new_tokens: a.max_tokens, ..SamplingParams::default() };
@@ -159,6 +174,48 @@ async fn run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, second: bool) -
     })
 }
 
+/// A decode rank's engine: the prompts' pages come from a roomy prefill engine (with the
+/// prefix cache, as a prefill rank runs; not timed), then every one is decoded at once in the
+/// `--pool-mb` pool, with its prompt's tokens (by need) or without (whole generations).
+async fn decode_run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, by_need: bool) -> Result<Run, String> {
+    let mut prefill = CpuExecutor::new(model.clone(), 4096 << 20);
+    prefill.set_prefix_cache(true);
+    let cfg = |rank: u32, kv_by_need: bool| EngineLoopConfig {
+        max_running: a.max_running,
+        prefill_token_budget: 4096,
+        metrics: MetricLabels::new("prefix-bench-decode", rank),
+        kv_by_need,
+    };
+    let prefill = EngineHandle::spawn(Box::new(prefill), cfg(2, false), "prefix-bench-prefill".into());
+    let params = SamplingParams { max_new_tokens: a.max_tokens, ..SamplingParams::default() };
+    let runs = prompts.iter().map(|p| {
+        let (prefill, params) = (prefill.clone(), params.clone());
+        async move { prefill.prefill(p.clone(), params, 1, None).await.map_err(|e| e.to_string()) }
+    });
+    let prefilled = futures_util::future::try_join_all(runs).await?;
+    let mut exec = CpuExecutor::new(model.clone(), a.pool_mb << 20);
+    exec.set_prefix_cache(false);
+    let engine = EngineHandle::spawn(Box::new(exec), cfg(by_need as u32, by_need), "prefix-bench-decode".into());
+    let started = Instant::now();
+    let runs = prefilled.iter().zip(prompts).map(|(pre, p)| {
+        let (engine, params) = (engine.clone(), params.clone());
+        let prompt = by_need.then(|| p.clone());
+        async move {
+            engine.decode(pre.pages.clone(), prompt, pre.firsts.clone(), params, None).await.map_err(|e| e.to_string())
+        }
+    });
+    let outs = futures_util::future::try_join_all(runs).await?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let outputs: Vec<Vec<u32>> = outs.iter().map(|o| o.choices[0].output_ids.clone()).collect();
+    Ok(Run {
+        wall_s,
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        cached_tokens: prefilled.iter().map(|p| p.cached_tokens).sum(),
+        completion_tokens: outputs.iter().map(Vec::len).sum(),
+        outputs,
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let a = args().unwrap_or_else(|e| {
@@ -172,11 +229,13 @@ async fn main() {
     let prompts = prompts(&model, a.requests, a.system);
     let shared = prompts[0].iter().zip(&prompts[1]).take_while(|(x, y)| x == y).count();
     let mut runs = Vec::new();
-    let setting = |second: bool| match (a.by_need, second) {
-        (false, false) => "cache=off",
-        (false, true) => "cache=on",
-        (true, false) => "kv=whole",
-        (true, true) => "kv=by-need",
+    let setting = |second: bool| match (a.compare, second) {
+        (Compare::Cache, false) => "cache=off",
+        (Compare::Cache, true) => "cache=on",
+        (Compare::ByNeed, false) => "kv=whole",
+        (Compare::ByNeed, true) => "kv=by-need",
+        (Compare::DecodeByNeed, false) => "decode kv=whole",
+        (Compare::DecodeByNeed, true) => "decode kv=by-need",
     };
     for second in [false, true] {
         let r = run(&model, &prompts, &a, second).await.unwrap_or_else(|e| {

@@ -52,8 +52,8 @@ pub struct ClusterConfig {
     pub max_prompt_bytes: usize,
     /// Whether a prefill or colocated rank keeps prompt blocks for reuse (where its executor can).
     pub prefix_cache: bool,
-    /// Whether a colocated rank reserves KV blocks by need, preempting when short, instead of
-    /// reserving each request's whole generation at admission.
+    /// Whether a colocated or decode rank reserves KV blocks by need, preempting when short,
+    /// instead of reserving each request's whole generation at admission.
     pub kv_by_need: bool,
 }
 

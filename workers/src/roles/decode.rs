@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pdq_broker::{Inbound, MessageMeta, Outgoing};
-use pdq_protocol::{route, At, ErrorBody, ErrorClass, KvHandle, MetaInfo, Pins, Route, Target, Timings};
+use pdq_protocol::{
+    route, validate, At, ErrorBody, ErrorClass, InputLine, KvHandle, MetaInfo, Pins, RawLine, Route, Target, Timings,
+};
 use serde_json::Value;
 
 use crate::config::MAX_PREFILL_ATTEMPTS;
@@ -20,6 +22,7 @@ use crate::context::{now_ms, trace_request, Ctx};
 use crate::convert::{answer, compile_constraint, engine_firsts, sampling_params};
 use crate::data_plane::{is_unreachable, RemoteKv};
 use crate::decision::{execute, Decision, FailedRow};
+use crate::roles::intake::tokenize;
 use crate::WorkerError;
 
 /// A handed-back handle is held at least this long (so a decoder that cannot reach a rank does
@@ -86,7 +89,8 @@ async fn decide(ctx: &Ctx, h: &KvHandle, body: &[u8]) -> Result<Decision, Worker
     // Prefill compiled the same constraint, so it compiles here too; a failure is the engine's.
     let grammar = compile_constraint(&ctx.engine, &h.request.sampling, h.request.endpoint)
         .map_err(|e| WorkerError::Engine(pdq_engine::EngineError::Grammar(e.to_string())))?;
-    let out = ctx.engine.decode(bytes, engine_firsts(&h.first_tokens()), params, grammar).await?;
+    let prompt = prompt_tokens(ctx, h);
+    let out = ctx.engine.decode(bytes, prompt, engine_firsts(&h.first_tokens()), params, grammar).await?;
     let decode_time = out.elapsed.as_secs_f64();
     let meta_info = MetaInfo {
         dp_rank: Some(rank),
@@ -111,6 +115,20 @@ fn same_host_kv(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u8>> {
         return None;
     }
     crate::data_plane::shm_read(dir, h.kv_id, h.kv_bytes)
+}
+
+/// The prompt's tokens, for a decoder that grows KV by need (`--kv-by-need`), so the engine can
+/// preempt the sequence and recompute it: the handle's line tokenized again, as intake did on
+/// the prefill rank (the same model and template). `None` when by need is off or the line no
+/// longer reads; the engine then reserves the whole generation, as without the flag.
+fn prompt_tokens(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u32>> {
+    if !ctx.cfg.cluster.kv_by_need {
+        return None;
+    }
+    let text = h.line.to_string();
+    let line = InputLine::parse(&RawLine { line_no: 1, text: &text }).ok()?;
+    let req = validate(&line, None, &ctx.cfg.cluster.shape).ok()?;
+    tokenize(ctx.engine.model(), &req, ctx.cfg.cluster.max_prompt_bytes).ok()
 }
 
 /// The handle's request as routing sees it: its pins, the decode rank prefill chose for it, and

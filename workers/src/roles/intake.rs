@@ -167,7 +167,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
 
 /// Prompt tokens, checked against the byte limit (before any tokenizing), the vocabulary and
 /// the context length.
-fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> Result<Vec<u32>, ValidationError> {
+pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> Result<Vec<u32>, ValidationError> {
     let bytes = match &req.prompt {
         Prompt::Text(text) => text.len(),
         Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),

@@ -113,7 +113,8 @@ pub(super) fn admit_decodes(
     dec: &mut Decoding,
 ) -> bool {
     let mut admitted = false;
-    while dec.running.len() < cfg.max_running {
+    // Preempted sequences go first, as in the prefill step: a new job would take their room.
+    while dec.running.len() < cfg.max_running && dec.preempted.is_empty() {
         let Some(job) = waiting.front() else { break };
         // The first tokens came from prefill; they may already end some choices, needing no blocks.
         let gens = choices(model, job.prompt_len, &job.params, &job.grammar, &job.firsts);
@@ -123,27 +124,34 @@ pub(super) fn admit_decodes(
             break;
         }
         // Reserve for the longest generation, so growth never fails and nothing is preempted:
-        // the first live choice imports the pages, the others fork them.
-        let max_len = generation_len(model, job.prompt_len, &job.params);
+        // the first live choice imports the pages, the others fork them. By need, a job that
+        // knows its prompt reserves the prompt alone plus a block of headroom per running
+        // sequence, and grows; but work that could never fit whole still fails here.
+        let whole = generation_len(model, job.prompt_len, &job.params);
+        let by_need = cfg.kv_by_need && job.prompt.is_some();
+        let max_len = if by_need { job.prompt_len } else { whole };
         let pool = exec.pool();
-        let need = match live {
+        let blocks = |len| match live {
             0 => 0,
-            n => pool.layout().blocks_for(max_len) + (n - 1) * pool.fork_cost(job.prompt_len, max_len),
+            n => pool.layout().blocks_for(len) + (n - 1) * pool.fork_cost(job.prompt_len, len),
         };
-        if need > pool.n_blocks() {
+        let cold = blocks(whole);
+        if cold > pool.n_blocks() {
             let available = pool.n_blocks();
             let job = waiting.pop_front().expect("front exists");
-            let _ = job.reply.send(Err(EngineError::KvCapacity { needed: need, available }));
+            let _ = job.reply.send(Err(EngineError::KvCapacity { needed: cold, available }));
             admitted = true;
             continue;
         }
-        if need > pool.available_blocks() {
+        let headroom = if by_need { dec.running.len() } else { 0 };
+        if blocks(max_len) + headroom > pool.available_blocks() {
             break;
         }
         let job = waiting.pop_front().expect("front exists");
         admitted = true;
-        let DecodeJob { pages, firsts, started, reply, .. } = *job;
-        let start = Start { firsts: &firsts, started, reply, max_len, prompt: None };
+        let DecodeJob { pages, prompt, firsts, started, reply, .. } = *job;
+        let prompt = prompt.as_deref().filter(|_| by_need);
+        let start = Start { firsts: &firsts, started, reply, max_len, prompt };
         start_group(model, exec, dec, start, gens, Source::Pages(&pages));
     }
     admitted

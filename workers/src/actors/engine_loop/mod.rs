@@ -113,6 +113,9 @@ impl PrefillReply {
 struct DecodeJob {
     pages: Vec<u8>,
     prompt_len: usize,
+    /// The prompt's tokens, when the caller had them: by need, they let the job reserve its
+    /// prompt alone and be preempted and recomputed like a colocated sequence.
+    prompt: Option<Vec<u32>>,
     firsts: Vec<First>,
     params: SamplingParams,
     grammar: Option<Constrained>,
@@ -212,9 +215,9 @@ pub struct EngineLoopConfig {
     pub prefill_token_budget: usize,
     /// Whose gauges (running, waiting, KV usage) this loop keeps.
     pub metrics: crate::metrics::Labels,
-    /// Colocated prompts reserve blocks for themselves only and grow as they decode, with
-    /// preemption when the pool runs short (`by_need.rs`); otherwise each reserves its whole
-    /// generation at admission.
+    /// Colocated prompts, and decode jobs that come with their prompt's tokens, reserve blocks
+    /// for the prompt only and grow as they decode, with preemption when the pool runs short
+    /// (`by_need.rs`); otherwise each reserves its whole generation at admission.
     pub kv_by_need: bool,
 }
 
@@ -318,10 +321,12 @@ impl EngineHandle {
 
     /// Generates every choice from prefilled KV pages whose first tokens were already sampled
     /// (one per choice), under `grammar` (fresh: it consumes the first tokens too). Malformed
-    /// pages fail here, before the job waits for blocks.
+    /// pages fail here, before the job waits for blocks. `prompt`, the tokens the pages hold,
+    /// lets the job grow by need (`kv_by_need`); tokens of another length are not used.
     pub async fn decode(
         &self,
         pages: Vec<u8>,
+        prompt: Option<Vec<u32>>,
         firsts: Vec<First>,
         params: SamplingParams,
         grammar: Option<Constrained>,
@@ -330,8 +335,18 @@ impl EngineHandle {
         if firsts.is_empty() {
             return Err(EngineError::KvCache("a decode job needs at least one first token".into()).into());
         }
+        let prompt = prompt.filter(|p| p.len() == header.len);
         let (reply, rx) = oneshot::channel();
-        let job = DecodeJob { pages, prompt_len: header.len, firsts, params, grammar, started: Instant::now(), reply };
+        let job = DecodeJob {
+            pages,
+            prompt_len: header.len,
+            prompt,
+            firsts,
+            params,
+            grammar,
+            started: Instant::now(),
+            reply,
+        };
         self.tx.send(Job::Decode(Box::new(job))).map_err(|_| self.stopped())?;
         Ok(rx.await.map_err(|_| self.stopped())??)
     }

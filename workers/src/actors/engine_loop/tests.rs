@@ -47,7 +47,7 @@ async fn generate(blocks: usize, prompts: &[Vec<u32>], max_new: usize) -> Vec<Re
         let engine = engine.clone();
         async move {
             let pre = engine.prefill(p.clone(), params(max_new, i as u64), 1, None).await.map_err(|e| e.to_string())?;
-            let out = engine.decode(pre.pages, pre.firsts, params(max_new, i as u64), None).await;
+            let out = engine.decode(pre.pages, None, pre.firsts, params(max_new, i as u64), None).await;
             out.map(|mut o| o.choices.remove(0).output_ids).map_err(|e| e.code().to_string())
         }
     });
@@ -80,7 +80,7 @@ async fn work_larger_than_the_pool_fails_instead_of_waiting_forever() {
 async fn choices(engine: &EngineHandle, prompt: &[u32], p: SamplingParams, n: usize) -> Vec<ChoiceOut> {
     let pre = engine.prefill(prompt.to_vec(), p.clone(), n, None).await.unwrap();
     assert_eq!(pre.firsts.len(), n);
-    engine.decode(pre.pages, pre.firsts, p, None).await.unwrap().choices
+    engine.decode(pre.pages, None, pre.firsts, p, None).await.unwrap().choices
 }
 
 #[tokio::test]
@@ -233,6 +233,46 @@ async fn by_need_preempts_and_resumes_with_the_same_tokens() {
     let preempted = counter("pdq_preemptions_total", "role=\"test-by-need\"");
     assert!(preempted > 0.0, "the pool was tight enough to preempt");
     eprintln!("by need: {preempted} preemptions");
+}
+
+/// By need on a decode rank: jobs that bring their prompt's tokens import the pages into a
+/// reservation of the prompt alone and grow; squeezed into 10 to 16 blocks, they are preempted
+/// and recomputed, and every one gets the tokens and log-probabilities it gets with the whole
+/// generation reserved. Jobs without their tokens reserve the whole generation, by need or not.
+#[tokio::test]
+async fn by_need_decode_jobs_preempt_and_resume_with_the_same_tokens() {
+    let prompts: Vec<Vec<u32>> =
+        (0..8u32).map(|i| (0..12 + 5 * i).map(|j| (i * 41 + j * 7) % 470 + 3).collect()).collect();
+    let want = |i: usize| SamplingParams { logprobs: i.is_multiple_of(3).then_some(2), ..params(40, 70 + i as u64) };
+    let prefill = spawn(1024, 8, "engine-prefill");
+    let mut pages = Vec::new();
+    let mut reference = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let pre = prefill.prefill(p.clone(), want(i), 1, None).await.unwrap();
+        let out = prefill.decode(pre.pages.clone(), None, pre.firsts.clone(), want(i), None).await.unwrap();
+        reference.push(out.choices);
+        pages.push(pre);
+    }
+    for blocks in [10, 13, 16] {
+        let metrics = crate::metrics::Labels::new("test-decode-by-need", 0);
+        let cfg = EngineLoopConfig { kv_by_need: true, metrics, ..config(8) };
+        let exec = pdq_engine::CpuExecutor::new(model(), blocks * TINY_BLOCK_BYTES);
+        let engine = EngineHandle::spawn(Box::new(exec), cfg, "engine-decode-by-need".into());
+        let runs = pages.iter().zip(&prompts).enumerate().map(|(i, (pre, p))| {
+            let engine = engine.clone();
+            // Every fourth job comes without its tokens: reserved whole, never preempted.
+            let prompt = (i % 4 != 3).then(|| p.clone());
+            async move { engine.decode(pre.pages.clone(), prompt, pre.firsts.clone(), want(i), None).await }
+        });
+        for (i, out) in join_all(runs).await.into_iter().enumerate() {
+            let out = out.unwrap_or_else(|e| panic!("{blocks} blocks, request {i}: {e}"));
+            assert_eq!(out.choices[0].output_ids, reference[i][0].output_ids, "{blocks} blocks, request {i}");
+            assert_eq!(out.choices[0].logprobs, reference[i][0].logprobs, "{blocks} blocks, request {i}");
+        }
+    }
+    let preempted = counter("pdq_preemptions_total", "role=\"test-decode-by-need\"");
+    assert!(preempted > 0.0, "the pool was tight enough to preempt");
+    eprintln!("decode by need: {preempted} preemptions");
 }
 
 /// SmolLM2's GGUF when at hand (`PDQ_SMOLLM2_GGUF`, or under `PDQ_CACHE_DIR` where
