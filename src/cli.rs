@@ -20,9 +20,10 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; for a RabbitMQ cluster, the URLs of several of its nodes, comma-separated
+    /// (the first that answers is used; on losing it, a process moves on to the next).
     #[arg(long, env = "PDQ_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true)]
-    pub amqp_url: String,
+    pub amqp_url: pdq_broker::BrokerNodes,
     /// PostgreSQL URL; the database is created if missing and migrated on start.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/pdq", global = true)]
     pub database_url: String,
@@ -78,7 +79,7 @@ impl Global {
             queue_type: self.queue_type,
             consumer_timeout: self.consumer_timeout.0,
             max_deliveries: self.max_deliveries,
-            ..pdq_broker::BrokerOptions::new(&self.amqp_url, &self.namespace)
+            ..pdq_broker::BrokerOptions::on(self.amqp_url.clone(), &self.namespace)
         }
     }
 }
