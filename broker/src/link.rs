@@ -10,7 +10,9 @@
 //!   ones try the nodes round-robin from the one after the node that failed (`nodes::rotation`),
 //!   with backoff and jitter after each full round, until one succeeds, the link is closed, or
 //!   the broker refuses for good (credentials, a conflicting topology), which is returned to the
-//!   caller.
+//!   caller;
+//! - a connection replaced while it still works (a caller found one of its channels broken) is
+//!   closed, so reconnects never pile up connections on the broker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,7 +156,16 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Get>, mut curr
         }
         match reconnect(&shared, current.node).await {
             Ok((node, connection)) => {
-                current = Conn { generation: current.generation + 1, connection: Arc::new(connection), node };
+                let next = Conn { generation: current.generation + 1, connection: Arc::new(connection), node };
+                let old = std::mem::replace(&mut current, next);
+                // A caller may report a connection stale that still works (a channel of it
+                // failed); left open, each such report would leave one more connection behind.
+                if old.connection.status().connected() {
+                    tokio::spawn(async move {
+                        let closing = old.connection.close(200, "replaced".into());
+                        tokio::time::timeout(OP_TIMEOUT, closing).await.ok();
+                    });
+                }
                 let n = shared.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     connection = %shared.opts.connection_name,
