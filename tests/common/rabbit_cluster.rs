@@ -2,8 +2,12 @@
 //! system broker, which it never touches. Stopped and its data removed on drop, also when the
 //! test fails. Where no node can be started here the test says skipped, never passed, unless
 //! `PDQ_REQUIRE_RABBIT_CLUSTER` is set (CI where it must run): then it fails.
+//!
+//! What runs while pdq does is async: a `#[sqlx::test]` runs the whole cluster on one thread,
+//! and a blocking `rabbitmqctl` call (a second or more; a node start takes several) would stall
+//! every rank along with it, which the test would then measure as the node loss's cost.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbit-cluster.sh");
@@ -37,20 +41,21 @@ impl RabbitCluster {
     }
 
     /// Kills node `n`'s Erlang VM (SIGKILL): a broker node that crashes.
-    pub fn kill(&self, n: u32) {
-        self.run(&["node-kill", &n.to_string()]);
+    pub async fn kill(&self, n: u32) {
+        self.run_async(vec!["node-kill".into(), n.to_string()]).await;
     }
 
     /// Starts node `n` again; it rejoins the cluster from its data directory.
-    pub fn start_node(&self, n: u32) {
-        self.run(&["node-start", &n.to_string()]);
+    pub async fn start_node(&self, n: u32) {
+        self.run_async(vec!["node-start".into(), n.to_string()]).await;
     }
 
     /// The AMQP port of every client connection whose name contains `needle`, as node `via`
     /// (a running one) sees the cluster: node `k` listens on `5680 + k`.
-    pub fn connection_ports(&self, via: u32, needle: &str) -> Vec<u16> {
+    pub async fn connection_ports(&self, via: u32, needle: &str) -> Vec<u16> {
         let args = ["ctl", &via.to_string(), "list_connections", "port", "client_properties", "--formatter", "json"];
-        let conns: Vec<serde_json::Value> = serde_json::from_slice(&self.run(&args).stdout).expect("rabbitmqctl JSON");
+        let out = self.run_async(args.iter().map(|a| a.to_string()).collect()).await;
+        let conns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("rabbitmqctl JSON");
         conns
             .iter()
             .filter(|c| {
@@ -59,6 +64,16 @@ impl RabbitCluster {
             })
             .filter_map(|c| c["port"].as_u64().map(|p| p as u16))
             .collect()
+    }
+
+    /// [`Self::run`] on a blocking thread, leaving the runtime to pdq.
+    async fn run_async(&self, args: Vec<String>) -> Output {
+        let dir = self.dir.clone();
+        let out =
+            tokio::task::spawn_blocking(move || script(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+        let out = out.await.expect("rabbit-cluster.sh ran");
+        assert!(out.status.success(), "scripts/rabbit-cluster.sh: {}", String::from_utf8_lossy(&out.stderr));
+        out
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -73,13 +88,12 @@ impl RabbitCluster {
     }
 
     fn script(&self, args: &[&str]) -> Output {
-        Command::new("bash")
-            .arg(SCRIPT)
-            .args(args)
-            .env("PDQ_RABBIT_CLUSTER_DIR", &self.dir)
-            .output()
-            .expect("bash runs")
+        script(&self.dir, args)
     }
+}
+
+fn script(dir: &Path, args: &[&str]) -> Output {
+    Command::new("bash").arg(SCRIPT).args(args).env("PDQ_RABBIT_CLUSTER_DIR", dir).output().expect("bash runs")
 }
 
 impl Drop for RabbitCluster {
