@@ -20,9 +20,10 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// RabbitMQ URL.
-    #[arg(long, env = "PDQ_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true)]
-    pub amqp_url: String,
+    /// RabbitMQ URL; for a RabbitMQ cluster, the URLs of several of its nodes, comma-separated
+    /// (the first that answers is used; on losing it, a process moves on to the next).
+    #[arg(long, env = "PDQ_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true, value_parser = NodesParser)]
+    pub amqp_url: pdq_broker::BrokerNodes,
     /// PostgreSQL URL; the database is created if missing and migrated on start.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/pdq", global = true)]
     pub database_url: String,
@@ -78,8 +79,31 @@ impl Global {
             queue_type: self.queue_type,
             consumer_timeout: self.consumer_timeout.0,
             max_deliveries: self.max_deliveries,
-            ..pdq_broker::BrokerOptions::new(&self.amqp_url, &self.namespace)
+            ..pdq_broker::BrokerOptions::on(self.amqp_url.clone(), &self.namespace)
         }
+    }
+}
+
+/// Reads `--amqp-url` into [`pdq_broker::BrokerNodes`]. Not clap's `FromStr` parser, whose
+/// error repeats the value as given, password included; this one says only what
+/// [`pdq_broker::NodeListError`] says, which masks it.
+#[derive(Debug, Clone, Copy)]
+struct NodesParser;
+
+impl clap::builder::TypedValueParser for NodesParser {
+    type Value = pdq_broker::BrokerNodes;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<pdq_broker::BrokerNodes, clap::Error> {
+        let fail =
+            |kind, msg: String| clap::Error::raw(kind, format!("--amqp-url / PDQ_AMQP_URL: {msg}\n")).with_cmd(cmd);
+        let text = value.to_str().ok_or_else(|| fail(clap::error::ErrorKind::InvalidUtf8, "not UTF-8".into()))?;
+        text.parse()
+            .map_err(|e: pdq_broker::NodeListError| fail(clap::error::ErrorKind::ValueValidation, e.to_string()))
     }
 }
 

@@ -218,7 +218,7 @@ pub fn cluster_config(g: &Global, shape: ClusterShape, t: &TuningArgs) -> Cluste
         prefetch: t.prefetch,
         prefix_cache: t.prefix_cache,
         kv_by_need: t.kv_by_need,
-        ..ClusterConfig::new(shape, &g.namespace, &g.amqp_url)
+        ..ClusterConfig::new(shape, &g.namespace, &g.amqp_url.to_string())
     }
 }
 

@@ -130,7 +130,8 @@ impl LocalCluster {
         tweak: impl FnOnce(&mut ClusterConfig),
     ) -> Result<LocalCluster> {
         let opts = pdq_broker::BrokerOptions { namespace: namespace.to_string(), ..g.broker() };
-        let mut config = ClusterConfig { broker: opts.clone(), ..ClusterConfig::new(shape, namespace, &g.amqp_url) };
+        let mut config =
+            ClusterConfig { broker: opts.clone(), ..ClusterConfig::new(shape, namespace, &g.amqp_url.to_string()) };
         tweak(&mut config);
         let cluster = Cluster::start(&config, model, store.clone()).await?;
         let (stop_feeder, stop_rx) = tokio::sync::watch::channel(false);

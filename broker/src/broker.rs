@@ -17,9 +17,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects with the default options (the connection is named `pdq:{namespace}`).
+    /// Connects with the default options (the connection is named `pdq:{namespace}`); `url` is
+    /// one AMQP URL or the nodes of one cluster, comma-separated.
     pub async fn connect(url: &str, namespace: &str) -> Result<Broker, BrokerError> {
-        Broker::connect_with(BrokerOptions::new(url, namespace)).await
+        Broker::connect_with(BrokerOptions::on(url.parse()?, namespace)).await
     }
 
     pub async fn connect_with(opts: BrokerOptions) -> Result<Broker, BrokerError> {
@@ -58,6 +59,13 @@ impl Broker {
 
     pub fn options(&self) -> &BrokerOptions {
         self.link.options()
+    }
+
+    /// The URL (with the heartbeat) of the node the link is on now, for connections of its own
+    /// beside the link's (the ceiling measurement).
+    pub(crate) async fn current_url(&self) -> Result<String, BrokerError> {
+        let conn = self.link.get(None).await?;
+        Ok(self.options().url_with_heartbeat(conn.node))
     }
 
     /// Ready messages in a queue (a passive declare; 0 when the queue does not exist).

@@ -46,7 +46,7 @@ pub async fn broker_ceiling(
     body: &[u8],
     opts: CeilingOptions,
 ) -> Result<f64, BrokerError> {
-    let url = broker.options().url_with_heartbeat();
+    let url = broker.current_url().await?;
     let queues: Vec<String> = (0..opts.lanes).map(|i| format!("{queue_prefix}.{i}")).collect();
     for q in &queues {
         broker.declare_scratch_queue(q).await?;

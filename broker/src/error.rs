@@ -1,7 +1,10 @@
 use pdq_protocol::ErrorClass;
 
+use crate::NodeListError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// `url` names every node tried (passwords masked).
     #[error("cannot reach broker {url}: {source}")]
     Unreachable { url: String, source: lapin::Error },
     #[error("the broker refused pdq's credentials or virtual host at {url}: {source}")]
@@ -12,6 +15,8 @@ pub enum BrokerError {
     Topology { what: &'static str, name: String, source: lapin::Error },
     #[error("the broker refused message for {exchange}/{key} ({reason})")]
     Refused { exchange: String, key: String, reason: &'static str },
+    #[error(transparent)]
+    NodeList(#[from] NodeListError),
     #[error("the broker link is closed")]
     Closed,
     #[error("the broker stalled: {0}")]
@@ -19,14 +24,17 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    /// Everything but refused credentials, a conflicting topology and an unroutable message
+    /// Everything but refused credentials, a conflicting topology, an unusable URL list and an
+    /// unroutable message
     /// clears up by reconnecting.
     pub fn class(&self) -> ErrorClass {
         match self {
             BrokerError::Unreachable { .. } | BrokerError::Amqp(_) | BrokerError::Closed | BrokerError::Stalled(_) => {
                 ErrorClass::Transient
             }
-            BrokerError::AccessRefused { .. } | BrokerError::Topology { .. } => ErrorClass::Fatal,
+            BrokerError::AccessRefused { .. } | BrokerError::Topology { .. } | BrokerError::NodeList(_) => {
+                ErrorClass::Fatal
+            }
             BrokerError::Refused { .. } => ErrorClass::Request,
         }
     }

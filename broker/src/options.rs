@@ -1,7 +1,10 @@
-//! How a process talks to RabbitMQ: the URL, a connection name operators (and fault tests) can
-//! find it by, the heartbeat that lets the broker notice a hung process, and the queue type.
+//! How a process talks to RabbitMQ: the broker's nodes, a connection name operators (and fault
+//! tests) can find it by, the heartbeat that lets the broker notice a hung process, and the
+//! queue type.
 
 use std::time::Duration;
+
+use crate::nodes::{BrokerNodes, NodeListError};
 
 /// Short enough that a hung worker's unacked messages go back to the queue within seconds.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -51,7 +54,8 @@ impl std::str::FromStr for QueueType {
 
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
-    pub url: String,
+    /// The nodes of one RabbitMQ cluster (often just one broker); see [`BrokerNodes`].
+    pub nodes: BrokerNodes,
     pub namespace: String,
     /// Shown by `rabbitmqctl list_connections name client_properties`.
     pub connection_name: String,
@@ -62,9 +66,22 @@ pub struct BrokerOptions {
 }
 
 impl BrokerOptions {
+    /// The defaults for `namespace` on the broker at `url`: one AMQP URL, or several nodes of one
+    /// cluster, comma-separated.
+    ///
+    /// # Panics
+    /// When `url` is not such a list (an empty entry). Text from a user is parsed into
+    /// [`BrokerNodes`] first, which names the mistake (the command line does, and
+    /// [`crate::Broker::connect`]); this is for URLs a program already holds.
     pub fn new(url: &str, namespace: &str) -> BrokerOptions {
+        let nodes = url.parse().unwrap_or_else(|e: NodeListError| panic!("{e}"));
+        BrokerOptions::on(nodes, namespace)
+    }
+
+    /// The defaults for `namespace` on these nodes.
+    pub fn on(nodes: BrokerNodes, namespace: &str) -> BrokerOptions {
         BrokerOptions {
-            url: url.to_string(),
+            nodes,
             namespace: namespace.to_string(),
             connection_name: format!("pdq:{namespace}"),
             heartbeat: DEFAULT_HEARTBEAT,
@@ -79,27 +96,13 @@ impl BrokerOptions {
         self
     }
 
-    /// The URL with the heartbeat as a query parameter, unless the user's URL sets one itself.
-    pub(crate) fn url_with_heartbeat(&self) -> String {
-        if self.url.contains("heartbeat=") {
-            return self.url.clone();
+    /// Node `i`'s URL with the heartbeat as a query parameter, unless the user's URL sets one.
+    pub(crate) fn url_with_heartbeat(&self, node: usize) -> String {
+        let url = self.nodes.url(node);
+        if url.contains("heartbeat=") {
+            return url.to_string();
         }
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}heartbeat={}", self.url, self.heartbeat.as_secs().max(1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heartbeat_joins_the_url_unless_it_names_one() {
-        let o = BrokerOptions::new("amqp://h:5672/%2f", "ns");
-        assert_eq!(o.url_with_heartbeat(), "amqp://h:5672/%2f?heartbeat=10");
-        let o = BrokerOptions::new("amqp://h/%2f?frame_max=8192", "ns");
-        assert_eq!(o.url_with_heartbeat(), "amqp://h/%2f?frame_max=8192&heartbeat=10");
-        let o = BrokerOptions::new("amqp://h/%2f?heartbeat=3", "ns");
-        assert_eq!(o.url_with_heartbeat(), "amqp://h/%2f?heartbeat=3");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}heartbeat={}", self.heartbeat.as_secs().max(1))
     }
 }

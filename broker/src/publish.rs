@@ -14,6 +14,10 @@ use crate::link::Link;
 use crate::options::{CONFIRM_TIMEOUT, OP_TIMEOUT};
 use crate::{BrokerError, MessageMeta};
 
+/// Before publishing again what the broker nacked: a queue without a leader for the moment nacks
+/// every publish, and sending them straight back would only spin.
+const NACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -60,6 +64,9 @@ impl Publisher {
             let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
             let mut confirms = Vec::with_capacity(pending.len());
             let mut retry = Vec::new();
+            // Whether the channel failed (an error, a confirm that never came), as opposed to the
+            // broker nacking some messages on a working channel.
+            let mut broken = false;
             for m in pending {
                 let props = BasicProperties::default()
                     .with_delivery_mode(2)
@@ -68,7 +75,10 @@ impl Publisher {
                 match ch.basic_publish(m.exchange.as_str().into(), m.key.as_str().into(), opts, &m.body, props).await {
                     Ok(confirm) => confirms.push((m, confirm)),
                     Err(e) if is_permanent(&e) => return Err(refused(m, "the broker closed the channel")),
-                    Err(_) => retry.push(m),
+                    Err(_) => {
+                        broken = true;
+                        retry.push(m)
+                    }
                 }
             }
             // One deadline for the whole window: confirms arrive in order, so a healthy broker
@@ -78,8 +88,13 @@ impl Publisher {
                 match tokio::time::timeout_at(deadline, confirm).await {
                     Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
                     Ok(Ok(Confirmation::Ack(Some(_)))) => return Err(refused(m, "no queue is bound to this key")),
-                    // A nack means the broker could not take it this time: send it again.
-                    Ok(Ok(Confirmation::Nack(_)) | Err(_)) | Err(_) => retry.push(m),
+                    // A nack means the broker could not take it this time (a quorum queue
+                    // electing a leader after a node was lost): send it again, on this channel.
+                    Ok(Ok(Confirmation::Nack(_))) => retry.push(m),
+                    Ok(Err(_)) | Err(_) => {
+                        broken = true;
+                        retry.push(m)
+                    }
                 }
             }
             if retry.is_empty() {
@@ -88,9 +103,20 @@ impl Publisher {
             if self.link.is_closed() {
                 return Err(BrokerError::Closed);
             }
-            tracing::warn!(messages = retry.len(), "publishing again what the broker did not confirm");
+            tracing::warn!(messages = retry.len(), broken, "publishing again what the broker did not confirm");
             pending = retry;
-            stale = Some(generation);
+            // Only a failed channel asks the link for a new connection: a nack on a working one
+            // used to, and each such reconnect left the old connection open beside the new. A
+            // nack gets a new channel on the same connection: a channel that published to a
+            // quorum queue whose leader was lost kept being nacked for seconds after a new
+            // leader was elected, while a new channel finds the new leader.
+            if broken || !ch.status().connected() {
+                stale = Some(generation);
+            } else {
+                stale = None;
+                self.channel.lock().expect("channel lock").take();
+                tokio::time::sleep(NACK_PAUSE).await;
+            }
         }
     }
 

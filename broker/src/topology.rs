@@ -32,8 +32,11 @@ pub(crate) async fn declare_on(
     ch.exchange_declare(t.dead().into(), ExchangeKind::Fanout, durable, none())
         .await
         .map_err(conflict("exchange", t.dead()))?;
-    // The dead-letter queue is where people inspect failures: always classic, never expiring.
-    ch.queue_declare(t.dead().into(), QueueDeclareOptions::durable(), none())
+    // The dead-letter queue is where people inspect failures: never expiring, no dead-letter
+    // exchange of its own. Of the configured type: a classic queue lives on one node, and while
+    // that node is down a broker cluster refuses to declare it (404, "home node ... is down"),
+    // which would keep every process from reconnecting to the surviving nodes.
+    ch.queue_declare(t.dead().into(), QueueDeclareOptions::durable(), dead_queue_args(opts))
         .await
         .map_err(conflict("queue", t.dead()))?;
     ch.queue_bind(t.dead().into(), t.dead().into(), "".into(), QueueBindOptions::default(), none()).await?;
@@ -68,6 +71,14 @@ pub(crate) async fn declare_on(
     }
     ch.close(200, "declared".into()).await.ok();
     Ok(())
+}
+
+fn dead_queue_args(opts: &BrokerOptions) -> FieldTable {
+    let mut args = FieldTable::default();
+    if opts.queue_type == QueueType::Quorum {
+        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    }
+    args
 }
 
 /// Rejected messages go to `{ns}.dead`; the queue type and the consumer timeout are the

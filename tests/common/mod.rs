@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod procs;
 pub mod rabbit;
+pub mod rabbit_cluster;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -86,6 +87,8 @@ pub struct Harness {
     pub ns: String,
     pub store: Store,
     pub broker: Broker,
+    /// How every process of this harness reaches the broker (its nodes, the queue type).
+    pub broker_opts: pdq_broker::BrokerOptions,
     pub shape: ClusterShape,
     cluster: Option<Cluster>,
     /// The namespace's feeder, as `pdq serve` runs one: it publishes what `submit` accepts.
@@ -109,10 +112,29 @@ impl Harness {
         tweak: impl FnOnce(&mut ClusterConfig),
     ) -> Harness {
         let mut h = Harness::idle(pool, shape).await;
-        let mut cfg = ClusterConfig::new(shape, &h.ns, &amqp_url());
-        tweak(&mut cfg);
-        h.cluster = Some(Cluster::start(&cfg, model, h.store.clone()).await.expect("cluster starts"));
+        h.start_cluster_on(model, tweak).await;
         h
+    }
+
+    /// A harness on another broker than `PDQ_AMQP_URL` (a broker cluster, quorum queues):
+    /// `base`'s nodes and queue type serve every process, in a namespace of the harness's own.
+    pub async fn start_on(
+        pool: PgPool,
+        shape: ClusterShape,
+        base: pdq_broker::BrokerOptions,
+        tweak: impl FnOnce(&mut ClusterConfig),
+    ) -> Harness {
+        let mut h = Harness::declared(pool, shape, base).await;
+        h.start_feeder(pdq_producer::feeder::DEFAULT_FEEDER_WINDOW);
+        h.start_cluster_on(model(), tweak).await;
+        h
+    }
+
+    async fn start_cluster_on(&mut self, model: Arc<Model>, tweak: impl FnOnce(&mut ClusterConfig)) {
+        let mut cfg =
+            ClusterConfig { broker: self.broker_opts.clone(), ..ClusterConfig::new(self.shape, &self.ns, &amqp_url()) };
+        tweak(&mut cfg);
+        self.cluster = Some(Cluster::start(&cfg, model, self.store.clone()).await.expect("cluster starts"));
     }
 
     /// The namespace declared and its feeder running, but no workers.
@@ -124,11 +146,18 @@ impl Harness {
 
     /// The namespace declared, nothing running: accepted jobs wait for a feeder.
     pub async fn without_feeder(pool: PgPool, shape: ClusterShape) -> Harness {
+        Harness::declared(pool, shape, pdq_broker::BrokerOptions::new(&amqp_url(), "")).await
+    }
+
+    /// A namespace of its own on `base`'s broker, declared, with nothing running.
+    async fn declared(pool: PgPool, shape: ClusterShape, base: pdq_broker::BrokerOptions) -> Harness {
         init_logs();
         let ns = format!("test-{}", Uuid::new_v4().simple());
-        let broker = Broker::connect(&amqp_url(), &ns).await.expect("RabbitMQ on PDQ_AMQP_URL");
+        let broker_opts =
+            pdq_broker::BrokerOptions { namespace: ns.clone(), connection_name: format!("pdq:{ns}"), ..base };
+        let broker = Broker::connect_with(broker_opts.clone()).await.expect("RabbitMQ on PDQ_AMQP_URL");
         broker.declare(&shape).await.expect("declare");
-        Harness { ns, store: Store::from_pool(pool), broker, shape, cluster: None, feeder: None }
+        Harness { ns, store: Store::from_pool(pool), broker, broker_opts, shape, cluster: None, feeder: None }
     }
 
     /// Starts (or restarts) this process's feeder of the namespace with `window`.
@@ -137,7 +166,7 @@ impl Harness {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let cfg = pdq_producer::feeder::FeederConfig {
             namespace: self.ns.clone(),
-            broker: pdq_broker::BrokerOptions::new(&amqp_url(), &self.ns),
+            broker: self.broker_opts.clone(),
             window,
             shape: Some(self.shape),
         };
@@ -156,9 +185,7 @@ impl Harness {
     }
 
     pub async fn start_cluster_with(&mut self, tweak: impl FnOnce(&mut ClusterConfig)) {
-        let mut cfg = ClusterConfig::new(self.shape, &self.ns, &amqp_url());
-        tweak(&mut cfg);
-        self.cluster = Some(Cluster::start(&cfg, model(), self.store.clone()).await.expect("cluster starts"));
+        self.start_cluster_on(model(), tweak).await
     }
 
     pub async fn submit(&self, lines: &[Value], policy: Policy) -> Uuid {

@@ -86,6 +86,21 @@ async fn errors_are_one_line_naming_the_service_without_its_password(pool: PgPoo
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("127.0.0.1:1") && !err.contains("hunter2"), "{err}");
 
+    // Several broker nodes: the error names every one tried, none with its password; a list with
+    // an empty entry is refused as the flag is read, naming the entry.
+    let nodes = "amqp://guest:hunter2@127.0.0.1:1/%2f, amqp://guest:hunter2@127.0.0.1:2/%2f";
+    let out = env.pdq(&worker).env("PDQ_AMQP_URL", nodes).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("pdq: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("127.0.0.1:1") && errors[0].contains("127.0.0.1:2"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let out = env.pdq(&worker).env("PDQ_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f,,").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("empty entry (number 2 of 3)") && !err.contains("hunter2"), "{err}");
+
     let out = env.run(&["serve", "--model", "/nonexistent/model"]);
     assert!(!out.status.success());
     let err = stderr(&out);
