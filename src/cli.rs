@@ -266,8 +266,8 @@ pub struct TuningArgs {
     pub prefix_cache: bool,
     /// Colocated and decode ranks reserve KV blocks as sequences grow instead of for `max_tokens`
     /// up front, preempting and recomputing a sequence when the pool runs short (CPU only; same
-    /// tokens).
-    #[arg(long, env = "PDQ_KV_BY_NEED", default_value_t = false, action = clap::ArgAction::Set)]
+    /// tokens; `false` reserves every sequence's whole generation at admission).
+    #[arg(long, env = "PDQ_KV_BY_NEED", default_value_t = pdq_workers::DEFAULT_KV_BY_NEED, action = clap::ArgAction::Set)]
     pub kv_by_need: bool,
 }
 

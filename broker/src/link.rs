@@ -7,7 +7,8 @@
 //! - a new connection has declared the namespace's topology (when a shape was declared) before
 //!   any caller sees it, so consumers and publishers resume against queues that exist;
 //! - only the first connection can fail with `Unreachable`, and only when no node answers; later
-//!   ones try the nodes round-robin from the one after the node that failed (`nodes::rotation`),
+//!   ones try the other nodes round-robin, from one that depends on the process's connection
+//!   name, and the node that failed last (`nodes::rotation`),
 //!   with backoff and jitter after each full round, until one succeeds, the link is closed, or
 //!   the broker refuses for good (credentials, a conflicting topology), which is returned to the
 //!   caller;
@@ -23,7 +24,7 @@ use pdq_protocol::ClusterShape;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::is_permanent;
-use crate::nodes::rotation;
+use crate::nodes::{rotation, spread_of};
 use crate::options::{BrokerOptions, OP_TIMEOUT};
 use crate::topology::declare_on;
 use crate::BrokerError;
@@ -127,7 +128,7 @@ async fn open(opts: &BrokerOptions, node: usize) -> Result<Connection, BrokerErr
 /// refusal for good (credentials) is the cluster's answer, not one node's: returned at once.
 async fn open_first(opts: &BrokerOptions) -> Result<(usize, Connection), BrokerError> {
     let mut last = None;
-    for node in rotation(opts.nodes.len(), None).take(opts.nodes.len()) {
+    for node in rotation(opts.nodes.len(), None, 0).take(opts.nodes.len()) {
         match open(opts, node).await {
             Ok(c) => return Ok((node, c)),
             Err(BrokerError::Unreachable { source, .. }) if opts.nodes.len() > 1 => {
@@ -184,13 +185,14 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Get>, mut curr
     current.connection.close(200, "link dropped".into()).await.ok();
 }
 
-/// Connects and declares, retrying what can clear up, starting with the node after `failed`;
+/// Connects and declares, retrying what can clear up, on the other nodes first (`rotation`);
 /// returns early once the link is closed.
 async fn reconnect(shared: &Shared, failed: usize) -> Result<(usize, Connection), BrokerError> {
     let mut closed = shared.closed.subscribe();
     let mut delay = BACKOFF_FIRST;
     let round = shared.opts.nodes.len();
-    for (attempt, node) in (1u64..).zip(rotation(round, Some(failed))) {
+    let spread = spread_of(&shared.opts.connection_name);
+    for (attempt, node) in (1u64..).zip(rotation(round, Some(failed), spread)) {
         let shape = *shared.shape.lock().expect("shape lock");
         let attempted = async {
             let connection = open(&shared.opts, node).await?;

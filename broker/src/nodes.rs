@@ -1,8 +1,9 @@
 //! The nodes of one RabbitMQ cluster, and the order the link tries them in.
 //!
 //! Invariants: a [`BrokerNodes`] holds at least one URL and no blank one (the only way to make
-//! one is to parse it); [`rotation`] visits every node once per round, starting with the node
-//! after the one that failed, so a failed node is tried last and every node is tried.
+//! one is to parse it); [`rotation`] visits every node once per round, the failed node last,
+//! the others starting at one that depends on the process, so the processes that lost a node
+//! spread over the survivors instead of all moving to the same one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,11 +77,25 @@ impl fmt::Display for BrokerNodes {
     }
 }
 
-/// The nodes to try, endlessly, one round of `n` at a time: after node `failed` failed, the next
-/// one first; `None` (a first connection) starts at the first node.
-pub(crate) fn rotation(n: usize, failed: Option<usize>) -> impl Iterator<Item = usize> {
-    let start = failed.map_or(0, |f| f + 1);
-    (start..).map(move |i| i % n)
+/// The nodes to try, endlessly, one round of `n` at a time. A first connection (`failed`
+/// `None`) tries them in the order given. After node `failed` failed, a round takes the other
+/// nodes in order, starting `spread` places after it (a number fixed per process, e.g. a hash
+/// of its connection name), then the failed node last.
+pub(crate) fn rotation(n: usize, failed: Option<usize>, spread: u64) -> impl Iterator<Item = usize> {
+    let round: Vec<usize> = match failed {
+        None => (0..n).collect(),
+        Some(f) => {
+            let others = n - 1;
+            let offset = if others == 0 { 0 } else { (spread % others as u64) as usize };
+            (0..others).map(|i| (f + 1 + (i + offset) % others) % n).chain([f % n]).collect()
+        }
+    };
+    round.into_iter().cycle()
+}
+
+/// A process's `spread` for [`rotation`]: FNV-1a of its connection name, stable across runs.
+pub(crate) fn spread_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -116,13 +131,26 @@ mod tests {
 
     #[test]
     fn a_first_connection_tries_the_nodes_in_order() {
-        assert_eq!(rotation(3, None).take(3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(rotation(3, None, 7).take(3).collect::<Vec<_>>(), [0, 1, 2]);
     }
 
     #[test]
     fn a_reconnect_starts_after_the_failed_node_and_tries_it_last() {
-        assert_eq!(rotation(3, Some(0)).take(6).collect::<Vec<_>>(), [1, 2, 0, 1, 2, 0]);
-        assert_eq!(rotation(3, Some(2)).take(3).collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(rotation(1, Some(0)).take(2).collect::<Vec<_>>(), [0, 0], "one node: always that one");
+        assert_eq!(rotation(3, Some(0), 0).take(6).collect::<Vec<_>>(), [1, 2, 0, 1, 2, 0]);
+        assert_eq!(rotation(3, Some(0), 1).take(6).collect::<Vec<_>>(), [2, 1, 0, 2, 1, 0]);
+        assert_eq!(rotation(3, Some(2), 0).take(3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(rotation(3, Some(2), 3).take(3).collect::<Vec<_>>(), [1, 0, 2]);
+        assert_eq!(rotation(1, Some(0), 5).take(2).collect::<Vec<_>>(), [0, 0], "one node: always that one");
+    }
+
+    #[test]
+    fn processes_that_lost_a_node_spread_over_the_others() {
+        // The ranks of a 4x4 cluster, as they name their connections.
+        let firsts: std::collections::BTreeSet<usize> = ["prefill", "decode"]
+            .iter()
+            .flat_map(|role| (0..4).map(move |r| format!("pdq:ns:{role}-{r}")))
+            .map(|name| rotation(3, Some(0), spread_of(&name)).next().unwrap())
+            .collect();
+        assert_eq!(firsts, [1, 2].into(), "both surviving nodes take some of the eight");
     }
 }

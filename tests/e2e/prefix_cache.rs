@@ -144,7 +144,7 @@ async fn a_decode_rank_by_need_preempts_and_keeps_every_answer(pool: PgPool) {
             common::generate_line(&format!("n{i}"), body)
         })
         .collect();
-    let roomy = Harness::start(pool.clone(), ClusterShape::disagg(1, 1)).await;
+    let roomy = Harness::start_with(pool.clone(), ClusterShape::disagg(1, 1), |c| c.kv_by_need = false).await;
     let want = roomy.run(&lines, Policy::Shared).await;
     roomy.finish().await;
     // One tiny-model block: 16 tokens x 2 layers x (K + V) x 2 heads x 16 dims x 4 bytes.

@@ -19,8 +19,15 @@ pub const DEFAULT_MAX_RUNNING: usize = 64;
 /// Prompt tokens one engine iteration may prefill before it runs a decode step again.
 pub const DEFAULT_PREFILL_TOKEN_BUDGET: usize = 4096;
 /// Bytes of KV blocks each engine preallocates (committed by the OS only as blocks are used).
-/// Decode admission waits while the pool cannot reserve a sequence's whole generation.
+/// Decode admission waits while the pool cannot hold what a sequence reserves (its prompt by
+/// need, else its whole generation).
 pub const DEFAULT_KV_POOL_BYTES: usize = 1 << 30;
+/// KV by need: answers mostly stop long before a generous `max_tokens`, so reserving every
+/// sequence's whole generation leaves most of the pool idle (1.13x slower on a decode rank's
+/// default pool, 1.27x colocated, `docs/performance.md`). Where the executor's KV does not
+/// depend on how a prompt was split (the CPU), preempted sequences resume with the same tokens;
+/// elsewhere the rank reserves whole generations whatever this says.
+pub const DEFAULT_KV_BY_NEED: bool = true;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping prefill worker keeps serving KV to decoders before it gives up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,7 +81,7 @@ impl ClusterConfig {
             kv_pool_bytes: DEFAULT_KV_POOL_BYTES,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
             prefix_cache: true,
-            kv_by_need: false,
+            kv_by_need: DEFAULT_KV_BY_NEED,
         }
     }
 

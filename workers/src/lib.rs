@@ -30,7 +30,7 @@ mod serve;
 pub use actors::engine_loop::{ChoiceOut, DecodeOut, EngineHandle, EngineLoopConfig, First, PrefillOut, Prefilled};
 pub use actors::writer::RESULT_BATCH;
 pub use config::{
-    ClusterConfig, WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_KV_POOL_BYTES, DEFAULT_KV_TTL,
+    ClusterConfig, WorkerConfig, DEFAULT_KV_BUDGET_BYTES, DEFAULT_KV_BY_NEED, DEFAULT_KV_POOL_BYTES, DEFAULT_KV_TTL,
     DEFAULT_MAX_PROMPT_BYTES, DEFAULT_MAX_RUNNING, DEFAULT_PREFETCH,
 };
 pub use data_plane::{
