@@ -40,6 +40,12 @@ while batch.status not in ("completed", "failed", "cancelled", "expired"):
 assert batch.status == "completed", batch
 assert batch.request_counts.total == 5 and batch.request_counts.completed == 4, batch.request_counts
 assert batch.metadata == {"run": "sdk"}, batch.metadata
+# CONTRACT §15: the model the requests named, and the tokens the batch used, as OpenAI's types.
+assert batch.model == "tiny", batch.model
+u = batch.usage
+assert u is not None and u.output_tokens > 0 and u.input_tokens > 0, u
+assert u.total_tokens == u.input_tokens + u.output_tokens, u
+assert u.input_tokens_details.cached_tokens >= 0 and u.output_tokens_details.reasoning_tokens == 0, u
 
 out = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
 assert sorted(o["custom_id"] for o in out) == [f"q-{i}" for i in range(4)], out

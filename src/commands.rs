@@ -231,15 +231,19 @@ fn print_status(job: &JobRow, json: bool) -> Result<()> {
         (Some(s), Some(f)) => format!(", {:.2}s", (f - s).num_milliseconds() as f64 / 1000.0),
         _ => String::new(),
     };
+    let u = &job.usage;
     println!(
-        "job {} {}: {}/{} done ({} completed, {} failed, {} cancelled){elapsed}",
+        "job {} {}: {}/{} done ({} completed, {} failed, {} cancelled){elapsed}; tokens: {} prompt ({} cached), {} generated",
         job.id,
         job.status,
         job.done(),
         job.total,
         job.completed,
         job.failed,
-        job.cancelled
+        job.cancelled,
+        u.prompt_tokens,
+        u.cached_tokens,
+        u.completion_tokens
     );
     Ok(())
 }

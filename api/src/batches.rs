@@ -261,6 +261,8 @@ pub(crate) fn batch_object(b: &BatchRow) -> Value {
         "cancelling_at": ts(b.cancelling_at),
         "cancelled_at": at("cancelled"),
         "request_counts": {"total": b.total.unwrap_or(0), "completed": completed, "failed": failed + cancelled},
+        "model": b.model,
+        "usage": b.usage.openai(),
         "metadata": b.metadata,
     })
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Usage};
 
 #[derive(Debug, Clone)]
 pub struct NewBatch {
@@ -39,11 +39,19 @@ pub struct BatchRow {
     pub cancelled: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The `model` its first request names (pdq serves one model per cluster and echoes the
+    /// requested name in every response body, so the batch says the same).
+    pub model: Option<String>,
+    #[sqlx(flatten)]
+    pub usage: Usage,
 }
 
 const BATCH_SELECT: &str = "SELECT b.id, b.input_file_id, b.endpoint, b.completion_window, b.metadata, b.errors,
         b.created_at, b.expires_at, b.cancelling_at, b.expired_at, b.failed_at, j.status AS job_status, j.total, j.completed,
-        j.failed, j.cancelled, j.started_at, j.finished_at
+        j.failed, j.cancelled, j.started_at, j.finished_at,
+        (SELECT q.body->>'model' FROM requests q WHERE q.job_id = b.id ORDER BY q.line_no LIMIT 1) AS model,
+        COALESCE(j.prompt_tokens, 0) AS prompt_tokens, COALESCE(j.cached_tokens, 0) AS cached_tokens,
+        COALESCE(j.completion_tokens, 0) AS completion_tokens
     FROM batches b LEFT JOIN jobs j ON j.id = b.id";
 
 impl Store {

@@ -60,6 +60,37 @@ pub struct JobRow {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    pub usage: Usage,
+}
+
+/// The tokens a job's result rows count, summed as the rows are written: every row's prompt and
+/// completion tokens (failed rows count what they used, mostly 0), and the prompt tokens the
+/// prefix cache spared. Serialized as OpenAI's batch `usage` (CONTRACT §15).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+impl Usage {
+    /// OpenAI's shape; pdq generates no reasoning tokens.
+    pub fn openai(&self) -> serde_json::Value {
+        serde_json::json!({
+            "input_tokens": self.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens": self.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+impl Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.openai().serialize(s)
+    }
 }
 
 impl JobRow {
@@ -108,7 +139,7 @@ impl NewJob {
 pub const DEFAULT_COMPLETION_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 const JOB_COLUMNS: &str = "id, name, namespace, input_file, status, total, completed, failed, cancelled, priority, \
-     created_at, started_at, finished_at, expires_at";
+     created_at, started_at, finished_at, expires_at, prompt_tokens, cached_tokens, completion_tokens";
 
 impl Store {
     /// Writes a job with all its request rows, and the failed results of lines that did not

@@ -19,7 +19,7 @@ pub use connect::Store;
 pub use error::StoreError;
 pub use feed::{Ask, FeedJob, FeederLease, InFlight, Unpublished};
 pub use files::{FileRow, FileUpload, ListOrder, NewFile};
-pub use jobs::{JobRow, JobStatus, NewJob, DEFAULT_COMPLETION_WINDOW};
+pub use jobs::{JobRow, JobStatus, NewJob, Usage, DEFAULT_COMPLETION_WINDOW};
 pub use requests::{NewRequest, Outbound};
 pub use results::{ExportRow, ResultsWritten};
 pub use workers::WorkerInfo;

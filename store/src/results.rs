@@ -1,5 +1,5 @@
 //! Result rows. Written in batches, one statement per batch: the insert, the request status and
-//! the job counters move together, and `ON CONFLICT DO NOTHING` makes a redelivered message's
+//! the job counters (requests and tokens) move together, and `ON CONFLICT DO NOTHING` makes a redelivered message's
 //! second write count for nothing.
 
 use chrono::{DateTime, Utc};
@@ -36,7 +36,7 @@ WITH input AS (
            logprobs, choices
     FROM input
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING request_id, job_id, status
+    RETURNING request_id, job_id, status, prompt_tokens, cached_tokens, completion_tokens
 ), req AS (
     UPDATE requests q SET status = ins.status, updated_at = now()
     FROM ins WHERE q.id = ins.request_id
@@ -45,13 +45,19 @@ WITH input AS (
     SELECT job_id,
            count(*) FILTER (WHERE status = 'completed') AS c,
            count(*) FILTER (WHERE status = 'failed') AS f,
-           count(*) FILTER (WHERE status = 'cancelled') AS x
+           count(*) FILTER (WHERE status = 'cancelled') AS x,
+           COALESCE(sum(prompt_tokens), 0) AS p,
+           COALESCE(sum(cached_tokens), 0) AS ct,
+           COALESCE(sum(completion_tokens), 0) AS o
     FROM ins WHERE job_id IS NOT NULL GROUP BY job_id
 ), jobs_done AS (
     UPDATE jobs j SET
         completed = j.completed + counts.c,
         failed = j.failed + counts.f,
         cancelled = j.cancelled + counts.x,
+        prompt_tokens = j.prompt_tokens + counts.p,
+        cached_tokens = j.cached_tokens + counts.ct,
+        completion_tokens = j.completion_tokens + counts.o,
         status = CASE
             WHEN j.completed + j.failed + j.cancelled + counts.c + counts.f + counts.x < j.total THEN j.status
             WHEN j.status = 'cancelling' THEN 'cancelled'

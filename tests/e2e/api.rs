@@ -154,6 +154,22 @@ async fn a_batch_runs_from_upload_to_output_and_error_files(pool: PgPool) {
     assert_eq!(batch["status"], "completed", "{batch}");
     assert_eq!(batch["request_counts"], json!({"total": 4, "completed": 2, "failed": 2}));
     assert!(batch["completed_at"].is_i64() && batch["in_progress_at"].is_i64(), "{batch}");
+    // `model` is what the requests named; `usage` sums the job's result rows, as OpenAI's does.
+    assert_eq!(batch["model"], "tiny");
+    let (prompt, cached, completion): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(prompt_tokens), 0), COALESCE(sum(cached_tokens), 0), COALESCE(sum(completion_tokens), 0)
+           FROM results WHERE job_id = $1::uuid",
+    )
+    .bind(batch["id"].as_str().unwrap())
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(completion, 8, "two completed requests of 4 tokens");
+    assert!(prompt > 0);
+    let usage = json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+                       "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+                       "total_tokens": prompt + completion});
+    assert_eq!(batch["usage"], usage, "{batch}");
     // The batch is a pdq job like any other.
     let job = h.store.job(batch["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
     assert_eq!((job.status.as_str(), job.total, job.completed), ("completed", 4, 2));

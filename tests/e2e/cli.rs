@@ -40,6 +40,20 @@ async fn ranks_as_processes_serve_a_submitted_job(pool: PgPool) {
         (status["status"].as_str(), status["completed"].as_i64(), status["failed"].as_i64()),
         (Some("completed"), Some(3), Some(1))
     );
+    // The job's tokens, as the batch object's `usage` (CONTRACT §15), from its result rows.
+    let (prompt, completion): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0) FROM results WHERE job_id = $1::uuid",
+    )
+    .bind(&job)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(prompt > 0 && completion > 0, "three requests completed");
+    assert_eq!(
+        (status["usage"]["input_tokens"].as_i64(), status["usage"]["output_tokens"].as_i64()),
+        (Some(prompt), Some(completion))
+    );
+    assert_eq!(status["usage"]["total_tokens"].as_i64(), Some(prompt + completion));
 
     let results = env.run(&["results", &job]);
     let results: Vec<Value> = stdout(&results).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
