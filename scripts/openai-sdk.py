@@ -26,13 +26,17 @@ def line(i, url="/v1/chat/completions"):
 
 lines = [line(i) for i in range(4)] + [line(99, url="/v1/completions")]
 data = "".join(json.dumps(l) + "\n" for l in lines).encode()
-f = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
+# CONTRACT §15: the file expires an hour after its upload.
+hour = {"anchor": "created_at", "seconds": 3600}
+f = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch", expires_after=hour)
 assert f.bytes == len(data) and f.purpose == "batch", f
+assert f.expires_at == f.created_at + 3600, f
 assert client.files.retrieve(f.id).id == f.id
 assert client.files.content(f.id).content == data
 
 batch = client.batches.create(
-    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"run": "sdk"}
+    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"run": "sdk"},
+    output_expires_after={"anchor": "created_at", "seconds": 7200},
 )
 while batch.status not in ("completed", "failed", "cancelled", "expired"):
     time.sleep(0.2)
@@ -47,6 +51,8 @@ assert u is not None and u.output_tokens > 0 and u.input_tokens > 0, u
 assert u.total_tokens == u.input_tokens + u.output_tokens, u
 assert u.input_tokens_details.cached_tokens >= 0 and u.output_tokens_details.reasoning_tokens == 0, u
 
+output = client.files.retrieve(batch.output_file_id)
+assert output.expires_at == output.created_at + 7200, output
 out = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
 assert sorted(o["custom_id"] for o in out) == [f"q-{i}" for i in range(4)], out
 assert all(o["response"]["body"]["object"] == "chat.completion" for o in out)

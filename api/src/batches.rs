@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::ids::{parse_batch_id, FileId};
-use crate::{files, reply, ApiError, ApiState};
+use crate::{expiry, files, reply, ApiError, ApiState};
 
 /// OpenAI's limits on `metadata`.
 const METADATA_KEYS: usize = 16;
@@ -31,6 +31,14 @@ struct CreateBatch {
     completion_window: String,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    output_expires_after: Option<ExpiresAfter>,
+}
+
+#[derive(Deserialize)]
+struct ExpiresAfter {
+    anchor: Option<String>,
+    seconds: Option<i64>,
 }
 
 /// A creation request whose fields all checked out.
@@ -43,6 +51,7 @@ struct ValidBatch {
     /// `metadata.priority` (CONTRACT §13): the job's priority, an integer written as a string
     /// since OpenAI's metadata values are strings.
     priority: i32,
+    output_expires_after_s: Option<i64>,
 }
 
 impl TryFrom<CreateBatch> for ValidBatch {
@@ -90,7 +99,12 @@ impl TryFrom<CreateBatch> for ValidBatch {
                 ApiError::invalid(format!("`metadata.priority` must be an integer, got '{p}'"), "metadata")
             })?,
         };
+        let output_expires_after_s = match &raw.output_expires_after {
+            None => None,
+            Some(e) => Some(expiry::seconds(e.anchor.as_deref(), e.seconds, "output_expires_after")?),
+        };
         Ok(ValidBatch {
+            output_expires_after_s,
             priority,
             input_file,
             endpoint,
@@ -137,6 +151,8 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
             completion_window: valid.completion_window.clone(),
             metadata: valid.metadata.clone(),
             expires_at: Utc::now() + Duration::hours(valid.window_hours.into()),
+            // At most 30 days in seconds: fits.
+            output_expires_after_s: valid.output_expires_after_s.map(|s| s as i32),
         })
         .await?;
     // Accepted on a task of its own: a client that hangs up mid-request must not stop it; the

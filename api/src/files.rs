@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::ids::FileId;
-use crate::{output, reply, ApiError, ApiState};
+use crate::{expiry, output, reply, ApiError, ApiState};
 
 const CHUNK_BYTES: usize = 1 << 20;
 const PURPOSES: &[&str] = &["batch"];
@@ -30,7 +30,7 @@ pub(crate) fn file_object(row: &FileRow) -> Value {
         "purpose": row.purpose,
         "status": "processed",
         "status_details": null,
-        "expires_at": null,
+        "expires_at": row.expires_at.map(|t| t.timestamp()),
     })
 }
 
@@ -63,6 +63,8 @@ pub(crate) async fn upload(
     let mut multipart = multipart?;
     let mut file: Option<(FileUpload, String, Counter)> = None;
     let mut purpose: Option<String> = None;
+    // `expires_after[anchor]` and `expires_after[seconds]`, as OpenAI's clients send the object.
+    let (mut anchor, mut seconds): (Option<String>, Option<String>) = (None, None);
     while let Some(mut field) = multipart.next_field().await? {
         match field.name() {
             Some("file") => {
@@ -96,7 +98,9 @@ pub(crate) async fn upload(
                 file = Some((upload, filename, count));
             }
             Some("purpose") => purpose = Some(short_text(&mut field).await?),
-            // Fields pdq does not use (`expires_after[...]`) are read past.
+            Some("expires_after[anchor]") => anchor = Some(short_text(&mut field).await?),
+            Some("expires_after[seconds]") => seconds = Some(short_text(&mut field).await?),
+            // Fields pdq does not use are read past.
             _ => while field.chunk().await?.is_some() {},
         }
     }
@@ -104,8 +108,23 @@ pub(crate) async fn upload(
     if !PURPOSES.contains(&purpose.as_str()) {
         return Err(ApiError::invalid(format!("`purpose` must be 'batch', got '{purpose}'"), "purpose"));
     }
+    let expires_after_s = match (&anchor, &seconds) {
+        (None, None) => None,
+        _ => {
+            let n = match seconds.as_deref().map(|s| s.trim().parse::<i64>()) {
+                Some(Err(_)) => {
+                    let got = seconds.as_deref().unwrap_or_default();
+                    let message = format!("`expires_after.seconds` must be an integer, got '{got}'");
+                    return Err(ApiError::invalid(message, "expires_after"));
+                }
+                Some(Ok(n)) => Some(n),
+                None => None,
+            };
+            Some(expiry::seconds(anchor.as_deref(), n, "expires_after")?)
+        }
+    };
     let (upload, filename, count) = file.ok_or_else(|| ApiError::invalid("`file` is required", "file"))?;
-    let new = NewFile { filename, purpose, bytes: count.bytes as i64, lines: count.lines() as i32 };
+    let new = NewFile { filename, purpose, bytes: count.bytes as i64, lines: count.lines() as i32, expires_after_s };
     Ok(reply::ok(&file_object(&upload.finish(&new).await?)))
 }
 

@@ -6,6 +6,7 @@
 mod auth;
 mod batches;
 mod error;
+mod expiry;
 mod files;
 mod ids;
 mod metrics;
@@ -83,12 +84,33 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves; then finishes the requests in flight. (Batches past their
-/// window are expired by the namespace's feeder, like every job.)
+/// How often `serve` deletes the uploads whose `expires_after` passed. Readers never see an
+/// expired file meanwhile (every read checks the time); this only frees the bytes.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves until `shutdown` resolves; then finishes the requests in flight. Meanwhile it deletes
+/// expired uploads every [`SWEEP_EVERY`]. (Batches past their window are expired by the
+/// namespace's feeder, like every job.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let sweeper = tokio::spawn(sweep_expired(state.store.clone()));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    served
+}
+
+async fn sweep_expired(store: pdq_store::Store) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        match store.sweep_expired_files().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "deleted expired files"),
+            // The database away: the next round tries again.
+            Err(e) => tracing::warn!(error = %e, "could not delete expired files"),
+        }
+    }
 }

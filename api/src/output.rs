@@ -54,7 +54,9 @@ pub(crate) async fn batch_of(store: &Store, file: FileId, id: &str) -> Result<Ba
     };
     let batch = store.batch(job).await?.ok_or_else(not_found)?;
     let ended = batch.job_status.as_deref().and_then(pdq_store::JobStatus::parse).is_some_and(|s| s.is_terminal());
-    if !ended {
+    // Past `output_expires_after` the files are gone; the results rows they came from stay.
+    let expired = batch.output_expires_at.is_some_and(|t| t <= chrono::Utc::now());
+    if !ended || expired {
         return Err(not_found());
     }
     Ok(batch)
@@ -77,6 +79,6 @@ pub(crate) async fn file_object(store: &Store, file: FileId, id: &str) -> Result
         "purpose": purpose,
         "status": "processed",
         "status_details": null,
-        "expires_at": null,
+        "expires_at": batch.output_expires_at.map(|t| t.timestamp()),
     }))
 }

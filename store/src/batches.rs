@@ -16,6 +16,9 @@ pub struct NewBatch {
     pub completion_window: String,
     pub metadata: Option<Value>,
     pub expires_at: DateTime<Utc>,
+    /// `output_expires_after`: seconds after the batch ends that its output and error files
+    /// expire; `None`: never.
+    pub output_expires_after_s: Option<i32>,
 }
 
 /// A batch with its job's status and counters (absent while it validates, or when refused).
@@ -44,6 +47,8 @@ pub struct BatchRow {
     pub model: Option<String>,
     #[sqlx(flatten)]
     pub usage: Usage,
+    /// When the output and error files expire: the batch's end plus `output_expires_after`.
+    pub output_expires_at: Option<DateTime<Utc>>,
 }
 
 const BATCH_SELECT: &str = "SELECT b.id, b.input_file_id, b.endpoint, b.completion_window, b.metadata, b.errors,
@@ -51,14 +56,16 @@ const BATCH_SELECT: &str = "SELECT b.id, b.input_file_id, b.endpoint, b.completi
         j.failed, j.cancelled, j.started_at, j.finished_at,
         (SELECT q.body->>'model' FROM requests q WHERE q.job_id = b.id ORDER BY q.line_no LIMIT 1) AS model,
         COALESCE(j.prompt_tokens, 0) AS prompt_tokens, COALESCE(j.cached_tokens, 0) AS cached_tokens,
-        COALESCE(j.completion_tokens, 0) AS completion_tokens
+        COALESCE(j.completion_tokens, 0) AS completion_tokens,
+        j.finished_at + b.output_expires_after_s * interval '1 second' AS output_expires_at
     FROM batches b LEFT JOIN jobs j ON j.id = b.id";
 
 impl Store {
     pub async fn create_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO batches (id, input_file_id, endpoint, completion_window, metadata, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO batches (id, input_file_id, endpoint, completion_window, metadata, expires_at,
+                                  output_expires_after_s)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(b.id)
         .bind(b.input_file_id)
@@ -66,6 +73,7 @@ impl Store {
         .bind(&b.completion_window)
         .bind(&b.metadata)
         .bind(b.expires_at)
+        .bind(b.output_expires_after_s)
         .execute(&self.pool)
         .await?;
         Ok(())

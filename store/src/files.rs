@@ -15,6 +15,8 @@ pub struct FileRow {
     pub bytes: i64,
     pub lines: i32,
     pub created_at: DateTime<Utc>,
+    /// From the upload's `expires_after`; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct NewFile {
     pub purpose: String,
     pub bytes: i64,
     pub lines: i32,
+    /// Seconds after the upload that the file expires (`expires_after`); `None`: never.
+    pub expires_after_s: Option<i64>,
 }
 
 /// Newest first, or oldest first; `after` is the id the previous page ended on.
@@ -39,7 +43,9 @@ pub struct FileUpload {
     seq: i32,
 }
 
-const FILE_COLUMNS: &str = "id, filename, purpose, bytes, lines, created_at";
+const FILE_COLUMNS: &str = "id, filename, purpose, bytes, lines, created_at, expires_at";
+/// An expired file is gone to every reader, whether or not the sweeper has deleted it yet.
+const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
 
 impl FileUpload {
     pub fn id(&self) -> Uuid {
@@ -59,13 +65,15 @@ impl FileUpload {
 
     pub async fn finish(mut self, file: &NewFile) -> Result<FileRow, StoreError> {
         let row = sqlx::query_as::<_, FileRow>(&format!(
-            "INSERT INTO files (id, filename, purpose, bytes, lines) VALUES ($1, $2, $3, $4, $5) RETURNING {FILE_COLUMNS}"
+            "INSERT INTO files (id, filename, purpose, bytes, lines, expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second') RETURNING {FILE_COLUMNS}"
         ))
         .bind(self.id)
         .bind(file.filename.replace('\0', "\u{FFFD}"))
         .bind(file.purpose.replace('\0', "\u{FFFD}"))
         .bind(file.bytes)
         .bind(file.lines)
+        .bind(file.expires_after_s)
         .fetch_one(&mut *self.tx)
         .await?;
         self.tx.commit().await?;
@@ -79,7 +87,7 @@ impl Store {
     }
 
     pub async fn file(&self, id: Uuid) -> Result<Option<FileRow>, StoreError> {
-        Ok(sqlx::query_as::<_, FileRow>(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1"))
+        Ok(sqlx::query_as::<_, FileRow>(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND {LIVE}"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -99,7 +107,7 @@ impl Store {
         };
         Ok(sqlx::query_as::<_, FileRow>(&format!(
             "SELECT {FILE_COLUMNS} FROM files
-             WHERE ($1::text IS NULL OR purpose = $1) AND ($2::uuid IS NULL OR id {cmp} $2)
+             WHERE ($1::text IS NULL OR purpose = $1) AND ($2::uuid IS NULL OR id {cmp} $2) AND {LIVE}
              ORDER BY id {dir} LIMIT $3"
         ))
         .bind(purpose)
@@ -109,10 +117,18 @@ impl Store {
         .await?)
     }
 
-    /// True when there was such a file.
+    /// True when there was such a file (an expired one is not there any more).
     pub async fn delete_file(&self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM files WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done =
+            sqlx::query(&format!("DELETE FROM files WHERE id = $1 AND {LIVE}")).bind(id).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes the files whose expiry passed, with their bytes; returns how many. A batch keeps
+    /// its `input_file_id` (its requests were copied into the job when it was created).
+    pub async fn sweep_expired_files(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM files WHERE expires_at <= now()").execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     /// Chunk `seq` of a file, `None` past the last one.

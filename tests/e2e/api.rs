@@ -451,3 +451,84 @@ async fn the_default_upload_limit_is_openais_200_mb(pool: PgPool) {
     api.stop().await;
     h.finish().await;
 }
+
+/// CONTRACT §15: an upload's `expires_after` and a batch's `output_expires_after`. Past its
+/// expiry a file reads as not found (retrieve, content, list, delete), the sweeper deletes an
+/// upload with its bytes, and a batch's expired output leaves its results rows in place. The
+/// shortest policy OpenAI allows is an hour, so the test moves the clock by moving the
+/// recorded times back.
+#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
+async fn expired_files_are_gone_and_their_bytes_deleted(pool: PgPool) {
+    let h = Harness::start(pool.clone(), ClusterShape::colocated(1)).await;
+    let api = Api::start(&h, ApiConfig::default()).await;
+    let input = lines(&[completion("a"), completion("b")]);
+    let upload = |anchor: &'static str, seconds: &'static str| {
+        let form = Form::new()
+            .text("purpose", "batch")
+            .text("expires_after[anchor]", anchor)
+            .text("expires_after[seconds]", seconds)
+            .part("file", Part::bytes(input.as_bytes().to_vec()).file_name("input.jsonl"));
+        Api::send(api.req(reqwest::Method::POST, "/files").multipart(form))
+    };
+    for (anchor, seconds) in [("created_at", "59"), ("last_active_at", "3600"), ("created_at", "soon")] {
+        assert_error(&upload(anchor, seconds).await, StatusCode::BAD_REQUEST, None);
+    }
+    let (status, file) = upload("created_at", "3600").await;
+    assert_eq!(status, StatusCode::OK, "{file}");
+    assert_eq!(file["expires_at"].as_i64().unwrap() - file["created_at"].as_i64().unwrap(), 3600);
+    let (_, never) = api.upload(&input).await;
+    assert_eq!(never["expires_at"], Value::Null);
+
+    let body = json!({"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h",
+                      "output_expires_after": {"anchor": "created_at", "seconds": 7200}});
+    let (status, batch) = api.post("/batches", body).await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let batch = api.wait(&batch["id"]).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let output_path = format!("/files/{}", batch["output_file_id"].as_str().unwrap());
+    let (status, output) = api.get(&output_path).await;
+    assert_eq!(status, StatusCode::OK, "{output}");
+    assert_eq!(output["expires_at"].as_i64().unwrap() - output["created_at"].as_i64().unwrap(), 7200);
+
+    // An hour and a bit later, for the upload; two hours and a bit after the batch ended.
+    let upload_id: uuid::Uuid = file["id"].as_str().unwrap().trim_start_matches("file-").parse().unwrap();
+    let batch_id: uuid::Uuid = batch["id"].as_str().unwrap().parse().unwrap();
+    sqlx::query("UPDATE files SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(upload_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let file_path = format!("/files/{}", file["id"].as_str().unwrap());
+    assert_error(&api.get(&file_path).await, StatusCode::NOT_FOUND, None);
+    let resp = api.req(reqwest::Method::GET, &format!("{file_path}/content")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (_, listed) = api.get("/files").await;
+    assert!(listed["data"].as_array().unwrap().iter().all(|f| f["id"] != file["id"]), "{listed}");
+    assert_eq!(h.store.sweep_expired_files().await.unwrap(), 1, "the sweeper deletes it");
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM file_chunks WHERE file_id = $1")
+        .bind(upload_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0, "its bytes are gone");
+    assert_eq!(api.get(&format!("/files/{}", never["id"].as_str().unwrap())).await.0, StatusCode::OK);
+
+    sqlx::query("UPDATE jobs SET finished_at = finished_at - interval '2 hours 1 second' WHERE id = $1")
+        .bind(batch_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_error(&api.get(&output_path).await, StatusCode::NOT_FOUND, None);
+    let resp = api.req(reqwest::Method::GET, &format!("{output_path}/content")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE job_id = $1")
+        .bind(batch_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "the results rows stay");
+    let (status, batch) = api.get(&format!("/batches/{batch_id}")).await;
+    assert_eq!((status, batch["status"].as_str()), (StatusCode::OK, Some("completed")));
+    api.stop().await;
+    h.finish().await;
+}
