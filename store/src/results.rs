@@ -1,6 +1,6 @@
 //! Result rows. Written in batches, one statement per batch: the insert, the request status and
-//! the job counters (requests and tokens) move together, and `ON CONFLICT DO NOTHING` makes a redelivered message's
-//! second write count for nothing.
+//! the job counters (requests and tokens) move together, and `ON CONFLICT DO NOTHING` makes a
+//! redelivered message's second write count for nothing.
 
 use chrono::{DateTime, Utc};
 use pdq_protocol::Outcome;

@@ -66,7 +66,9 @@ impl Cluster {
             std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let server = base.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap();
         let (pg, pg_url) = rehost(&format!("{server}/{db}"), net.gateway, 5432);
-        let (amqp, amqp_url) = rehost(&amqp_url(), net.gateway, 5672);
+        // One forwarder per service: with several broker nodes listed, the hosts use the first.
+        let first_node = amqp_url().split(',').next().unwrap_or_default().trim().to_string();
+        let (amqp, amqp_url) = rehost(&first_node, net.gateway, 5672);
         net.forward(&[(amqp.port(), amqp), (pg.port(), pg)]);
         let mut advertised: Vec<_> = net.hosts.iter().map(|h| h.addr).collect();
         if slow.is_some() {
