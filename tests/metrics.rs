@@ -25,14 +25,22 @@ fn sum(samples: &[Sample], metric: &str, filter: &[(&str, &str)]) -> f64 {
 
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn a_scrape_counts_the_batch(pool: PgPool) {
+    let addr = pdq_api::serve_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let ready = || async move {
+        let resp = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    // `/ready` (a readiness probe): not before the ranks consume, not once they drain.
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
     let h = Harness::start(pool, ClusterShape::disagg(1, 2)).await;
+    assert_eq!(ready().await, (200, "ready: 3 ranks\n".to_string()));
     let n = 20;
     let lines: Vec<_> = (0..n)
         .map(|i| generate_line(&format!("m{i}"), json!({"sampling_params": {"max_new_tokens": 4, "ignore_eos": true}})))
         .collect();
     h.run(&lines, Policy::RoundRobin).await;
 
-    let addr = pdq_api::serve_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
@@ -67,4 +75,10 @@ async fn a_scrape_counts_the_batch(pool: PgPool) {
     assert_eq!(sum(s, "pdq_broker_reconnects_total", &[]), 0.0);
     assert!(scrape.docs.contains_key("pdq_broker_reconnects_total"));
     h.finish().await;
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    for rank in ["prefill-0", "decode-0", "decode-1"] {
+        assert!(body.contains(rank), "names the ranks not ready: {body}");
+    }
 }

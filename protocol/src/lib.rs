@@ -23,7 +23,7 @@ pub use error::{ErrorBody, ErrorClass, ValidationError};
 pub use features::Constraint;
 pub use handle::{FirstToken, HandleRequest, KvHandle, RawLogprob};
 pub use input::{InputLine, RawLine};
-pub use names::Topology;
+pub use names::{Topology, READY_METRIC};
 pub use result::{FinishReason, MetaInfo, Outcome, ResultStatus, Timings};
 pub use route::{route, At, Route, Target};
 pub use routing::{ClusterShape, Mode, Pins, Routing, WorkerRole, DEPRECATION_WARNING};

@@ -74,6 +74,10 @@ impl Topology {
     }
 }
 
+/// The gauge a worker sets to 1 while a rank takes work, and that the metrics endpoint's
+/// `/ready` reads: written by `pdq_workers`, read by `pdq_api`.
+pub const READY_METRIC: &str = "pdq_worker_ready";
+
 #[cfg(test)]
 mod tests {
     use super::*;

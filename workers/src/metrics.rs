@@ -37,6 +37,7 @@ struct Metrics {
     reprefills: IntCounterVec,
     kv_store_entries: IntGaugeVec,
     kv_store_bytes: IntGaugeVec,
+    ready: IntGaugeVec,
     ttft: HistogramVec,
     e2e: HistogramVec,
     kv_transfer: HistogramVec,
@@ -115,6 +116,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         kv_store_bytes: register_int_gauge_vec!(
             "pdq_kv_store_bytes",
             "Bytes of the KVs a prefill rank holds for decoders",
+            LABELS
+        )
+        .expect("a metric is registered once"),
+        ready: register_int_gauge_vec!(
+            pdq_protocol::READY_METRIC,
+            "1 while the rank takes work (consuming, not draining, not broken), else 0",
             LABELS
         )
         .expect("a metric is registered once"),
@@ -208,5 +215,11 @@ impl Labels {
 
     pub fn reconnects(&self, more: u64) {
         METRICS.reconnects.with_label_values(&self.values()).inc_by(more);
+    }
+
+    /// Whether the rank takes work: set once it consumes, cleared when it drains or breaks.
+    /// `/ready` on the metrics endpoint reads it.
+    pub fn ready(&self, ready: bool) {
+        METRICS.ready.with_label_values(&self.values()).set(i64::from(ready));
     }
 }

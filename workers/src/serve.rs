@@ -142,6 +142,7 @@ impl RunningWorker {
             consumers_cancelled,
         });
         tracing::info!(worker = %cfg.tag(), queues = ?queues, "worker started");
+        ctx.metrics.ready(true);
 
         let cfg_tag = cfg.tag();
         // A rank fault ends the loop without a stop request: the task sends one itself, so the
@@ -177,6 +178,7 @@ impl RunningWorker {
                 }
             };
             let worker = cfg_tag.as_str();
+            ctx.metrics.ready(false);
             tracing::debug!(worker, "draining: consumers cancelled");
             subscription.cancel().await;
             let _ = stopper.send(true);
