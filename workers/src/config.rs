@@ -23,10 +23,11 @@ pub const DEFAULT_PREFILL_TOKEN_BUDGET: usize = 4096;
 /// need, else its whole generation).
 pub const DEFAULT_KV_POOL_BYTES: usize = 1 << 30;
 /// KV by need: answers mostly stop long before a generous `max_tokens`, so reserving every
-/// sequence's whole generation leaves most of the pool idle (1.13x slower on a decode rank's
-/// default pool, 1.27x colocated, `docs/performance.md`). Where the executor's KV does not
-/// depend on how a prompt was split (the CPU), preempted sequences resume with the same tokens;
-/// elsewhere the rank reserves whole generations whatever this says.
+/// sequence's whole generation leaves most of the pool idle and fewer sequences run (1.27x
+/// slower colocated, 1.03x on a decode rank's default pool, `docs/performance.md`). Where the
+/// executor's KV does not depend on how a prompt was split (the CPU), preempted sequences
+/// resume with the same tokens; elsewhere the rank reserves whole generations whatever this
+/// says.
 pub const DEFAULT_KV_BY_NEED: bool = true;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping prefill worker keeps serving KV to decoders before it gives up.
