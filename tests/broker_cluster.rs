@@ -10,12 +10,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::rabbit_cluster::RabbitCluster;
-use common::{generate_line, Harness};
+use common::{batch, Harness};
 use pdq_broker::{BrokerOptions, QueueType};
 use pdq_producer::Policy;
 use pdq_protocol::ClusterShape;
 use prometheus_parse::{Scrape, Value};
-use serde_json::json;
 use sqlx::PgPool;
 
 /// The whole batch, node loss included; about 3x what this machine needs (see docs/multi-host.md).
@@ -56,13 +55,7 @@ async fn a_broker_cluster_losing_a_node_mid_batch_loses_nothing(pool: PgPool) {
     assert!(ports.iter().all(|&p| p == FIRST_PORT), "every connection is on node 1: {ports:?}");
 
     let n = 2000usize;
-    let lines: Vec<_> = (0..n)
-        .map(|i| {
-            let body = json!({"text": format!("cluster {i}"),
-                              "sampling_params": {"max_new_tokens": 16, "temperature": 0, "ignore_eos": true}});
-            generate_line(&format!("c{i}"), body)
-        })
-        .collect();
+    let lines = batch(n, "c", 16);
     let started = Instant::now();
     let job = h.submit(&lines, Policy::Shared).await;
     h.wait_count(&format!("SELECT count(*) FROM results WHERE job_id = '{job}'"), (n / 4) as i64).await;

@@ -7,10 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{generate_line, rabbit, Harness};
+use common::{batch, rabbit, Harness};
 use pdq_producer::Policy;
 use pdq_protocol::ClusterShape;
-use serde_json::json;
 use sqlx::PgPool;
 
 #[ignore = "stops the broker: run alone (scripts/test.sh does)"]
@@ -18,13 +17,7 @@ use sqlx::PgPool;
 async fn a_broker_restart_mid_batch_delays_it_but_loses_nothing(pool: PgPool) {
     let h = Harness::start(pool.clone(), ClusterShape::disagg(2, 2)).await;
     let n = 2000usize;
-    let lines: Vec<_> = (0..n)
-        .map(|i| {
-            let body = json!({"text": format!("restart {i}"),
-                              "sampling_params": {"max_new_tokens": 16, "temperature": 0, "ignore_eos": true}});
-            generate_line(&format!("r{i}"), body)
-        })
-        .collect();
+    let lines = batch(n, "r", 16);
     let job = h.submit(&lines, Policy::Shared).await;
     h.wait_count(&format!("SELECT count(*) FROM results WHERE job_id = '{job}'"), (n / 4) as i64).await;
     rabbit::stop_app();

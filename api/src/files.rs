@@ -108,20 +108,13 @@ pub(crate) async fn upload(
     if !PURPOSES.contains(&purpose.as_str()) {
         return Err(ApiError::invalid(format!("`purpose` must be 'batch', got '{purpose}'"), "purpose"));
     }
-    let expires_after_s = match (&anchor, &seconds) {
-        (None, None) => None,
-        _ => {
-            let n = match seconds.as_deref().map(|s| s.trim().parse::<i64>()) {
-                Some(Err(_)) => {
-                    let got = seconds.as_deref().unwrap_or_default();
-                    let message = format!("`expires_after.seconds` must be an integer, got '{got}'");
-                    return Err(ApiError::invalid(message, "expires_after"));
-                }
-                Some(Ok(n)) => Some(n),
-                None => None,
-            };
-            Some(expiry::seconds(anchor.as_deref(), n, "expires_after")?)
-        }
+    let expires_after_s = if anchor.is_none() && seconds.is_none() {
+        None
+    } else {
+        let n = seconds.as_deref().map(|s| s.trim().parse::<i64>().map_err(|_| s)).transpose().map_err(|got| {
+            ApiError::invalid(format!("`expires_after.seconds` must be an integer, got '{got}'"), "expires_after")
+        })?;
+        Some(expiry::seconds(anchor.as_deref(), n, "expires_after")?)
     };
     let (upload, filename, count) = file.ok_or_else(|| ApiError::invalid("`file` is required", "file"))?;
     let new = NewFile { filename, purpose, bytes: count.bytes as i64, lines: count.lines() as i32, expires_after_s };

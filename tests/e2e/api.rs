@@ -103,6 +103,21 @@ impl Api {
     }
 }
 
+/// A 1x1 cluster that the API sees registered (a prefill rank's row, so batches are accepted)
+/// but that consumes nothing.
+async fn registered_idle(pool: PgPool) -> Harness {
+    let h = Harness::idle(pool, ClusterShape::disagg(1, 1)).await;
+    sqlx::query(
+        "INSERT INTO workers (namespace, role, dp_rank, prefill_dp, decode_dp, mode, host, pid, model)
+         VALUES ($1, 'prefill', 0, 1, 1, 'disagg', 'test', 0, 'tiny')",
+    )
+    .bind(&h.ns)
+    .execute(h.store.pool())
+    .await
+    .unwrap();
+    h
+}
+
 fn lines(values: &[Value]) -> String {
     values.iter().map(|v| v.to_string() + "\n").collect()
 }
@@ -251,15 +266,7 @@ async fn files_and_batches_are_listed_in_pages(pool: PgPool) {
 #[sqlx::test(migrator = "pdq_store::MIGRATOR")]
 async fn a_cancelled_batch_accounts_for_every_line(pool: PgPool) {
     // A registered cluster that consumes nothing yet, so the requests wait in their queues.
-    let mut h = Harness::idle(pool, ClusterShape::disagg(1, 1)).await;
-    sqlx::query(
-        "INSERT INTO workers (namespace, role, dp_rank, prefill_dp, decode_dp, mode, host, pid, model)
-         VALUES ($1, 'prefill', 0, 1, 1, 'disagg', 'test', 0, 'tiny')",
-    )
-    .bind(&h.ns)
-    .execute(h.store.pool())
-    .await
-    .unwrap();
+    let mut h = registered_idle(pool).await;
     let api = Api::start(&h, ApiConfig::default()).await;
     let (_, file) = api.upload(&lines(&(0..5).map(|i| completion(&format!("c{i}"))).collect::<Vec<_>>())).await;
     let batch = api.create(&file["id"], "/v1/completions").await;
@@ -398,15 +405,7 @@ async fn a_duplicate_custom_id_is_a_failed_batch_with_errors(pool: PgPool) {
 async fn a_batch_past_its_window_expires(pool: PgPool) {
     // A registered cluster that consumes nothing, so the requests are still waiting when the
     // window passes.
-    let h = Harness::idle(pool, ClusterShape::disagg(1, 1)).await;
-    sqlx::query(
-        "INSERT INTO workers (namespace, role, dp_rank, prefill_dp, decode_dp, mode, host, pid, model)
-         VALUES ($1, 'prefill', 0, 1, 1, 'disagg', 'test', 0, 'tiny')",
-    )
-    .bind(&h.ns)
-    .execute(h.store.pool())
-    .await
-    .unwrap();
+    let h = registered_idle(pool).await;
     let api = Api::start(&h, ApiConfig::default()).await;
     let (_, file) = api.upload(&lines(&[completion("e0"), completion("e1")])).await;
     let body = json!({"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "1h"});

@@ -67,8 +67,8 @@ impl Cluster {
         let server = base.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap();
         let (pg, pg_url) = rehost(&format!("{server}/{db}"), net.gateway, 5432);
         // One forwarder per service: with several broker nodes listed, the hosts use the first.
-        let first_node = amqp_url().split(',').next().unwrap_or_default().trim().to_string();
-        let (amqp, amqp_url) = rehost(&first_node, net.gateway, 5672);
+        let nodes: pdq_broker::BrokerNodes = amqp_url().parse().expect("PDQ_AMQP_URL lists broker nodes");
+        let (amqp, amqp_url) = rehost(nodes.url(0), net.gateway, 5672);
         net.forward(&[(amqp.port(), amqp), (pg.port(), pg)]);
         let mut advertised: Vec<_> = net.hosts.iter().map(|h| h.addr).collect();
         if slow.is_some() {
@@ -219,18 +219,20 @@ async fn tally(pool: &PgPool, job: Uuid) -> (i64, i64, i64, i64) {
     (rows, distinct, failed, twice)
 }
 
+/// The median and 99th percentile of the KV hop (`kv_transfer_time`), in ms.
+const HOP_PERCENTILES: &str =
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
+     percentile_cont(0.99) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000";
+
 /// The KV hop across the bridge (median and 99th percentile of `kv_transfer_time`, ms) and
 /// the longest end-to-end time of the pinned requests (s).
 async fn timings(pool: &PgPool, job: Uuid) -> (f64, f64, f64) {
-    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000
-           FROM results WHERE job_id = $1 AND status = 'completed'",
-    )
-    .bind(job)
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let (p50, p99): (Option<f64>, Option<f64>) =
+        sqlx::query_as(&format!("SELECT {HOP_PERCENTILES} FROM results WHERE job_id = $1 AND status = 'completed'"))
+            .bind(job)
+            .fetch_one(pool)
+            .await
+            .unwrap();
     let pinned: Option<f64> = sqlx::query_scalar(
         "SELECT max((r.meta_info->>'e2e_latency')::float8) FROM results r JOIN requests q ON q.id = r.request_id
           WHERE r.job_id = $1 AND q.disagg_prefill_dp_rank IS NOT NULL",
@@ -330,13 +332,10 @@ async fn a_prefill_host_that_leaves_the_network_loses_no_request(pool: PgPool) {
 
 /// KV hop (median and 99th percentile of `kv_transfer_time`, ms) and requests, per prefill rank.
 async fn hops_by_prefill(pool: &PgPool, job: Uuid) -> Vec<(i32, f64, f64, i64)> {
-    sqlx::query_as(
-        "SELECT prefill_dp_rank,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY (meta_info->>'kv_transfer_time')::float8) * 1000,
-                count(*)
-           FROM results WHERE job_id = $1 AND status = 'completed' GROUP BY 1 ORDER BY 1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT prefill_dp_rank, {HOP_PERCENTILES}, count(*)
+           FROM results WHERE job_id = $1 AND status = 'completed' GROUP BY 1 ORDER BY 1"
+    ))
     .bind(job)
     .fetch_all(pool)
     .await

@@ -141,6 +141,20 @@ struct Run {
     outputs: Vec<Vec<u32>>,
 }
 
+impl Run {
+    /// A setting's figures from its prompts, its wall time, its cached prompt tokens and each
+    /// request's output tokens.
+    fn new(prompts: &[Vec<u32>], wall_s: f64, cached_tokens: usize, outputs: Vec<Vec<u32>>) -> Run {
+        Run {
+            wall_s,
+            prompt_tokens: prompts.iter().map(Vec::len).sum(),
+            cached_tokens,
+            completion_tokens: outputs.iter().map(Vec::len).sum(),
+            outputs,
+        }
+    }
+}
+
 /// One setting: `second` is the cache on (`--compare cache`) or KV by need (the others).
 async fn run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, second: bool) -> Result<Run, String> {
     if a.compare == Compare::DecodeByNeed {
@@ -164,14 +178,8 @@ async fn run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, second: bool) -
     });
     let outs = futures_util::future::try_join_all(runs).await?;
     let wall_s = started.elapsed().as_secs_f64();
-    let outputs: Vec<Vec<u32>> = outs.iter().map(|(_, o)| o.choices[0].output_ids.clone()).collect();
-    Ok(Run {
-        wall_s,
-        prompt_tokens: prompts.iter().map(Vec::len).sum(),
-        cached_tokens: outs.iter().map(|(p, _)| p.cached_tokens).sum(),
-        completion_tokens: outputs.iter().map(Vec::len).sum(),
-        outputs,
-    })
+    let outputs = outs.iter().map(|(_, o)| o.choices[0].output_ids.clone()).collect();
+    Ok(Run::new(prompts, wall_s, outs.iter().map(|(p, _)| p.cached_tokens).sum(), outputs))
 }
 
 /// A decode rank's engine: the prompts' pages come from a roomy prefill engine (with the
@@ -206,14 +214,8 @@ async fn decode_run(model: &Arc<Model>, prompts: &[Vec<u32>], a: &Args, by_need:
     });
     let outs = futures_util::future::try_join_all(runs).await?;
     let wall_s = started.elapsed().as_secs_f64();
-    let outputs: Vec<Vec<u32>> = outs.iter().map(|o| o.choices[0].output_ids.clone()).collect();
-    Ok(Run {
-        wall_s,
-        prompt_tokens: prompts.iter().map(Vec::len).sum(),
-        cached_tokens: prefilled.iter().map(|p| p.cached_tokens).sum(),
-        completion_tokens: outputs.iter().map(Vec::len).sum(),
-        outputs,
-    })
+    let outputs = outs.iter().map(|o| o.choices[0].output_ids.clone()).collect();
+    Ok(Run::new(prompts, wall_s, prefilled.iter().map(|p| p.cached_tokens).sum(), outputs))
 }
 
 #[tokio::main]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pdq_broker::{Inbound, MessageMeta, Outgoing};
 use pdq_protocol::{
-    route, validate, At, ErrorBody, ErrorClass, InputLine, KvHandle, MetaInfo, Pins, RawLine, Route, Target, Timings,
+    route, validate, At, ErrorBody, ErrorClass, InputLine, KvHandle, MetaInfo, Pins, Route, Target, Timings,
 };
 use serde_json::Value;
 
@@ -117,16 +117,16 @@ fn same_host_kv(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u8>> {
     crate::data_plane::shm_read(dir, h.kv_id, h.kv_bytes)
 }
 
-/// The prompt's tokens, for a decoder that grows KV by need (`--kv-by-need`), so the engine can
-/// preempt the sequence and recompute it: the handle's line tokenized again, as intake did on
-/// the prefill rank (the same model and template). `None` when by need is off or the line no
-/// longer reads; the engine then reserves the whole generation, as without the flag.
+/// The prompt's tokens, for an engine that grows KV by need, so it can preempt the sequence and
+/// recompute it: the handle's line tokenized again, as intake did on the prefill rank (the same
+/// model and template). `None` when the engine does not grow by need (off, or not the CPU) or
+/// the line no longer reads; the engine then reserves the whole generation.
 fn prompt_tokens(ctx: &Ctx, h: &KvHandle) -> Option<Vec<u32>> {
-    if !ctx.cfg.cluster.kv_by_need {
+    if !ctx.engine.kv_by_need() {
         return None;
     }
-    let text = h.line.to_string();
-    let line = InputLine::parse(&RawLine { line_no: 1, text: &text }).ok()?;
+    let Value::Object(object) = &h.line else { return None };
+    let line = InputLine { object: object.clone() };
     let req = validate(&line, None, &ctx.cfg.cluster.shape).ok()?;
     tokenize(ctx.engine.model(), &req, ctx.cfg.cluster.max_prompt_bytes).ok()
 }

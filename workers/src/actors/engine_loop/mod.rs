@@ -230,6 +230,8 @@ pub struct EngineHandle {
     grammars: Arc<std::sync::OnceLock<Result<Arc<Grammars>, String>>>,
     /// Raised by the engine thread when a step fails or the thread panics.
     fault: Fault,
+    /// `EngineLoopConfig::kv_by_need`: whether a decode job's prompt tokens are used at all.
+    kv_by_need: bool,
 }
 
 impl EngineHandle {
@@ -237,6 +239,7 @@ impl EngineHandle {
     pub fn spawn(exec: Box<dyn Executor>, cfg: EngineLoopConfig, name: String) -> EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let model = exec.model().clone();
+        let kv_by_need = cfg.kv_by_need;
         let fault = Fault::default();
         let thread_fault = fault.clone();
         let thread = move || {
@@ -257,7 +260,13 @@ impl EngineHandle {
             }
         };
         std::thread::Builder::new().name(name).spawn(thread).expect("spawning the engine thread");
-        EngineHandle { tx, model, grammars: Arc::default(), fault }
+        EngineHandle { tx, model, grammars: Arc::default(), fault, kv_by_need }
+    }
+
+    /// Whether decode jobs grow by need: only then does [`EngineHandle::decode`] use the
+    /// prompt's tokens, so a caller need not compute them otherwise.
+    pub fn kv_by_need(&self) -> bool {
+        self.kv_by_need
     }
 
     /// Raised when this engine can no longer run anything (see the module docs).
