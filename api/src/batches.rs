@@ -69,10 +69,7 @@ impl TryFrom<CreateBatch> for ValidBatch {
         };
         let endpoint = Endpoint::from_path(&raw.endpoint).ok_or_else(|| {
             ApiError::invalid(
-                format!(
-                    "`endpoint` must be one of /v1/completions, /v1/chat/completions, /generate, got '{}'",
-                    raw.endpoint
-                ),
+                format!("`endpoint` must be one of {}, got '{}'", Endpoint::paths(), raw.endpoint),
                 "endpoint",
             )
         })?;

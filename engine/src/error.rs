@@ -36,6 +36,9 @@ pub enum EngineError {
     /// An output constraint that does not compile, or that the sequence could not follow.
     #[error("structured output: {0}")]
     Grammar(String),
+    /// Work this engine does not do (embeddings on an executor without them).
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 impl EngineError {
@@ -54,6 +57,7 @@ impl EngineError {
             EngineError::KvCapacity { .. } => "kv_capacity",
             EngineError::Device(_) => "device",
             EngineError::Grammar(_) => "grammar",
+            EngineError::Unsupported(_) => "unsupported",
         }
     }
 

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::error::EngineError;
 use crate::model::Model;
 use crate::paged::{KvLayout, PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
+use crate::pooling::Pooling;
 use crate::weights::Linear;
 
 impl Model {
@@ -88,17 +89,42 @@ impl Model {
     /// Runs each item's tokens at positions `kv.len(seq)..`, appends their KV, and returns the
     /// logits of each item's last token, in batch order.
     pub fn forward_batch(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.forward_heads(kv, batch, &vec![Head::Logits; batch.len()])
+    }
+
+    /// [`Model::forward_batch`] where each item says what it takes from the last layer
+    /// (`heads[i]` for `batch[i]`): its last token's logits, or its rows pooled into an
+    /// embedding. An item pooled over more than its last row must start at position 0.
+    pub(crate) fn forward_heads(
+        &self,
+        kv: &mut PagedKv,
+        batch: &[(SeqId, &[u32])],
+        heads: &[Head],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        assert_eq!(batch.len(), heads.len(), "one head per batch item");
+        for (&(id, _), head) in batch.iter().zip(heads) {
+            if matches!(head, Head::Pooled(Pooling::Mean | Pooling::Cls)) && kv.len(id)? != 0 {
+                return Err(EngineError::InvalidInput(format!(
+                    "sequence {id:?} pools every row of its input but holds cached tokens"
+                )));
+            }
+        }
         // Every matmul forks over rayon's pool. Forked from a thread outside the pool (the
         // engine loop's, a bench's main), each fork is a hand-off: the caller sleeps while pool
         // threads wake, ~200 times per decode token. Run on a pool thread, a fork is a local
         // push that the caller works on too, while the other thread steals.
         if rayon::current_thread_index().is_some() {
-            return self.forward_on_pool(kv, batch);
+            return self.forward_on_pool(kv, batch, heads);
         }
-        rayon::scope(|_| self.forward_on_pool(kv, batch))
+        rayon::scope(|_| self.forward_on_pool(kv, batch, heads))
     }
 
-    fn forward_on_pool(&self, kv: &mut PagedKv, batch: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn forward_on_pool(
+        &self,
+        kv: &mut PagedKv,
+        batch: &[(SeqId, &[u32])],
+        heads: &[Head],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         if !kv.has_host_data() {
             return Err(EngineError::KvCache(
                 "the CPU forward needs a pool with host rows, got a tables-only pool".into(),
@@ -114,9 +140,12 @@ impl Model {
 
         // One entry per token row: (batch item, position).
         let mut rows = Vec::new();
+        // Each item's rows, `first..=last`.
+        let mut first_rows = Vec::with_capacity(batch.len());
         let mut last_rows = Vec::with_capacity(batch.len());
         for (item, &(id, tokens)) in batch.iter().enumerate() {
             let start = kv.len(id)?;
+            first_rows.push(rows.len());
             rows.extend((start..start + tokens.len()).map(|p| (item, p)));
             last_rows.push(rows.len() - 1);
             kv.grow(id, start + tokens.len())?;
@@ -163,14 +192,40 @@ impl Model {
         }
 
         // Only each item's last position needs logits: those rows alone go through the lm_head.
-        let mut last = Vec::with_capacity(batch.len() * h);
-        for &r in &last_rows {
+        let wants_logits: Vec<usize> = (0..batch.len()).filter(|&i| heads[i] == Head::Logits).collect();
+        let mut last = Vec::with_capacity(wants_logits.len() * h);
+        for &i in &wants_logits {
+            let r = last_rows[i];
             last.extend_from_slice(&x[r * h..(r + 1) * h]);
         }
         let mut last_normed = vec![0f32; last.len()];
         b.rms_norm(&last, &self.weights.norm, eps, &mut last_normed);
-        let mut logits = vec![0f32; batch.len() * c.vocab_size];
-        self.weights.lm_head().matmul(b, &last_normed, None, &mut logits, self.weights.activations);
-        Ok(logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect())
+        let mut logits = vec![0f32; wants_logits.len() * c.vocab_size];
+        if !wants_logits.is_empty() {
+            self.weights.lm_head().matmul(b, &last_normed, None, &mut logits, self.weights.activations);
+        }
+        let mut logits = logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec);
+        Ok(heads
+            .iter()
+            .enumerate()
+            .map(|(i, head)| match head {
+                Head::Logits => logits.next().expect("one logits row per item that wants one"),
+                // The rows the lm_head would read (after the final norm), pooled.
+                Head::Pooled(pooling) => {
+                    let first = if *pooling == Pooling::Last { last_rows[i] } else { first_rows[i] };
+                    let rows = &x[first * h..(last_rows[i] + 1) * h];
+                    let mut normed = vec![0f32; rows.len()];
+                    b.rms_norm(rows, &self.weights.norm, eps, &mut normed);
+                    pooling.pool(&normed, h)
+                }
+            })
+            .collect())
     }
+}
+
+/// What a batch item takes from the last layer ([`Model::forward_heads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    Logits,
+    Pooled(Pooling),
 }

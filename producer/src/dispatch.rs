@@ -5,7 +5,7 @@
 //! cache holds their common blocks (CONTRACT §14): rendezvous hashing of the prompt's first
 //! bytes, bounded so that no rank takes more than (1 + [`LOAD_SLACK`]) x the mean load.
 
-use pdq_protocol::{route, At, ChatMessage, ClusterShape, Pins, Prompt, Route, Target};
+use pdq_protocol::{route, At, ChatMessage, ClusterShape, EmbedInput, Pins, Prompt, Route, Target};
 
 /// How far above the mean load `prefix` lets a rank go before a prefix spills to its next rank.
 pub const LOAD_SLACK: f64 = 0.25;
@@ -141,6 +141,12 @@ pub fn prefix_key(prompt: &Prompt) -> u64 {
                 h.write(&[0x1e]);
             }
         }
+        // The first input's start: inputs that share an instruction prefix share a rank.
+        Prompt::Embed { inputs, .. } => match inputs.first() {
+            Some(EmbedInput::Text(text)) => h.write(text.as_bytes()),
+            Some(EmbedInput::Ids(ids)) => ids.iter().for_each(|id| h.write(&id.to_le_bytes())),
+            None => {}
+        },
     }
     h.hash
 }

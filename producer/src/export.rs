@@ -1,7 +1,8 @@
 //! `pdq results`: the OpenAI Batch output file (successes) or error file (failures and
 //! cancellations), one JSON object per line, in input order.
 
-use pdq_protocol::{Choice, Endpoint, TokenLogprob};
+use base64::prelude::{Engine as _, BASE64_STANDARD};
+use pdq_protocol::{Choice, EncodingFormat, Endpoint, TokenLogprob};
 use pdq_store::ExportRow;
 use serde_json::{json, Value};
 
@@ -84,8 +85,12 @@ fn body(r: &ExportRow) -> Value {
         "prompt_tokens_details": {"cached_tokens": cached},
     });
     let created = r.created_at.timestamp();
+    if endpoint == Endpoint::Embeddings {
+        return embeddings_body(r, model, prompt, meta);
+    }
     let outs = outs(r);
     match endpoint {
+        Endpoint::Embeddings => unreachable!("answered above"),
         Endpoint::Generate => {
             let with_text = request.and_then(|b| b.get("return_text_in_logprobs")).and_then(Value::as_bool);
             let mut items: Vec<Value> = outs.iter().map(|o| generate_item(o, &meta, with_text == Some(true))).collect();
@@ -124,6 +129,41 @@ fn body(r: &ExportRow) -> Value {
             "meta_info": meta,
         }),
     }
+}
+
+/// OpenAI's embeddings answer: a list of vectors, as numbers or, when the request asked for
+/// `encoding_format: base64`, as the base64 of their little-endian f32 bytes (which is what
+/// OpenAI's clients ask for and decode).
+fn embeddings_body(r: &ExportRow, model: &str, prompt: i32, meta: Value) -> Value {
+    let format = EncodingFormat::of_body(r.body.as_ref());
+    let vectors = match &r.embeddings {
+        Some(Value::Array(vectors)) => vectors.as_slice(),
+        _ => &[],
+    };
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = match format {
+                EncodingFormat::Float => v.clone(),
+                EncodingFormat::Base64 => {
+                    let floats = v.as_array().map(Vec::as_slice).unwrap_or_default();
+                    // The table holds f32 values; their JSON text reads back as the same f32.
+                    let bytes: Vec<u8> =
+                        floats.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
+                    Value::String(BASE64_STANDARD.encode(bytes))
+                }
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        "meta_info": meta,
+    })
 }
 
 /// SGLang's `/generate` answer; log-probabilities as `[logprob, token_id, text]` triples, the
@@ -215,6 +255,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             logprobs: None,
             choices: None,
+            embeddings: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub fn logprobs(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Option<
         },
         Endpoint::ChatCompletions => switched(body, "logprobs", "top_logprobs"),
         Endpoint::Generate => switched(body, "return_logprob", "top_logprobs_num"),
+        Endpoint::Embeddings => Ok(None),
     }
 }
 
@@ -67,6 +68,7 @@ pub fn constraint(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Optio
             Some(params) => generate_constraint(params),
             None => Ok(None),
         },
+        Endpoint::Embeddings => Ok(None),
     }
 }
 

@@ -5,6 +5,7 @@
 //! Nothing here does I/O: producers, workers and tests all agree on one definition.
 
 pub mod choice;
+pub mod embeddings;
 pub mod error;
 pub mod features;
 pub mod handle;
@@ -19,6 +20,7 @@ pub mod url;
 pub mod validate;
 
 pub use choice::{Choice, TokenLogprob, TopLogprob};
+pub use embeddings::{EmbedInput, EncodingFormat};
 pub use error::{ErrorBody, ErrorClass, ValidationError};
 pub use features::Constraint;
 pub use handle::{FirstToken, HandleRequest, KvHandle, RawLogprob};

@@ -103,6 +103,10 @@ pub struct Outcome {
     /// empty otherwise. `text` and `output_ids` keep choice 0 either way.
     #[serde(default)]
     pub choices: Vec<Choice>,
+    /// An embeddings request's vectors, one per input (the `embeddings` table); empty for
+    /// every other request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<Vec<f32>>,
 }
 
 impl Outcome {
@@ -125,6 +129,7 @@ impl Outcome {
             error: Some(error),
             logprobs: None,
             choices: Vec::new(),
+            embeddings: Vec::new(),
         }
     }
 

@@ -52,6 +52,16 @@ const GENERATE: &[&str] = &[
     "disagg_prefill_dp_rank",
     "data_parallel_rank",
 ];
+const EMBEDDINGS: &[&str] = &[
+    "input",
+    "model",
+    "encoding_format",
+    "dimensions",
+    "user",
+    "routed_dp_rank",
+    "disagg_prefill_dp_rank",
+    "data_parallel_rank",
+];
 const SAMPLING_PARAMS: &[&str] = &[
     "max_new_tokens",
     "temperature",
@@ -121,6 +131,7 @@ pub fn check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Vec<String
                 check_fields(params, &[SAMPLING_PARAMS], "sampling_params.", url)?;
             }
         }
+        Endpoint::Embeddings => check_fields(body, &[EMBEDDINGS], "", url)?,
     }
     let streaming = body.get("stream").is_some_and(|v| *v == Value::Bool(true));
     Ok(if streaming { vec![STREAM_WARNING.to_string()] } else { Vec::new() })
@@ -182,6 +193,7 @@ mod tests {
                 Endpoint::Completions => k != "messages" && k != "text",
                 Endpoint::ChatCompletions => k != "prompt" && k != "text",
                 Endpoint::Generate => k != "prompt" && k != "messages",
+                Endpoint::Embeddings => unreachable!("no embeddings case in this table"),
             });
             let field = match value.as_object() {
                 Some(inner) if name == "sampling_params" => format!("sampling_params.{}", inner.keys().next().unwrap()),
@@ -190,6 +202,14 @@ mod tests {
             let e = run(endpoint, body).unwrap_err();
             assert_eq!(e, format!("`{field}` is not supported by pdq; leave it out or at its default"), "{endpoint:?}");
         }
+    }
+
+    #[test]
+    fn embeddings_take_their_own_fields_only() {
+        let body = json!({"input": "x", "model": "m", "encoding_format": "base64", "dimensions": 8, "user": "u"});
+        assert_eq!(run(Endpoint::Embeddings, body), Ok(vec![]));
+        let e = run(Endpoint::Embeddings, json!({"input": "x", "temperature": 0})).unwrap_err();
+        assert_eq!(e, "`temperature` is not a parameter of /v1/embeddings");
     }
 
     #[test]

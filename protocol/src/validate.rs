@@ -5,11 +5,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::embeddings::EmbedInput;
 use crate::routing::{ClusterShape, Pins, Routing};
 use crate::sampling::{self, Sampling, DEFAULT_COMPLETION_MAX_TOKENS, DEFAULT_GENERATE_MAX_TOKENS};
 use crate::{InputLine, ValidationError};
 
-/// The three input surfaces of CONTRACT §2.
+/// The input surfaces of CONTRACT §2 and §15.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Endpoint {
     #[serde(rename = "/v1/completions")]
@@ -18,6 +19,9 @@ pub enum Endpoint {
     ChatCompletions,
     #[serde(rename = "/generate")]
     Generate,
+    /// The prompt alone, pooled into vectors: no decode.
+    #[serde(rename = "/v1/embeddings")]
+    Embeddings,
 }
 
 impl Endpoint {
@@ -26,15 +30,30 @@ impl Endpoint {
             Endpoint::Completions => "/v1/completions",
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Generate => "/generate",
+            Endpoint::Embeddings => "/v1/embeddings",
         }
     }
 
+    pub const ALL: [Endpoint; 4] =
+        [Endpoint::Completions, Endpoint::ChatCompletions, Endpoint::Generate, Endpoint::Embeddings];
+
+    /// Every path, comma-separated, for error messages.
+    pub fn paths() -> String {
+        Endpoint::ALL.map(Endpoint::path).join(", ")
+    }
+
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        [Endpoint::Completions, Endpoint::ChatCompletions, Endpoint::Generate].into_iter().find(|e| e.path() == path)
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+
+    /// Whether a request generates tokens (and so has a decode stage); embeddings do not.
+    pub fn generates(self) -> bool {
+        self != Endpoint::Embeddings
     }
 }
 
-/// What the model reads: text to tokenize, ready token ids, or chat messages to render.
+/// What the model reads: text to tokenize, ready token ids, chat messages to render, or the
+/// inputs of an embeddings request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Prompt {
@@ -42,6 +61,12 @@ pub enum Prompt {
     Ids(Vec<u32>),
     /// OpenAI `messages`, each with a string `content` (text parts are joined on validation).
     Chat(Vec<ChatMessage>),
+    /// `/v1/embeddings`: each input is embedded alone; `dimensions` as asked, checked against
+    /// the model where it is known.
+    Embed {
+        inputs: Vec<EmbedInput>,
+        dimensions: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +135,11 @@ pub fn validate(
             Sampling::parse(body, &["max_completion_tokens", "max_tokens"], DEFAULT_GENERATE_MAX_TOKENS, "")?,
         ),
         Endpoint::Generate => (generate_prompt(body)?, generate_sampling(body)?),
+        Endpoint::Embeddings => {
+            let (inputs, dimensions) = crate::embeddings::inputs(body)?;
+            // Nothing is sampled: no token is generated.
+            (Prompt::Embed { inputs, dimensions }, Sampling::greedy(0))
+        }
     };
     let mut sampling = sampling;
     sampling.logprobs = crate::features::logprobs(endpoint, body)?;

@@ -152,6 +152,7 @@ pub fn sample_outcome(prompt_tokens: u32, completion_tokens: u32) -> Outcome {
         error: None,
         logprobs: None,
         choices: Vec::new(),
+        embeddings: Vec::new(),
     }
 }
 

@@ -106,9 +106,47 @@ pub(crate) async fn insert_outcomes(
             .bind(&c.choices)
             .fetch_one(&mut **tx)
             .await?;
+        insert_embeddings(tx, chunk, &ids).await?;
         inserted.extend(ids);
     }
     Ok(inserted)
+}
+
+/// The vectors of the embedding rows among `outcomes` that `inserted` holds (a redelivery's
+/// second write has none to add).
+async fn insert_embeddings(
+    tx: &mut Transaction<'_, Postgres>,
+    outcomes: &[Outcome],
+    inserted: &[Uuid],
+) -> Result<(), StoreError> {
+    let (mut request_id, mut index, mut vector) = (Vec::new(), Vec::new(), Vec::new());
+    for o in outcomes.iter().filter(|o| !o.embeddings.is_empty() && inserted.contains(&o.request_id)) {
+        for (i, v) in o.embeddings.iter().enumerate() {
+            request_id.push(o.request_id);
+            index.push(i as i32);
+            vector.push(real_array(v));
+        }
+    }
+    if request_id.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO embeddings (request_id, input_index, embedding)
+         SELECT r, i, v::real[] FROM unnest($1::uuid[], $2::int[], $3::text[]) AS e(r, i, v)",
+    )
+    .bind(&request_id)
+    .bind(&index)
+    .bind(&vector)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `{0.25,-1.5}`: a real[] literal. Rust prints the shortest decimal that reads back as the
+/// same f32, so the table holds the engine's bits exactly.
+fn real_array(v: &[f32]) -> String {
+    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("{{{}}}", items.join(","))
 }
 
 /// A batch of rows as columns, for UNNEST.
@@ -175,7 +213,9 @@ pub(crate) fn pg_safe(v: Value) -> Value {
 
 const EXPORT_SELECT: &str = "SELECT s.request_id, s.custom_id, q.line_no, q.url, q.body, s.status, s.text,
         s.output_ids, s.meta_info, s.error, s.prompt_tokens, s.completion_tokens, s.finish_reason, s.created_at,
-        s.logprobs, s.choices
+        s.logprobs, s.choices,
+        (SELECT jsonb_agg(to_jsonb(e.embedding) ORDER BY e.input_index) FROM embeddings e
+          WHERE e.request_id = s.request_id) AS embeddings
     FROM results s JOIN requests q ON q.id = s.request_id";
 
 /// One line of `pdq results`: a result with the request it answers.
@@ -199,6 +239,8 @@ pub struct ExportRow {
     pub logprobs: Option<Value>,
     /// Every choice (`pdq_protocol::Choice`s) when `n` > 1.
     pub choices: Option<Value>,
+    /// An embeddings request's vectors, in input order: an array of arrays of numbers.
+    pub embeddings: Option<Value>,
 }
 
 impl Store {
@@ -288,6 +330,7 @@ mod tests {
             error: None,
             logprobs: None,
             choices: Vec::new(),
+            embeddings: Vec::new(),
         };
         let cancelled = Outcome::cancelled(requests[1].id, Some(job.id), None);
         let first = store.write_results(&[done.clone(), cancelled.clone()]).await.unwrap();

@@ -11,6 +11,7 @@ mod common;
 
 mod api;
 mod cli;
+mod embeddings;
 mod errors;
 mod faults;
 mod features;

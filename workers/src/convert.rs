@@ -94,6 +94,7 @@ impl Answer {
             error: None,
             logprobs: self.logprobs,
             choices: self.choices,
+            embeddings: Vec::new(),
         }
     }
 }

@@ -90,7 +90,8 @@ fn engine_class(e: &EngineError) -> ErrorClass {
         | EngineError::ContextLength { .. }
         | EngineError::KvCache(_)
         | EngineError::KvCapacity { .. }
-        | EngineError::Grammar(_) => ErrorClass::Request,
+        | EngineError::Grammar(_)
+        | EngineError::Unsupported(_) => ErrorClass::Request,
     }
 }
 

@@ -141,6 +141,10 @@ impl GpuModel {
     /// inside it) with the host's seeded uniform numbers ([`crate::Draw`]), and only the ids
     /// come back; rows that want logits are copied back whole (f32, widened from bf16).
     pub fn step_outputs(&self, kv: &mut GpuKv, batch: &[StepItem<'_>]) -> Result<Vec<StepOut>, EngineError> {
+        // Checked before any launch: the engine loop never asks (`Executor::embeds` is false).
+        if batch.iter().any(|i| matches!(i.want, Want::Embed(_))) {
+            return Err(EngineError::Unsupported("embeddings are computed by the CPU executor only".into()));
+        }
         let items: Vec<(SeqId, &[u32])> = batch.iter().map(|i| (i.seq, i.tokens)).collect();
         let logits = self.step(kv, &items)?;
         let (s, vocab) = (self.stream(), self.model.config.vocab_size);
@@ -178,6 +182,7 @@ impl GpuModel {
             .map(|(r, item)| match item.want {
                 Want::Token(_) => StepOut::Token(tokens[r] as u32),
                 Want::Logits => StepOut::Logits(host[r * vocab..(r + 1) * vocab].iter().map(|x| x.to_f32()).collect()),
+                Want::Embed(_) => unreachable!("refused above"),
             })
             .collect())
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::{Executor, StepItem, StepOut, Want};
 use crate::error::EngineError;
+use crate::forward::Head;
 use crate::model::Model;
 use crate::paged::{PagedKv, SeqId, DEFAULT_BLOCK_SIZE};
 
@@ -70,15 +71,27 @@ impl Executor for CpuExecutor {
         self.kv.import(pages, max_len)
     }
 
+    fn embeds(&self) -> bool {
+        true
+    }
+
     fn step(&mut self, batch: &[StepItem<'_>]) -> Result<Vec<StepOut>, EngineError> {
         let items: Vec<(SeqId, &[u32])> = batch.iter().map(|i| (i.seq, i.tokens)).collect();
-        let logits = self.model.forward_batch(&mut self.kv, &items)?;
+        let heads: Vec<Head> = batch
+            .iter()
+            .map(|i| match i.want {
+                Want::Embed(pooling) => Head::Pooled(pooling),
+                Want::Logits | Want::Token(_) => Head::Logits,
+            })
+            .collect();
+        let outs = self.model.forward_heads(&mut self.kv, &items, &heads)?;
         Ok(batch
             .iter()
-            .zip(logits)
-            .map(|(item, logits)| match item.want {
-                Want::Logits => StepOut::Logits(logits),
-                Want::Token(draw) => StepOut::Token(draw.pick(&logits)),
+            .zip(outs)
+            .map(|(item, out)| match item.want {
+                Want::Logits => StepOut::Logits(out),
+                Want::Token(draw) => StepOut::Token(draw.pick(&out)),
+                Want::Embed(_) => StepOut::Embedding(out),
             })
             .collect())
     }

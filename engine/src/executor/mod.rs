@@ -25,6 +25,7 @@ use pdq_kernels::{DeviceChoice, KernelError};
 use crate::error::EngineError;
 use crate::model::Model;
 use crate::paged::{PagedKv, SeqId};
+use crate::pooling::Pooling;
 use crate::sampling::Draw;
 
 /// What one batch item needs back from a step.
@@ -35,6 +36,10 @@ pub enum Want {
     Logits,
     /// Only the token `draw` picks from the last position's logits ([`Draw::pick`]).
     Token(Draw),
+    /// The step's rows, after the final norm, pooled into a unit-length embedding. Mean and
+    /// CLS pooling read every row of the input, so the sequence must start empty and the
+    /// step hold the whole input. Only for an executor that [`Executor::embeds`].
+    Embed(Pooling),
 }
 
 /// One sequence's part of a step: its next tokens (a prefill chunk or one decode token), run at
@@ -51,6 +56,7 @@ pub struct StepItem<'a> {
 pub enum StepOut {
     Logits(Vec<f32>),
     Token(u32),
+    Embedding(Vec<f32>),
 }
 
 impl StepOut {
@@ -58,8 +64,8 @@ impl StepOut {
     pub fn into_logits(self) -> Result<Vec<f32>, EngineError> {
         match self {
             StepOut::Logits(l) => Ok(l),
-            StepOut::Token(_) => {
-                Err(EngineError::InvalidInput("a step returned a token where logits were asked".into()))
+            StepOut::Token(_) | StepOut::Embedding(_) => {
+                Err(EngineError::InvalidInput("a step returned no logits where logits were asked".into()))
             }
         }
     }
@@ -97,6 +103,11 @@ pub trait Executor: Send {
     /// executor has none: its GEMMs pick kernels by row count, so a prompt's KV there depends
     /// on how it was split into steps, and a hit would not give a cold run's tokens.
     fn set_prefix_cache(&mut self, _on: bool) -> bool {
+        false
+    }
+
+    /// Whether [`Want::Embed`] works here; a step must not ask for it otherwise.
+    fn embeds(&self) -> bool {
         false
     }
 

@@ -31,6 +31,12 @@ fn arch_of(f: &GgufFile) -> Result<(Architecture, &str), EngineError> {
     Ok((arch, name))
 }
 
+/// `{arch}.pooling_type`: how an embedding model pools (`crate::Pooling::from_gguf`).
+pub(crate) fn pooling_type(f: &GgufFile) -> Option<u64> {
+    let arch = f.get("general.architecture").and_then(Value::as_str)?;
+    f.get(&format!("{arch}.pooling_type")).and_then(Value::as_u64)
+}
+
 /// `config.json` as the metadata describes it, then validated as one.
 pub(crate) fn config(f: &GgufFile) -> Result<ModelConfig, EngineError> {
     let (arch, a) = arch_of(f)?;

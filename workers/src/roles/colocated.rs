@@ -23,6 +23,9 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: Inbound) {
 }
 
 async fn run(ctx: &Ctx, a: &Accepted) -> Result<Decision, WorkerError> {
+    if !a.req.endpoint.generates() {
+        return crate::roles::embed::run(ctx, a).await;
+    }
     let seed = seed_for(&a.req.sampling, a.request_id);
     let params = sampling_params(&a.req.sampling, seed);
     let grammar = match compile_constraint(&ctx.engine, &a.req.sampling, a.req.endpoint) {

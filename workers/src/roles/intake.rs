@@ -6,7 +6,8 @@
 use pdq_broker::{Inbound, MessageMeta, Outgoing};
 use pdq_engine::Model;
 use pdq_protocol::{
-    route, validate, At, InputLine, MetaInfo, Pins, Prompt, RawLine, Route, Target, ValidRequest, ValidationError,
+    route, validate, At, EmbedInput, InputLine, MetaInfo, Pins, Prompt, RawLine, Route, Target, ValidRequest,
+    ValidationError,
 };
 use pdq_store::NewRequest;
 use serde_json::Value;
@@ -23,7 +24,10 @@ pub struct Accepted {
     pub req: ValidRequest,
     pub line: Value,
     pub meta: MessageMeta,
+    /// The prompt's tokens; empty for an embeddings request, which has `inputs` instead.
     pub tokens: Vec<u32>,
+    /// Each input of an embeddings request, tokenized; empty for every other request.
+    pub inputs: Vec<Vec<u32>>,
     /// Its pins and the dispatcher's choice, for the hops after this one.
     pub target: Target,
     pub enqueued_at_ms: i64,
@@ -34,7 +38,7 @@ impl Accepted {
     pub fn meta_info(&self) -> MetaInfo {
         MetaInfo {
             id: self.request_id.to_string(),
-            prompt_tokens: self.tokens.len() as u32,
+            prompt_tokens: (self.tokens.len() + self.inputs.iter().map(Vec::len).sum::<usize>()) as u32,
             warnings: self.req.warnings.clone(),
             attempts: self.meta.attempt + 1,
             ..MetaInfo::default()
@@ -147,7 +151,14 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         // Its job was cancelled: the request's `cancelled` row is written already.
         return Ok(Intake::Decided(Decision::Ack));
     }
-    let tokens = match tokenize(ctx.engine.model(), &req, ctx.cfg.cluster.max_prompt_bytes) {
+    let max_bytes = ctx.cfg.cluster.max_prompt_bytes;
+    let tokenized = match &req.prompt {
+        Prompt::Embed { inputs, dimensions } => {
+            tokenize_inputs(ctx.engine.model(), inputs, *dimensions, max_bytes).map(|inputs| (Vec::new(), inputs))
+        }
+        _ => tokenize(ctx.engine.model(), &req, max_bytes).map(|tokens| (tokens, Vec::new())),
+    };
+    let (tokens, inputs) = match tokenized {
         Ok(t) => t,
         Err(e) => return Ok(Intake::Decided(failed(custom_id, req.warnings.clone()).write(e.to_body()))),
     };
@@ -160,6 +171,7 @@ pub async fn intake(ctx: &Ctx, msg: &Inbound) -> Result<Intake, WorkerError> {
         line: line.to_value(),
         meta,
         tokens,
+        inputs,
         enqueued_at_ms,
         queue_time: (received_ms - enqueued_at_ms).max(0) as f64 / 1000.0,
     })))
@@ -171,7 +183,7 @@ pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> R
     let bytes = match &req.prompt {
         Prompt::Text(text) => text.len(),
         Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
-        Prompt::Ids(_) => 0,
+        Prompt::Ids(_) | Prompt::Embed { .. } => 0,
     };
     if bytes > max_bytes {
         let field = match (&req.prompt, req.endpoint) {
@@ -192,15 +204,11 @@ pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> R
             model.encode_chat(&messages).map_err(tokenize_err)?
         }
         Prompt::Ids(ids) => {
-            let vocab = model.config.vocab_size as u32;
-            if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
-                let field = if req.endpoint == pdq_protocol::Endpoint::Generate { "input_ids" } else { "prompt" };
-                return Err(ValidationError::Invalid {
-                    field: field.into(),
-                    reason: format!("holds token id {bad}, outside the vocabulary [0, {vocab})"),
-                });
-            }
-            ids.clone()
+            let field = if req.endpoint == pdq_protocol::Endpoint::Generate { "input_ids" } else { "prompt" };
+            in_vocabulary(model, ids, field)?
+        }
+        Prompt::Embed { .. } => {
+            return Err(ValidationError::Tokenize("an embeddings request has inputs, not a prompt".into()))
         }
     };
     let context = model.max_context();
@@ -209,4 +217,59 @@ pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> R
         return Err(ValidationError::ContextLengthExceeded { prompt: tokens.len(), max_tokens, context });
     }
     Ok(tokens)
+}
+
+fn in_vocabulary(model: &Model, ids: &[u32], field: &str) -> Result<Vec<u32>, ValidationError> {
+    let vocab = model.config.vocab_size as u32;
+    if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+        return Err(ValidationError::Invalid {
+            field: field.into(),
+            reason: format!("holds token id {bad}, outside the vocabulary [0, {vocab})"),
+        });
+    }
+    Ok(ids.to_vec())
+}
+
+/// Each input of an embeddings request as tokens, checked against the byte limit (all inputs
+/// together), the vocabulary and the context (each input alone); and `dimensions`, which only
+/// the model's own size satisfies (pdq does not truncate vectors that were not trained for it).
+pub(crate) fn tokenize_inputs(
+    model: &Model,
+    inputs: &[EmbedInput],
+    dimensions: Option<u32>,
+    max_bytes: usize,
+) -> Result<Vec<Vec<u32>>, ValidationError> {
+    let size = model.embedding_size();
+    if let Some(d) = dimensions.filter(|&d| d as usize != size) {
+        return Err(ValidationError::Invalid {
+            field: "dimensions".into(),
+            reason: format!("{d} is not supported: this model's embeddings have {size} dimensions"),
+        });
+    }
+    let bytes: usize = inputs.iter().map(|i| if let EmbedInput::Text(t) = i { t.len() } else { 0 }).sum();
+    if bytes > max_bytes {
+        return Err(ValidationError::Invalid {
+            field: "input".into(),
+            reason: format!("is {bytes} bytes, over this cluster's limit of {max_bytes} (--max-prompt-bytes)"),
+        });
+    }
+    let context = model.max_context();
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let field = if inputs.len() == 1 { "input".to_string() } else { format!("input[{i}]") };
+            let tokens = match input {
+                EmbedInput::Text(text) => model.encode(text).map_err(|e| ValidationError::Tokenize(e.to_string()))?,
+                EmbedInput::Ids(ids) => in_vocabulary(model, ids, &field)?,
+            };
+            if tokens.len() > context {
+                return Err(ValidationError::Invalid {
+                    field,
+                    reason: format!("is {} tokens, over the model's context length ({context})", tokens.len()),
+                });
+            }
+            Ok(tokens)
+        })
+        .collect()
 }

@@ -3,5 +3,6 @@
 
 pub mod colocated;
 pub mod decode;
+mod embed;
 pub mod intake;
 pub mod prefill;

@@ -225,6 +225,7 @@ pub(super) fn decode_step(
         let next = match out {
             StepOut::Token(token) => Ok((token, None)),
             StepOut::Logits(logits) => r.gen.sample_next(&logits),
+            StepOut::Embedding(_) => unreachable!("a decode step wants no embedding"),
         };
         match next {
             Ok((token, logprob)) => {

@@ -126,6 +126,7 @@ struct DecodeJob {
 enum Job {
     Prefill(Box<PrefillJob>),
     Decode(Box<DecodeJob>),
+    Embed(Box<EmbedJob>),
 }
 
 struct Running {
@@ -247,7 +248,13 @@ impl EngineHandle {
             // The jobs live out here, so a panic raises the fault before their replies drop:
             // every waiter then learns the reason. The executor is dropped with the thread:
             // nothing touches it after a panic.
-            let mut jobs = Jobs { rx, prefills: VecDeque::new(), waiting: VecDeque::new(), dec: Decoding::default() };
+            let mut jobs = Jobs {
+                rx,
+                prefills: VecDeque::new(),
+                embeds: VecDeque::new(),
+                waiting: VecDeque::new(),
+                dec: Decoding::default(),
+            };
             let ran =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(exec, cfg, &mut jobs, &thread_fault)));
             if let Err(panic) = ran {
@@ -306,6 +313,17 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         let job = PrefillJob { tokens, params, n: n.max(1), grammar, reply: PrefillReply::Pages(reply) };
         self.tx.send(Job::Prefill(Box::new(job))).map_err(|_| self.stopped())?;
+        Ok(rx.await.map_err(|_| self.stopped())??)
+    }
+
+    /// Embeds each input alone (`/v1/embeddings`): its rows pooled by the model's rule and
+    /// normalized, one vector per input, in order. Nothing is decoded and no KV is kept.
+    pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<EmbedOut, WorkerError> {
+        if inputs.is_empty() {
+            return Err(EngineError::InvalidInput("an embedding job needs at least one input".into()).into());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Embed(Box::new(EmbedJob::new(inputs, reply)))).map_err(|_| self.stopped())?;
         Ok(rx.await.map_err(|_| self.stopped())??)
     }
 
@@ -373,12 +391,13 @@ fn broken(fault: &Fault, device: &str, reason: String) {
 struct Jobs {
     rx: mpsc::UnboundedReceiver<Job>,
     prefills: VecDeque<PrefillJob>,
+    embeds: VecDeque<EmbedJob>,
     waiting: VecDeque<Box<DecodeJob>>,
     dec: Decoding,
 }
 
 fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, jobs: &mut Jobs, fault: &Fault) {
-    let Jobs { rx, prefills, waiting, dec } = jobs;
+    let Jobs { rx, prefills, embeds, waiting, dec } = jobs;
     let model = exec.model().clone();
     let exec = &mut *exec;
     tracing::debug!(device = exec.device(), blocks = exec.pool().n_blocks(), "engine KV pool ready");
@@ -395,15 +414,16 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, jobs: &mut Jobs, faul
     };
     loop {
         // Preempted sequences are work too: the loop never sleeps while one waits to resume.
-        if prefills.is_empty() && waiting.is_empty() && dec.running.is_empty() && dec.preempted.is_empty() {
+        let idle = prefills.is_empty() && embeds.is_empty() && waiting.is_empty();
+        if idle && dec.running.is_empty() && dec.preempted.is_empty() {
             report(exec.pool(), dec, 0);
             match rx.blocking_recv() {
-                Some(job) => enqueue(job, prefills, waiting),
+                Some(job) => enqueue(job, prefills, embeds, waiting),
                 None => return,
             }
         }
         while let Ok(job) = rx.try_recv() {
-            enqueue(job, prefills, waiting);
+            enqueue(job, prefills, embeds, waiting);
         }
         // A failed step is the rank's fault: raised before the queued jobs' replies drop, so
         // every waiter learns the reason.
@@ -420,13 +440,20 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, jobs: &mut Jobs, faul
                 Err(e) => return broken(fault, device, format!("a prefill step failed: {e}")),
             },
         };
+        let embedded = match dec.preempted.is_empty() {
+            false => false,
+            true => match embed::embed_batch(&model, &cfg, exec, embeds) {
+                Ok(embedded) => embedded,
+                Err(e) => return broken(fault, device, format!("an embedding step failed: {e}")),
+            },
+        };
         let admitted = admit_decodes(&model, &cfg, exec, waiting, dec);
 
-        if !resumed && !prefilled && !admitted && dec.running.is_empty() {
+        if !resumed && !prefilled && !embedded && !admitted && dec.running.is_empty() {
             // Every queued job waits for blocks nobody holds; only a new job can change that.
-            report(exec.pool(), dec, prefills.len() + waiting.len() + dec.preempted.len());
+            report(exec.pool(), dec, prefills.len() + embeds.len() + waiting.len() + dec.preempted.len());
             match rx.blocking_recv() {
-                Some(job) => enqueue(job, prefills, waiting),
+                Some(job) => enqueue(job, prefills, embeds, waiting),
                 None => return,
             }
             continue;
@@ -434,20 +461,30 @@ fn run(mut exec: Box<dyn Executor>, cfg: EngineLoopConfig, jobs: &mut Jobs, faul
         if let Err(e) = decode_step(&model, &cfg, exec, dec) {
             return broken(fault, device, format!("a decode step failed: {e}"));
         }
-        report(exec.pool(), dec, prefills.len() + waiting.len() + dec.preempted.len());
+        report(exec.pool(), dec, prefills.len() + embeds.len() + waiting.len() + dec.preempted.len());
     }
 }
 
-fn enqueue(job: Job, prefills: &mut VecDeque<PrefillJob>, waiting: &mut VecDeque<Box<DecodeJob>>) {
+fn enqueue(
+    job: Job,
+    prefills: &mut VecDeque<PrefillJob>,
+    embeds: &mut VecDeque<EmbedJob>,
+    waiting: &mut VecDeque<Box<DecodeJob>>,
+) {
     match job {
         Job::Decode(d) => waiting.push_back(d),
         Job::Prefill(p) => prefills.push_back(*p),
+        Job::Embed(e) => embeds.push_back(*e),
     }
 }
 
 mod by_need;
 mod decode;
+mod embed;
 mod prefill;
+
+use embed::EmbedJob;
+pub use embed::EmbedOut;
 
 use decode::{admit_decodes, choices, decode_step, generation_len, start_group, Source, Start};
 

@@ -140,6 +140,7 @@ fn first_tokens(out: StepOut, job: &PrefillJob) -> Result<Vec<First>, EngineErro
     let logits = match out {
         StepOut::Token(token) => return Ok(vec![First { token, logprob: None }]),
         StepOut::Logits(logits) => logits,
+        StepOut::Embedding(_) => unreachable!("a prompt wants no embedding"),
     };
     let logits = &logits[..];
     let masked = match &job.grammar {
