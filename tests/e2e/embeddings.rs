@@ -126,6 +126,22 @@ async fn embeddings_batches_are_transformers_vectors_in_both_modes(pool: PgPool)
         .await
         .unwrap();
         assert_eq!((n, dims, texts), (2 * golden.cases.len() as i64 + 3, vec![size as i32], 0));
+        // docs/sql.md's nearest-inputs query: "hello there" is nearest to itself (cosine 1).
+        let nearest: Vec<(String, i32, f64)> = sqlx::query_as(
+            "WITH q AS (SELECT e.embedding FROM embeddings e JOIN results r USING (request_id)
+                        WHERE r.job_id = $1 AND r.custom_id = 'text' AND e.input_index = 0)
+             SELECT r.custom_id, e.input_index,
+                    (SELECT sum(a * b) FROM unnest(e.embedding, q.embedding) AS t(a, b))::float8 AS cosine
+             FROM embeddings e JOIN results r USING (request_id), q
+             WHERE r.job_id = $1 ORDER BY cosine DESC LIMIT 5",
+        )
+        .bind(job)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(nearest.len(), 5);
+        assert!(nearest[..2].iter().all(|(id, _, cos)| id == "text" && (cos - 1.0).abs() < 1e-5), "{nearest:?}");
+        assert!(nearest[2].2 < 1.0 - 1e-4, "another input is not the same vector: {nearest:?}");
         h.finish().await;
     }
 }
