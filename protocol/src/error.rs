@@ -13,7 +13,7 @@ pub enum ValidationError {
     WrongType { field: String, expected: &'static str, got: String },
     #[error("`{field}` {reason}")]
     Invalid { field: String, reason: String },
-    #[error("`url` must be one of /v1/completions, /v1/chat/completions, /generate, got '{0}'")]
+    #[error("`url` must be one of /v1/completions, /v1/chat/completions, /generate, /v1/responses, got '{0}'")]
     UnknownUrl(String),
     #[error("`url` '{url}' differs from the batch's endpoint '{endpoint}'")]
     EndpointMismatch { url: String, endpoint: &'static str },

@@ -9,7 +9,7 @@ use crate::routing::{ClusterShape, Pins, Routing};
 use crate::sampling::{self, Sampling, DEFAULT_COMPLETION_MAX_TOKENS, DEFAULT_GENERATE_MAX_TOKENS};
 use crate::{InputLine, ValidationError};
 
-/// The three input surfaces of CONTRACT §2.
+/// The input surfaces of CONTRACT §2 and §15.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Endpoint {
     #[serde(rename = "/v1/completions")]
@@ -18,6 +18,8 @@ pub enum Endpoint {
     ChatCompletions,
     #[serde(rename = "/generate")]
     Generate,
+    #[serde(rename = "/v1/responses")]
+    Responses,
 }
 
 impl Endpoint {
@@ -26,11 +28,14 @@ impl Endpoint {
             Endpoint::Completions => "/v1/completions",
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Generate => "/generate",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        [Endpoint::Completions, Endpoint::ChatCompletions, Endpoint::Generate].into_iter().find(|e| e.path() == path)
+        [Endpoint::Completions, Endpoint::ChatCompletions, Endpoint::Generate, Endpoint::Responses]
+            .into_iter()
+            .find(|e| e.path() == path)
     }
 }
 
@@ -110,6 +115,10 @@ pub fn validate(
             Sampling::parse(body, &["max_completion_tokens", "max_tokens"], DEFAULT_GENERATE_MAX_TOKENS, "")?,
         ),
         Endpoint::Generate => (generate_prompt(body)?, generate_sampling(body)?),
+        Endpoint::Responses => (
+            Prompt::Chat(crate::responses::messages(body)?),
+            Sampling::parse(body, &["max_output_tokens"], DEFAULT_GENERATE_MAX_TOKENS, "")?,
+        ),
     };
     let mut sampling = sampling;
     sampling.logprobs = crate::features::logprobs(endpoint, body)?;
