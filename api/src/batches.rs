@@ -70,7 +70,7 @@ impl TryFrom<CreateBatch> for ValidBatch {
         let endpoint = Endpoint::from_path(&raw.endpoint).ok_or_else(|| {
             ApiError::invalid(
                 format!(
-                    "`endpoint` must be one of /v1/completions, /v1/chat/completions, /generate, got '{}'",
+                    "`endpoint` must be one of /v1/completions, /v1/chat/completions, /generate, /v1/responses, got '{}'",
                     raw.endpoint
                 ),
                 "endpoint",
