@@ -124,8 +124,10 @@ fn body(r: &ExportRow) -> Value {
             "meta_info": meta,
         }),
         Endpoint::Responses => {
+            // pdq does not count the tokens a request adds to the prefix cache: `cache_write_tokens`
+            // (required by OpenAI's types) is 0.
             let usage = json!({
-                "input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+                "input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
                 "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": prompt + completion,
             });
@@ -353,7 +355,7 @@ mod tests {
         );
         assert_eq!(
             b["usage"],
-            json!({"input_tokens": 3, "input_tokens_details": {"cached_tokens": 2}, "output_tokens": 2,
+            json!({"input_tokens": 3, "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0}, "output_tokens": 2,
                    "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5})
         );
         assert_eq!((b["model"].clone(), b["instructions"].clone()), (json!("tiny"), json!("Be brief.")));
