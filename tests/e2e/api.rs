@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
     key: Option<String>,
@@ -26,7 +26,7 @@ struct Api {
 }
 
 impl Api {
-    async fn start(h: &Harness, config: ApiConfig) -> Api {
+    pub(crate) async fn start(h: &Harness, config: ApiConfig) -> Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -61,20 +61,20 @@ impl Api {
         Api::send(self.req(reqwest::Method::POST, path).json(&body)).await
     }
 
-    async fn text(&self, path: &str) -> String {
+    pub(crate) async fn text(&self, path: &str) -> String {
         let resp = self.req(reqwest::Method::GET, path).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         resp.text().await.unwrap()
     }
 
-    async fn upload(&self, text: &str) -> (StatusCode, Value) {
+    pub(crate) async fn upload(&self, text: &str) -> (StatusCode, Value) {
         let form = Form::new()
             .text("purpose", "batch")
             .part("file", Part::bytes(text.as_bytes().to_vec()).file_name("input.jsonl"));
         Api::send(self.req(reqwest::Method::POST, "/files").multipart(form)).await
     }
 
-    async fn create(&self, file_id: &Value, endpoint: &str) -> Value {
+    pub(crate) async fn create(&self, file_id: &Value, endpoint: &str) -> Value {
         let body = json!({"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h",
                           "metadata": {"project": "api-test"}});
         let (status, batch) = self.post("/batches", body).await;
@@ -83,7 +83,7 @@ impl Api {
     }
 
     /// Polls the batch as a client would, until it ends.
-    async fn wait(&self, id: &Value) -> Value {
+    pub(crate) async fn wait(&self, id: &Value) -> Value {
         let path = format!("/batches/{}", id.as_str().unwrap());
         let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
         loop {
@@ -97,7 +97,7 @@ impl Api {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send(()).ok();
         self.server.await.unwrap().expect("server ran");
     }
@@ -118,7 +118,7 @@ async fn registered_idle(pool: PgPool) -> Harness {
     h
 }
 
-fn lines(values: &[Value]) -> String {
+pub(crate) fn lines(values: &[Value]) -> String {
     values.iter().map(|v| v.to_string() + "\n").collect()
 }
 
@@ -127,7 +127,7 @@ fn completion(id: &str) -> Value {
            "body": {"model": "tiny", "prompt": "Hello there", "max_tokens": 4, "temperature": 0, "ignore_eos": true}})
 }
 
-fn parse_lines(text: &str) -> Vec<Value> {
+pub(crate) fn parse_lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
@@ -528,95 +528,6 @@ async fn expired_files_are_gone_and_their_bytes_deleted(pool: PgPool) {
     assert_eq!(rows, 2, "the results rows stay");
     let (status, batch) = api.get(&format!("/batches/{batch_id}")).await;
     assert_eq!((status, batch["status"].as_str()), (StatusCode::OK, Some("completed")));
-    api.stop().await;
-    h.finish().await;
-}
-
-/// CONTRACT §15: a `/v1/responses` batch answers OpenAI Response objects; `text.format`
-/// constrains the output, a response cut at `max_output_tokens` is `incomplete`, and what a
-/// batch line cannot honour fails by name.
-#[sqlx::test(migrator = "pdq_store::MIGRATOR")]
-async fn a_responses_batch_answers_response_objects(pool: PgPool) {
-    let h = Harness::start(pool, ClusterShape::disagg(1, 1)).await;
-    let api = Api::start(&h, ApiConfig::default()).await;
-    let schema = json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"],
-        "additionalProperties": false});
-    let line = |id: &str, body: Value| json!({"custom_id": id, "method": "POST", "url": "/v1/responses", "body": body});
-    let mut input = vec![
-        line(
-            "cut",
-            json!({"model": "tiny", "input": "Hello", "instructions": "Be brief.", "max_output_tokens": 4,
-            "temperature": 0, "ignore_eos": true, "include": ["message.output_text.logprobs"], "top_logprobs": 2}),
-        ),
-        line(
-            "items",
-            json!({"model": "tiny", "input": [{"role": "developer", "content": "Answer in French."},
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
-            "max_output_tokens": 6, "temperature": 0}),
-        ),
-        line("stateful", json!({"model": "tiny", "input": "x", "previous_response_id": "resp_1"})),
-        json!({"custom_id": "other-url", "method": "POST", "url": "/v1/chat/completions",
-               "body": {"messages": [{"role": "user", "content": "x"}]}}),
-    ];
-    let format = json!({"format": {"type": "json_schema", "name": "person", "schema": schema, "strict": true}});
-    for i in 0..4 {
-        input.push(line(
-            &format!("schema-{i}"),
-            json!({"model": "tiny", "input": "A person, as JSON",
-            "max_output_tokens": 80, "seed": i, "text": format}),
-        ));
-    }
-    let (status, file) = api.upload(&lines(&input)).await;
-    assert_eq!(status, StatusCode::OK, "{file}");
-    let batch = api.wait(&api.create(&file["id"], "/v1/responses").await["id"]).await;
-    assert_eq!((batch["status"].as_str(), batch["endpoint"].as_str()), (Some("completed"), Some("/v1/responses")));
-    assert_eq!(batch["request_counts"], json!({"total": 8, "completed": 6, "failed": 2}));
-    assert!(batch["usage"]["output_tokens"].as_i64().unwrap() >= 10, "{batch}");
-
-    let output = parse_lines(&api.text(&format!("/files/{}/content", batch["output_file_id"].as_str().unwrap())).await);
-    let body = |id: &str| &output.iter().find(|l| l["custom_id"] == id).unwrap()["response"]["body"];
-    let cut = body("cut");
-    assert!(cut["id"].as_str().unwrap().starts_with("resp_"), "{cut}");
-    assert_eq!((cut["object"].as_str(), cut["model"].as_str()), (Some("response"), Some("tiny")));
-    assert_eq!((cut["status"].as_str(), cut["instructions"].as_str()), (Some("incomplete"), Some("Be brief.")));
-    assert_eq!(cut["incomplete_details"], json!({"reason": "max_output_tokens"}));
-    let message = &cut["output"][0];
-    assert_eq!((message["type"].as_str(), message["role"].as_str()), (Some("message"), Some("assistant")));
-    let part = &message["content"][0];
-    assert_eq!(part["type"], "output_text");
-    let logprobs = part["logprobs"].as_array().unwrap();
-    assert_eq!(logprobs.len(), 4, "{part}");
-    assert!(logprobs.iter().all(|l| l["top_logprobs"].as_array().unwrap().len() == 2), "{part}");
-    let usage = &cut["usage"];
-    assert_eq!(usage["output_tokens"], 4);
-    assert_eq!(usage["total_tokens"], usage["input_tokens"].as_i64().unwrap() + 4);
-    assert_eq!(usage["output_tokens_details"]["reasoning_tokens"], 0);
-    // The system message from `instructions` is part of the prompt.
-    let items = body("items");
-    assert!(items["usage"]["input_tokens"].as_i64().unwrap() > 0);
-    assert!(items["output"][0]["content"][0]["text"].is_string(), "{items}");
-    let mut validated = 0;
-    for i in 0..4 {
-        let b = body(&format!("schema-{i}"));
-        assert_eq!(b["text"], format);
-        if b["status"] == "completed" {
-            let text = b["output"][0]["content"][0]["text"].as_str().unwrap();
-            let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("schema-{i}: {e}: {text:?}"));
-            assert!(jsonschema::validator_for(&schema).unwrap().is_valid(&v), "schema-{i}: {text}");
-            validated += 1;
-        }
-    }
-    assert!(validated > 0, "no structured response stopped before its limit");
-
-    let errors = parse_lines(&api.text(&format!("/files/{}/content", batch["error_file_id"].as_str().unwrap())).await);
-    let error = |id: &str| errors.iter().find(|l| l["custom_id"] == id).unwrap()["error"].clone();
-    assert_eq!(error("stateful")["code"], "invalid_request");
-    assert!(error("stateful")["message"].as_str().unwrap().starts_with("`previous_response_id` is not supported"));
-    assert_eq!(
-        error("other-url")["message"],
-        "`url` '/v1/chat/completions' differs from the batch's endpoint '/v1/responses'"
-    );
     api.stop().await;
     h.finish().await;
 }

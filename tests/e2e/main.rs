@@ -19,4 +19,5 @@ mod models;
 mod partition;
 mod pipeline;
 mod prefix_cache;
+mod responses;
 mod routing;
