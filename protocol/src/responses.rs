@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(r.prompt, Prompt::Chat(vec![msg("system", "Be brief."), msg("user", "Hi")]));
         let s = &r.sampling;
         assert_eq!((s.max_tokens, s.temperature, s.top_p, s.seed, s.n), (5, 0.5, 0.9, Some(3), 1));
-        assert_eq!((s.logprobs.clone(), s.constraint.clone(), r.warnings), (None, None, vec![]));
+        assert_eq!((s.logprobs, s.constraint.clone(), r.warnings), (None, None, vec![]));
         assert_eq!(check(json!({"input": "Hi"})).unwrap().sampling.max_tokens, 128, "chat's default limit");
     }
 
