@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A whole batch through the official `openai` package against a running `pdq api`: a client
-no one here wrote. Upload, create, retrieve until it ends, output and error files, list, cancel.
+no one here wrote. Upload, create, retrieve until it ends, output and error files, a /v1/responses
+batch read back as the SDK's `Response`, list, cancel.
 
     pdq serve &  pdq api &  python3 scripts/openai-sdk.py [BASE_URL]
 
@@ -14,6 +15,7 @@ import sys
 import time
 
 from openai import OpenAI, NotFoundError, ConflictError
+from openai.types.responses import Response
 
 base_url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000/v1"
 client = OpenAI(base_url=base_url, api_key=os.environ.get("PDQ_API_KEY", "unused"))
@@ -59,6 +61,34 @@ assert all(o["response"]["body"]["object"] == "chat.completion" for o in out)
 err = [json.loads(l) for l in client.files.content(batch.error_file_id).text.splitlines()]
 assert [e["custom_id"] for e in err] == ["q-99"] and err[0]["error"]["code"] == "invalid_request", err
 
+# CONTRACT §15: a /v1/responses batch; each output body parses as the SDK's own Response.
+schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+responses = [
+    {"model": "tiny", "input": "Say 1", "instructions": "Be brief.", "max_output_tokens": 3, "temperature": 0,
+     "ignore_eos": True, "include": ["message.output_text.logprobs"], "top_logprobs": 2},
+    {"model": "tiny", "input": [{"role": "developer", "content": "Answer in JSON."},
+                                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "n?"}]}],
+     "max_output_tokens": 40, "text": {"format": {"type": "json_schema", "name": "n", "schema": schema, "strict": True}}},
+]
+data = "".join(json.dumps({"custom_id": f"r-{i}", "method": "POST", "url": "/v1/responses", "body": b}) + "\n"
+               for i, b in enumerate(responses)).encode()
+rf = client.files.create(file=("responses.jsonl", io.BytesIO(data)), purpose="batch")
+rbatch = client.batches.create(input_file_id=rf.id, endpoint="/v1/responses", completion_window="24h")
+while rbatch.status not in ("completed", "failed", "cancelled", "expired"):
+    time.sleep(0.2)
+    rbatch = client.batches.retrieve(rbatch.id)
+assert rbatch.status == "completed" and rbatch.request_counts.completed == 2, rbatch
+rout = {o["custom_id"]: o for o in map(json.loads, client.files.content(rbatch.output_file_id).text.splitlines())}
+cut = Response.model_validate(rout["r-0"]["response"]["body"])
+assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens", cut
+assert cut.output_text == cut.output[0].content[0].text and cut.usage.output_tokens == 3, cut
+assert len(cut.output[0].content[0].logprobs) == 3 and cut.instructions == "Be brief.", cut
+structured = Response.model_validate(rout["r-1"]["response"]["body"])
+assert structured.object == "response" and structured.usage.total_tokens > 0, structured
+if structured.status == "completed":
+    assert isinstance(json.loads(structured.output_text)["n"], int), structured.output_text
+client.files.delete(rf.id)
+
 assert batch.id in [b.id for b in client.batches.list(limit=10)]
 assert f.id in [x.id for x in client.files.list()]
 try:
@@ -73,4 +103,5 @@ try:
 except NotFoundError:
     pass
 print(f"openai {__import__('openai').__version__}: batch {batch.id} completed, "
-      f"{len(out)} outputs, {len(err)} error; list, cancel and delete as OpenAI's")
+      f"{len(out)} outputs, {len(err)} error; a /v1/responses batch parsed as Response objects; "
+      f"list, cancel and delete as OpenAI's")

@@ -85,12 +85,9 @@ fn body(r: &ExportRow) -> Value {
         "prompt_tokens_details": {"cached_tokens": cached},
     });
     let created = r.created_at.timestamp();
-    if endpoint == Endpoint::Embeddings {
-        return embeddings_body(r, model, prompt, meta);
-    }
     let outs = outs(r);
     match endpoint {
-        Endpoint::Embeddings => unreachable!("answered above"),
+        Endpoint::Embeddings => embeddings_body(r, model, prompt, meta),
         Endpoint::Generate => {
             let with_text = request.and_then(|b| b.get("return_text_in_logprobs")).and_then(Value::as_bool);
             let mut items: Vec<Value> = outs.iter().map(|o| generate_item(o, &meta, with_text == Some(true))).collect();
@@ -128,6 +125,16 @@ fn body(r: &ExportRow) -> Value {
             "usage": usage,
             "meta_info": meta,
         }),
+        Endpoint::Responses => {
+            // pdq does not count the tokens a request adds to the prefix cache: `cache_write_tokens`
+            // (required by OpenAI's types) is 0.
+            let usage = json!({
+                "input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+                "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            });
+            response_object(r, &outs[0], model, created, usage, meta)
+        }
     }
 }
 
@@ -162,6 +169,50 @@ fn embeddings_body(r: &ExportRow, model: &str, prompt: i32, meta: Value) -> Valu
         "data": data,
         "model": model,
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        "meta_info": meta,
+    })
+}
+
+/// OpenAI's Response object: one assistant message with the text. A response cut at the token
+/// limit is `incomplete`, as OpenAI reports one cut at `max_output_tokens`. The request's
+/// settings are echoed with OpenAI's defaults where it left them out.
+fn response_object(r: &ExportRow, o: &Out, model: &str, created: i64, usage: Value, meta: Value) -> Value {
+    let request = r.body.as_ref();
+    let echo =
+        |k: &str, default: Value| request.and_then(|b| b.get(k)).filter(|v| !v.is_null()).cloned().unwrap_or(default);
+    let cut = o.finish.as_deref() == Some("length");
+    let status = if cut { "incomplete" } else { "completed" };
+    let hex = r.request_id.simple();
+    let logprobs = o.logprobs.as_deref().map(token_logprobs).unwrap_or_default();
+    json!({
+        "id": format!("resp_{hex}"),
+        "object": "response",
+        "created_at": created,
+        "completed_at": (!cut).then_some(created),
+        "status": status,
+        "error": null,
+        "incomplete_details": cut.then(|| json!({"reason": "max_output_tokens"})),
+        "instructions": echo("instructions", Value::Null),
+        "max_output_tokens": echo("max_output_tokens", Value::Null),
+        "model": model,
+        "output": [{
+            "type": "message", "id": format!("msg_{hex}"), "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": o.text, "annotations": [], "logprobs": logprobs}],
+        }],
+        "parallel_tool_calls": echo("parallel_tool_calls", json!(true)),
+        "previous_response_id": null,
+        "reasoning": {"effort": null, "summary": null},
+        "service_tier": "default",
+        "temperature": echo("temperature", json!(1.0)),
+        "text": echo("text", json!({"format": {"type": "text"}})),
+        "tool_choice": echo("tool_choice", json!("auto")),
+        "tools": [],
+        "top_logprobs": echo("top_logprobs", json!(0)),
+        "top_p": echo("top_p", json!(1.0)),
+        "truncation": "disabled",
+        "usage": usage,
+        "user": echo("user", Value::Null),
+        "metadata": echo("metadata", json!({})),
         "meta_info": meta,
     })
 }
@@ -218,18 +269,21 @@ fn completion_logprobs(lps: &[TokenLogprob]) -> Value {
     })
 }
 
-/// OpenAI's chat shape: each token with its UTF-8 bytes.
+/// OpenAI's chat shape.
 fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    json!({"content": token_logprobs(lps), "refusal": null})
+}
+
+/// Each token with its UTF-8 bytes and alternatives, as chat and Responses both give them.
+fn token_logprobs(lps: &[TokenLogprob]) -> Vec<Value> {
     let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
-    let content: Vec<Value> = lps
-        .iter()
+    lps.iter()
         .map(|l| {
             let mut e = entry(&l.token, l.logprob);
             e["top_logprobs"] = l.top.iter().map(|t| entry(&t.token, t.logprob)).collect();
             e
         })
-        .collect();
-    json!({"content": content, "refusal": null})
+        .collect()
 }
 
 #[cfg(test)]
@@ -320,6 +374,50 @@ mod tests {
         r.url = Some("/v1/completions".into());
         r.logprobs = None;
         assert_eq!(body_of(&r)["choices"][0]["logprobs"], Value::Null);
+    }
+
+    #[test]
+    fn a_response_object_as_openais_sdk_reads_it() {
+        let mut r = row("/v1/responses", "completed");
+        r.body = Some(json!({"model": "tiny", "input": "x", "instructions": "Be brief.", "max_output_tokens": 2,
+            "text": {"format": {"type": "json_object"}}}));
+        let b = body_of(&r);
+        let hex = r.request_id.simple();
+        assert_eq!((b["id"].clone(), b["object"].clone()), (json!(format!("resp_{hex}")), json!("response")));
+        assert_eq!((b["status"].clone(), b["completed_at"].clone()), (json!("incomplete"), Value::Null));
+        assert_eq!(b["incomplete_details"], json!({"reason": "max_output_tokens"}));
+        assert_eq!(
+            b["output"],
+            json!([{"type": "message", "id": format!("msg_{hex}"), "status": "incomplete", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "hi", "annotations": [], "logprobs": []}]}])
+        );
+        assert_eq!(
+            b["usage"],
+            json!({"input_tokens": 3, "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0}, "output_tokens": 2,
+                   "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5})
+        );
+        assert_eq!((b["model"].clone(), b["instructions"].clone()), (json!("tiny"), json!("Be brief.")));
+        assert_eq!((b["max_output_tokens"].clone(), b["temperature"].clone()), (json!(2), json!(1.0)));
+        assert_eq!(b["text"], json!({"format": {"type": "json_object"}}));
+        // The fields the SDK's `Response` requires.
+        assert_eq!(
+            (b["tools"].clone(), b["tool_choice"].clone(), b["parallel_tool_calls"].clone()),
+            (json!([]), json!("auto"), json!(true))
+        );
+        assert!(b["created_at"].is_i64() && b["error"].is_null());
+
+        r.finish_reason = Some("stop".into());
+        r.logprobs = Some(serde_json::to_value(vec![lp(5, "h", -0.5, &[(5, "h", -0.5), (9, "x", -1.5)])]).unwrap());
+        let b = body_of(&r);
+        assert_eq!((b["status"].clone(), b["incomplete_details"].clone()), (json!("completed"), Value::Null));
+        assert_eq!(b["completed_at"], b["created_at"]);
+        assert_eq!(b["output"][0]["status"], "completed");
+        let l = &b["output"][0]["content"][0]["logprobs"];
+        assert_eq!(
+            l,
+            &json!([{"token": "h", "logprob": -0.5, "bytes": [104], "top_logprobs": [
+                {"token": "h", "logprob": -0.5, "bytes": [104]}, {"token": "x", "logprob": -1.5, "bytes": [120]}]}])
+        );
     }
 
     #[test]

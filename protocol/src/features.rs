@@ -1,7 +1,8 @@
 //! The request features of CONTRACT §12 that each surface spells its own way: log-probabilities
 //! (`logprobs` on completions, `logprobs` + `top_logprobs` on chat, `return_logprob` +
-//! `top_logprobs_num` on /generate) and output constraints (`response_format` on the OpenAI
-//! surfaces, `sampling_params.json_schema` / `regex` on /generate). Each is read into the one
+//! `top_logprobs_num` on /generate, `include` + `top_logprobs` on /v1/responses) and output
+//! constraints (`response_format` on the OpenAI surfaces, `text.format` on /v1/responses,
+//! `sampling_params.json_schema` / `regex` on /generate). Each is read into the one
 //! field of [`crate::Sampling`] it sets; whether a schema compiles is the engine's to say.
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,7 @@ pub fn logprobs(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Option<
         Endpoint::ChatCompletions => switched(body, "logprobs", "top_logprobs"),
         Endpoint::Generate => switched(body, "return_logprob", "top_logprobs_num"),
         Endpoint::Embeddings => Ok(None),
+        Endpoint::Responses => crate::responses::logprobs(body),
     }
 }
 
@@ -52,7 +54,7 @@ fn switched(body: &Map<String, Value>, switch: &str, count: &str) -> Result<Opti
     }
 }
 
-fn top_count(v: &Value, field: &str) -> Result<u32, ValidationError> {
+pub(crate) fn top_count(v: &Value, field: &str) -> Result<u32, ValidationError> {
     let k = v.as_i64().ok_or_else(|| ValidationError::wrong_type(field, "an integer", v))?;
     if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
         return Err(ValidationError::invalid(field, format!("must be in [0, {MAX_TOP_LOGPROBS}], got {k}")));
@@ -69,6 +71,7 @@ pub fn constraint(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Optio
             None => Ok(None),
         },
         Endpoint::Embeddings => Ok(None),
+        Endpoint::Responses => crate::responses::constraint(body),
     }
 }
 
@@ -126,7 +129,7 @@ fn generate_constraint(params: &Map<String, Value>) -> Result<Option<Constraint>
     }
 }
 
-fn get<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
     obj.get(field).filter(|v| !v.is_null())
 }
 

@@ -11,6 +11,7 @@ pub mod features;
 pub mod handle;
 pub mod input;
 pub mod names;
+pub mod responses;
 pub mod result;
 pub mod route;
 pub mod routing;

@@ -5,7 +5,8 @@
 //! `user`, `metadata` and `store`, which never change an answer. `stream` is accepted and
 //! ignored, with a warning in `meta_info.warnings`. A name pdq does not know at all is refused
 //! too, as OpenAI refuses an unrecognized argument: a typo (`temprature`) must not pass as the
-//! default.
+//! default. `/v1/responses` fields that need state or tools are refused with a reason of their
+//! own (`responses::check`).
 
 use serde_json::{Map, Value};
 
@@ -58,6 +59,45 @@ const EMBEDDINGS: &[&str] = &[
     "encoding_format",
     "dimensions",
     "user",
+    "routed_dp_rank",
+    "disagg_prefill_dp_rank",
+    "data_parallel_rank",
+];
+/// OpenAI's Responses fields and pdq's sampling and routing extensions. `responses::check` has
+/// already refused the stateful and tool fields among them at a value pdq cannot honour.
+const RESPONSES: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "text",
+    "include",
+    "top_logprobs",
+    "user",
+    "safety_identifier",
+    "metadata",
+    "store",
+    "stream",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_tool_calls",
+    "reasoning",
+    "previous_response_id",
+    "conversation",
+    "prompt",
+    "background",
+    "truncation",
     "routed_dp_rank",
     "disagg_prefill_dp_rank",
     "data_parallel_rank",
@@ -122,6 +162,7 @@ fn check_fields(obj: &Map<String, Value>, known: &[&[&str]], prefix: &str, url: 
 /// Refuses what pdq does not implement; returns the warnings to record for what it ignores.
 pub fn check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Vec<String>, ValidationError> {
     let url = endpoint.path();
+    let mut warnings = Vec::new();
     match endpoint {
         Endpoint::Completions => check_fields(body, &[COMMON, COMPLETIONS], "", url)?,
         Endpoint::ChatCompletions => check_fields(body, &[COMMON, CHAT], "", url)?,
@@ -132,9 +173,15 @@ pub fn check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Vec<String
             }
         }
         Endpoint::Embeddings => check_fields(body, &[EMBEDDINGS], "", url)?,
+        Endpoint::Responses => {
+            warnings.extend(crate::responses::check(body)?);
+            check_fields(body, &[RESPONSES], "", url)?;
+        }
     }
-    let streaming = body.get("stream").is_some_and(|v| *v == Value::Bool(true));
-    Ok(if streaming { vec![STREAM_WARNING.to_string()] } else { Vec::new() })
+    if body.get("stream").is_some_and(|v| *v == Value::Bool(true)) {
+        warnings.push(STREAM_WARNING.to_string());
+    }
+    Ok(warnings)
 }
 
 #[cfg(test)]
@@ -192,7 +239,7 @@ mod tests {
             body.as_object_mut().unwrap().retain(|k, _| match endpoint {
                 Endpoint::Completions => k != "messages" && k != "text",
                 Endpoint::ChatCompletions => k != "prompt" && k != "text",
-                Endpoint::Generate => k != "prompt" && k != "messages",
+                Endpoint::Generate | Endpoint::Responses => k != "prompt" && k != "messages",
                 Endpoint::Embeddings => unreachable!("no embeddings case in this table"),
             });
             let field = match value.as_object() {

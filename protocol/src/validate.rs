@@ -22,6 +22,8 @@ pub enum Endpoint {
     /// The prompt alone, pooled into vectors: no decode.
     #[serde(rename = "/v1/embeddings")]
     Embeddings,
+    #[serde(rename = "/v1/responses")]
+    Responses,
 }
 
 impl Endpoint {
@@ -31,11 +33,17 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Generate => "/generate",
             Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 
-    pub const ALL: [Endpoint; 4] =
-        [Endpoint::Completions, Endpoint::ChatCompletions, Endpoint::Generate, Endpoint::Embeddings];
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::Completions,
+        Endpoint::ChatCompletions,
+        Endpoint::Generate,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+    ];
 
     /// Every path, comma-separated, for error messages.
     pub fn paths() -> String {
@@ -140,6 +148,10 @@ pub fn validate(
             // Nothing is sampled: no token is generated.
             (Prompt::Embed { inputs, dimensions }, Sampling::greedy(0))
         }
+        Endpoint::Responses => (
+            Prompt::Chat(crate::responses::messages(body)?),
+            Sampling::parse(body, &["max_output_tokens"], DEFAULT_GENERATE_MAX_TOKENS, "")?,
+        ),
     };
     let mut sampling = sampling;
     sampling.logprobs = crate::features::logprobs(endpoint, body)?;

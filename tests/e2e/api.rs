@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
     key: Option<String>,
@@ -26,7 +26,7 @@ struct Api {
 }
 
 impl Api {
-    async fn start(h: &Harness, config: ApiConfig) -> Api {
+    pub(crate) async fn start(h: &Harness, config: ApiConfig) -> Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -61,20 +61,20 @@ impl Api {
         Api::send(self.req(reqwest::Method::POST, path).json(&body)).await
     }
 
-    async fn text(&self, path: &str) -> String {
+    pub(crate) async fn text(&self, path: &str) -> String {
         let resp = self.req(reqwest::Method::GET, path).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         resp.text().await.unwrap()
     }
 
-    async fn upload(&self, text: &str) -> (StatusCode, Value) {
+    pub(crate) async fn upload(&self, text: &str) -> (StatusCode, Value) {
         let form = Form::new()
             .text("purpose", "batch")
             .part("file", Part::bytes(text.as_bytes().to_vec()).file_name("input.jsonl"));
         Api::send(self.req(reqwest::Method::POST, "/files").multipart(form)).await
     }
 
-    async fn create(&self, file_id: &Value, endpoint: &str) -> Value {
+    pub(crate) async fn create(&self, file_id: &Value, endpoint: &str) -> Value {
         let body = json!({"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h",
                           "metadata": {"project": "api-test"}});
         let (status, batch) = self.post("/batches", body).await;
@@ -83,7 +83,7 @@ impl Api {
     }
 
     /// Polls the batch as a client would, until it ends.
-    async fn wait(&self, id: &Value) -> Value {
+    pub(crate) async fn wait(&self, id: &Value) -> Value {
         let path = format!("/batches/{}", id.as_str().unwrap());
         let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
         loop {
@@ -97,7 +97,7 @@ impl Api {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send(()).ok();
         self.server.await.unwrap().expect("server ran");
     }
@@ -118,7 +118,7 @@ async fn registered_idle(pool: PgPool) -> Harness {
     h
 }
 
-fn lines(values: &[Value]) -> String {
+pub(crate) fn lines(values: &[Value]) -> String {
     values.iter().map(|v| v.to_string() + "\n").collect()
 }
 
@@ -127,7 +127,7 @@ fn completion(id: &str) -> Value {
            "body": {"model": "tiny", "prompt": "Hello there", "max_tokens": 4, "temperature": 0, "ignore_eos": true}})
 }
 
-fn parse_lines(text: &str) -> Vec<Value> {
+pub(crate) fn parse_lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
@@ -348,7 +348,7 @@ async fn bad_uploads_and_requests_are_openai_errors_and_store_nothing(pool: PgPo
 
     // Batch creation: each field is checked and named.
     for (body, param) in [
-        (json!({"input_file_id": ok["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}), "endpoint"),
+        (json!({"input_file_id": ok["id"], "endpoint": "/v1/moderations", "completion_window": "24h"}), "endpoint"),
         (
             json!({"input_file_id": ok["id"], "endpoint": "/v1/completions", "completion_window": "1d"}),
             "completion_window",

@@ -16,7 +16,7 @@ async fn every_bad_line_is_a_failed_row_naming_the_field(pool: PgPool) {
     let lines = [
         "this is not json".to_string(),
         json!({"custom_id": "no-prompt", "url": "/v1/completions", "body": {"max_tokens": 4}}).to_string(),
-        json!({"custom_id": "bad-url", "url": "/v1/embeddings", "body": {"input": "x"}}).to_string(),
+        json!({"custom_id": "bad-url", "url": "/v1/moderations", "body": {"input": "x"}}).to_string(),
         json!({"custom_id": "bad-type", "url": "/v1/completions", "body": {"prompt": "x", "temperature": "hot"}})
             .to_string(),
         json!({"custom_id": "zero-max", "url": "/v1/completions", "body": {"prompt": "x", "max_tokens": 0}})

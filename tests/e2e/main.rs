@@ -20,4 +20,5 @@ mod models;
 mod partition;
 mod pipeline;
 mod prefix_cache;
+mod responses;
 mod routing;

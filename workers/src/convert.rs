@@ -175,10 +175,10 @@ pub fn compile_constraint(
     let (field, spec) = match c {
         Constraint::JsonObject => ("response_format", GrammarSpec::JsonSchema(serde_json::json!({"type": "object"}))),
         Constraint::JsonSchema { schema } => {
-            let field = if endpoint == Endpoint::Generate {
-                "sampling_params.json_schema"
-            } else {
-                "response_format.json_schema.schema"
+            let field = match endpoint {
+                Endpoint::Generate => "sampling_params.json_schema",
+                Endpoint::Responses => "text.format.schema",
+                _ => "response_format.json_schema.schema",
             };
             (field, GrammarSpec::JsonSchema(schema.clone()))
         }

@@ -187,6 +187,7 @@ pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> R
     };
     if bytes > max_bytes {
         let field = match (&req.prompt, req.endpoint) {
+            (Prompt::Chat(_), pdq_protocol::Endpoint::Responses) => "input",
             (Prompt::Chat(_), _) => "messages",
             (_, pdq_protocol::Endpoint::Generate) => "text",
             _ => "prompt",
