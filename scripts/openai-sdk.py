@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """A whole batch through the official `openai` package against a running `pdq api`: a client
 no one here wrote. Upload, create, retrieve until it ends, output and error files, a /v1/responses
-batch read back as the SDK's `Response`, list, cancel.
+batch read back as the SDK's `Response`, a /v1/embeddings batch as its `CreateEmbeddingResponse`,
+list, cancel.
 
     pdq serve &  pdq api &  python3 scripts/openai-sdk.py [BASE_URL]
 
 PDQ_API_KEY is sent as the key when set. Exits non-zero on the first thing that is not as
 OpenAI's clients expect.
 """
+import base64
 import io
 import json
 import os
+import struct
 import sys
 import time
 
 from openai import OpenAI, NotFoundError, ConflictError
+from openai.types import CreateEmbeddingResponse
 from openai.types.responses import Response
 
 base_url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000/v1"
@@ -89,6 +93,35 @@ if structured.status == "completed":
     assert isinstance(json.loads(structured.output_text)["n"], int), structured.output_text
 client.files.delete(rf.id)
 
+# CONTRACT §15: a /v1/embeddings batch; each output body parses as the SDK's own
+# CreateEmbeddingResponse, base64 vectors (what the SDK asks for by default) equal float ones.
+texts = ["The river bends twice.", "What is the capital of France?"]
+embeds = [{"model": "tiny", "input": texts}, {"model": "tiny", "input": texts, "encoding_format": "base64"}]
+data = "".join(json.dumps({"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings", "body": b}) + "\n"
+               for i, b in enumerate(embeds)).encode()
+ef = client.files.create(file=("embeddings.jsonl", io.BytesIO(data)), purpose="batch")
+ebatch = client.batches.create(input_file_id=ef.id, endpoint="/v1/embeddings", completion_window="24h")
+while ebatch.status not in ("completed", "failed", "cancelled", "expired"):
+    time.sleep(0.2)
+    ebatch = client.batches.retrieve(ebatch.id)
+assert ebatch.status == "completed" and ebatch.request_counts.completed == 2, ebatch
+assert ebatch.usage.input_tokens > 0 and ebatch.usage.output_tokens == 0, ebatch.usage
+eout = {o["custom_id"]: o for o in map(json.loads, client.files.content(ebatch.output_file_id).text.splitlines())}
+floats = CreateEmbeddingResponse.model_validate(eout["e-0"]["response"]["body"])
+assert floats.object == "list" and [d.index for d in floats.data] == [0, 1], floats
+assert floats.usage.prompt_tokens == floats.usage.total_tokens > 0, floats.usage
+# On the wire a base64 embedding is a string, which the SDK's embeddings.create decodes
+# (little-endian f32) before building the type; done here the same way.
+packed = eout["e-1"]["response"]["body"]
+for d in packed["data"]:
+    raw = base64.b64decode(d["embedding"])
+    d["embedding"] = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+packed = CreateEmbeddingResponse.model_validate(packed)
+for d, p in zip(floats.data, packed.data):
+    assert len(p.embedding) == len(d.embedding) and all(abs(a - b) < 1e-7 for a, b in zip(p.embedding, d.embedding))
+    assert abs(sum(x * x for x in d.embedding) - 1.0) < 1e-4, "unit length"
+client.files.delete(ef.id)
+
 assert batch.id in [b.id for b in client.batches.list(limit=10)]
 assert f.id in [x.id for x in client.files.list()]
 try:
@@ -104,4 +137,5 @@ except NotFoundError:
     pass
 print(f"openai {__import__('openai').__version__}: batch {batch.id} completed, "
       f"{len(out)} outputs, {len(err)} error; a /v1/responses batch parsed as Response objects; "
+      f"a /v1/embeddings batch parsed as CreateEmbeddingResponse ({len(floats.data[0].embedding)} dimensions); "
       f"list, cancel and delete as OpenAI's")
