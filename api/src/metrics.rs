@@ -1,16 +1,43 @@
 //! `GET /metrics`: the process's Prometheus registry as text (CONTRACT §11), on an address of
 //! its own so a scraper never needs the API key and the API port can stay private. `GET /ready`
 //! on the same address: 200 while every rank of the process takes work, else 503, for a
-//! supervisor's readiness probe (Kubernetes).
+//! supervisor's readiness probe (Kubernetes). The API's own series: webhook deliveries.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{register_int_counter_vec, Encoder, IntCounterVec, TextEncoder};
+
+static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "pdq_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome: delivered, failed (retried later), gave_up",
+        &["outcome"]
+    )
+    .expect("a metric is registered once")
+});
+
+/// How a webhook attempt ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Delivery {
+    Delivered,
+    Failed,
+    GaveUp,
+}
+
+pub(crate) fn webhook_delivery(outcome: Delivery) {
+    let label = match outcome {
+        Delivery::Delivered => "delivered",
+        Delivery::Failed => "failed",
+        Delivery::GaveUp => "gave_up",
+    };
+    WEBHOOK_DELIVERIES.with_label_values(&[label]).inc();
+}
 
 async fn scrape() -> impl IntoResponse {
     let encoder = TextEncoder::new();
