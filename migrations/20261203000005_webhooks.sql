@@ -16,6 +16,7 @@ CREATE TABLE webhook_endpoints (
 -- batch refused at validation has no job row). `payload` is the body, as sent.
 -- `next_attempt_at`: when the next attempt is due (NULL once delivered or given up); while an
 -- attempt runs it is pushed past the attempt's timeout, so another `pdq api` does not take it.
+-- `last_error`: why the last failed attempt failed, kept after a later one succeeds.
 CREATE TABLE webhook_events (
     id               text PRIMARY KEY,
     job_id           uuid NOT NULL UNIQUE,

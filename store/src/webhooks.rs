@@ -91,11 +91,12 @@ impl Store {
         .await?)
     }
 
-    /// The receiver took attempt `attempts` of the event. A later attempt, by a process that
-    /// took it over after the lease, is left alone.
+    /// The receiver took attempt `attempts` of the event. `last_error` stays, saying why earlier
+    /// attempts failed. A later attempt, by a process that took it over after the lease, is
+    /// left alone.
     pub async fn webhook_delivered(&self, id: &str, attempts: i32) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE webhook_events SET delivered_at = now(), next_attempt_at = NULL, last_error = NULL
+            "UPDATE webhook_events SET delivered_at = now(), next_attempt_at = NULL
               WHERE id = $1 AND attempts = $2",
         )
         .bind(id)
@@ -244,7 +245,8 @@ mod tests {
                 .fetch_one(store.pool())
                 .await
                 .unwrap();
-        assert!(delivered.is_some() && next.is_none() && error.is_none());
+        assert!(delivered.is_some() && next.is_none());
+        assert_eq!(error.as_deref(), Some("the receiver answered 500"), "why it took two");
 
         assert!(store.webhook_failed(&eb.id, 1, "refused", Duration::ZERO, Duration::ZERO).await.unwrap(), "gave up");
         assert_eq!(event_of(&store, b).await.unwrap().2, None);
