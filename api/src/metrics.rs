@@ -30,13 +30,27 @@ pub(crate) enum Delivery {
     GaveUp,
 }
 
+impl Delivery {
+    const ALL: [Delivery; 3] = [Delivery::Delivered, Delivery::Failed, Delivery::GaveUp];
+
+    fn label(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Failed => "failed",
+            Delivery::GaveUp => "gave_up",
+        }
+    }
+}
+
 pub(crate) fn webhook_delivery(outcome: Delivery) {
-    let label = match outcome {
-        Delivery::Delivered => "delivered",
-        Delivery::Failed => "failed",
-        Delivery::GaveUp => "gave_up",
-    };
-    WEBHOOK_DELIVERIES.with_label_values(&[label]).inc();
+    WEBHOOK_DELIVERIES.with_label_values(&[outcome.label()]).inc();
+}
+
+/// Every outcome's series at 0, so a scrape shows them before the first batch ends.
+pub(crate) fn webhook_deliveries_at_zero() {
+    for outcome in Delivery::ALL {
+        WEBHOOK_DELIVERIES.with_label_values(&[outcome.label()]).inc_by(0);
+    }
 }
 
 async fn scrape() -> impl IntoResponse {

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 pub use sign::WebhookSecret;
 
-use crate::metrics::{webhook_delivery, Delivery};
+use crate::metrics::{webhook_deliveries_at_zero, webhook_delivery, Delivery};
 
 /// How often `pdq api` looks for ended batches and due events.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -114,6 +114,7 @@ impl Sender {
             .user_agent(concat!("pdq-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client without TLS builds");
+        webhook_deliveries_at_zero();
         let rounds = Rounds { store, config, http };
         rounds.record().await;
         tracing::info!(url = %rounds.config.url, "sending batch webhooks");
