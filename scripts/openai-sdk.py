@@ -8,21 +8,64 @@ list, cancel.
 
 PDQ_API_KEY is sent as the key when set. Exits non-zero on the first thing that is not as
 OpenAI's clients expect.
+
+Webhooks (CONTRACT §15), when `--webhook-port PORT` (or PDQ_WEBHOOK_PORT) and PDQ_WEBHOOK_SECRET
+are given: it listens on 127.0.0.1:PORT and checks, with the package's own
+`client.webhooks.unwrap` (Standard Webhooks verification), that the batch it ran sends a signed
+`batch.completed`. Start the API with the same secret:
+
+    pdq api --webhook-url http://127.0.0.1:PORT/ --webhook-secret "$PDQ_WEBHOOK_SECRET" &
 """
+import argparse
 import base64
+import http.server
 import io
 import json
 import os
+import queue
 import struct
 import sys
+import threading
 import time
 
 from openai import OpenAI, NotFoundError, ConflictError
 from openai.types import CreateEmbeddingResponse
 from openai.types.responses import Response
+from openai.types.webhooks import BatchCompletedWebhookEvent
 
-base_url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000/v1"
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("base_url", nargs="?", default="http://127.0.0.1:8000/v1")
+parser.add_argument("--webhook-port", type=int, default=os.environ.get("PDQ_WEBHOOK_PORT"))
+args = parser.parse_args()
+base_url = args.base_url
 client = OpenAI(base_url=base_url, api_key=os.environ.get("PDQ_API_KEY", "unused"))
+
+
+def webhook_receiver(port):
+    """Every POST's body and headers, in a queue; each is answered 200 once read."""
+    received = queue.Queue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.put((body, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return received
+
+
+webhook_secret = os.environ.get("PDQ_WEBHOOK_SECRET")
+hooks = None
+if args.webhook_port is not None:
+    if not webhook_secret:
+        sys.exit("--webhook-port needs PDQ_WEBHOOK_SECRET, the secret `pdq api --webhook-secret` signs with")
+    hooks = webhook_receiver(int(args.webhook_port))
 
 
 def line(i, url="/v1/chat/completions"):
@@ -56,6 +99,21 @@ u = batch.usage
 assert u is not None and u.output_tokens > 0 and u.input_tokens > 0, u
 assert u.total_tokens == u.input_tokens + u.output_tokens, u
 assert u.input_tokens_details.cached_tokens >= 0 and u.output_tokens_details.reasoning_tokens == 0, u
+
+webhook = None
+if hooks is not None:
+    # Events of other batches may come first (the API sends one for every batch that ends); each
+    # must verify all the same.
+    deadline = time.time() + 60
+    while webhook is None or webhook.data.id != batch.id:
+        try:
+            body, headers = hooks.get(timeout=max(0.1, deadline - time.time()))
+        except queue.Empty:
+            sys.exit(f"no webhook for batch {batch.id} within 60 s")
+        webhook = client.webhooks.unwrap(body, headers, secret=webhook_secret)
+    assert isinstance(webhook, BatchCompletedWebhookEvent) and webhook.type == "batch.completed", webhook
+    assert webhook.object == "event" and webhook.id == headers["webhook-id"], webhook
+    assert webhook.created_at == batch.completed_at, (webhook, batch.completed_at)
 
 output = client.files.retrieve(batch.output_file_id)
 assert output.expires_at == output.created_at + 7200, output
@@ -138,4 +196,5 @@ except NotFoundError:
 print(f"openai {__import__('openai').__version__}: batch {batch.id} completed, "
       f"{len(out)} outputs, {len(err)} error; a /v1/responses batch parsed as Response objects; "
       f"a /v1/embeddings batch parsed as CreateEmbeddingResponse ({len(floats.data[0].embedding)} dimensions); "
-      f"list, cancel and delete as OpenAI's")
+      f"list, cancel and delete as OpenAI's"
+      + (f"; webhook {webhook.id} ({webhook.type}) verified by client.webhooks.unwrap" if webhook else ""))

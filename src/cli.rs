@@ -401,6 +401,13 @@ pub struct ApiArgs {
     /// Dispatch policy of the jobs that batches create: shared, round-robin, least-loaded, prefix.
     #[arg(long, alias = "dispatch", env = "PDQ_POLICY", default_value = "shared")]
     pub policy: pdq_producer::Policy,
+    /// POST a signed event here when a batch ends (`batch.completed`, `batch.failed`,
+    /// `batch.cancelled`, `batch.expired`, as OpenAI's webhooks); http:// only.
+    #[arg(long, env = "PDQ_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The key webhooks are signed with (Standard Webhooks): `whsec_` then base64, as OpenAI's.
+    #[arg(long, env = "PDQ_WEBHOOK_SECRET", hide_env_values = true, requires = "webhook_url")]
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

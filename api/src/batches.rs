@@ -140,6 +140,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
     }
     let shape = pdq_producer::cluster_shape(&s.store, &s.namespace).await?;
     let id = Uuid::now_v7();
+    let created_at = Utc::now();
     s.store
         .create_batch(&NewBatch {
             id,
@@ -147,7 +148,8 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Bytes) -> Result<Res
             endpoint: valid.endpoint.path().to_string(),
             completion_window: valid.completion_window.clone(),
             metadata: valid.metadata.clone(),
-            expires_at: Utc::now() + Duration::hours(valid.window_hours.into()),
+            created_at,
+            expires_at: created_at + Duration::hours(valid.window_hours.into()),
             // At most 30 days in seconds: fits.
             output_expires_after_s: valid.output_expires_after_s.map(|s| s as i32),
         })

@@ -12,6 +12,7 @@ mod ids;
 mod metrics;
 mod output;
 mod reply;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use pdq_store::Store;
 
 pub use error::ApiError;
 pub use metrics::serve_metrics;
+pub use webhooks::{WebhookConfig, WebhookError, WebhookSecret};
 
 /// OpenAI's limits on a batch input file.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
@@ -37,6 +39,8 @@ pub struct ApiConfig {
     pub max_file_lines: u64,
     /// Dispatch policy of the jobs batches create.
     pub policy: Policy,
+    /// When set, a signed event is POSTed when a batch ends (see `webhooks`).
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +50,7 @@ impl Default for ApiConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_file_lines: DEFAULT_MAX_FILE_LINES,
             policy: Policy::Shared,
+            webhook: None,
         }
     }
 }
@@ -89,16 +94,24 @@ pub fn router(state: ApiState) -> Router {
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves until `shutdown` resolves; then finishes the requests in flight. Meanwhile it deletes
-/// expired uploads every [`SWEEP_EVERY`]. (Batches past their window are expired by the
-/// namespace's feeder, like every job.)
+/// expired uploads every [`SWEEP_EVERY`] and, with a webhook configured, sends an event for
+/// every batch that ends. (Batches past their window are expired by the namespace's feeder,
+/// like every job.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweep_expired(state.store.clone()));
+    let webhooks = match &state.config.webhook {
+        Some(config) => Some(webhooks::Sender::start(state.store.clone(), config.clone()).await),
+        None => None,
+    };
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
+    if let Some(webhooks) = webhooks {
+        webhooks.stop().await;
+    }
     served
 }
 

@@ -1,16 +1,57 @@
 //! `GET /metrics`: the process's Prometheus registry as text (CONTRACT §11), on an address of
 //! its own so a scraper never needs the API key and the API port can stay private. `GET /ready`
 //! on the same address: 200 while every rank of the process takes work, else 503, for a
-//! supervisor's readiness probe (Kubernetes).
+//! supervisor's readiness probe (Kubernetes). The API's own series: webhook deliveries.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{register_int_counter_vec, Encoder, IntCounterVec, TextEncoder};
+
+static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "pdq_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome: delivered, failed (retried later), gave_up",
+        &["outcome"]
+    )
+    .expect("a metric is registered once")
+});
+
+/// How a webhook attempt ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Delivery {
+    Delivered,
+    Failed,
+    GaveUp,
+}
+
+impl Delivery {
+    const ALL: [Delivery; 3] = [Delivery::Delivered, Delivery::Failed, Delivery::GaveUp];
+
+    fn label(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Failed => "failed",
+            Delivery::GaveUp => "gave_up",
+        }
+    }
+}
+
+pub(crate) fn webhook_delivery(outcome: Delivery) {
+    WEBHOOK_DELIVERIES.with_label_values(&[outcome.label()]).inc();
+}
+
+/// Every outcome's series at 0, so a scrape shows them before the first batch ends.
+pub(crate) fn webhook_deliveries_at_zero() {
+    for outcome in Delivery::ALL {
+        WEBHOOK_DELIVERIES.with_label_values(&[outcome.label()]).inc_by(0);
+    }
+}
 
 async fn scrape() -> impl IntoResponse {
     let encoder = TextEncoder::new();

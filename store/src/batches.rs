@@ -15,6 +15,9 @@ pub struct NewBatch {
     pub endpoint: String,
     pub completion_window: String,
     pub metadata: Option<Value>,
+    /// Taken from one clock reading with `expires_at`, so the batch object's `expires_at -
+    /// created_at` is exactly its window (the database's `now()` would be a moment later).
+    pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// `output_expires_after`: seconds after the batch ends that its output and error files
     /// expire; `None`: never.
@@ -64,8 +67,8 @@ impl Store {
     pub async fn create_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, input_file_id, endpoint, completion_window, metadata, expires_at,
-                                  output_expires_after_s)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                  output_expires_after_s, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(b.id)
         .bind(b.input_file_id)
@@ -74,6 +77,7 @@ impl Store {
         .bind(&b.metadata)
         .bind(b.expires_at)
         .bind(b.output_expires_after_s)
+        .bind(b.created_at)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -11,6 +11,7 @@ mod files;
 mod jobs;
 mod requests;
 mod results;
+mod webhooks;
 mod workers;
 
 pub use accept::Accepting;
@@ -22,6 +23,7 @@ pub use files::{FileRow, FileUpload, ListOrder, NewFile};
 pub use jobs::{JobRow, JobStatus, NewJob, Usage, DEFAULT_COMPLETION_WINDOW};
 pub use requests::{NewRequest, Outbound};
 pub use results::{ExportRow, ResultsWritten};
+pub use webhooks::WebhookEvent;
 pub use workers::WorkerInfo;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

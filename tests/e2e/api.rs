@@ -1,6 +1,8 @@
 //! CONTRACT §10: the OpenAI Batch API, driven by a real HTTP client (`reqwest`) against
 //! `pdq api` served in-process on a free port, over a real cluster, broker and database.
 
+mod webhooks;
+
 use crate::common;
 
 use std::time::Duration;
