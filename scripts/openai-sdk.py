@@ -68,6 +68,26 @@ if args.webhook_port is not None:
     hooks = webhook_receiver(int(args.webhook_port))
 
 
+def ended(batch):
+    """The batch, retrieved until it ends."""
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    return batch
+
+
+def run_batch(url, bodies, tag):
+    """A batch of `bodies` for `url`, their custom_ids `{tag}-{i}`, run to its end: the uploaded
+    file, the ended batch and its output lines by custom_id."""
+    data = "".join(json.dumps({"custom_id": f"{tag}-{i}", "method": "POST", "url": url, "body": b}) + "\n"
+                   for i, b in enumerate(bodies)).encode()
+    f = client.files.create(file=(f"{tag}.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = ended(client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h"))
+    assert batch.status == "completed" and batch.request_counts.completed == len(bodies), batch
+    lines = map(json.loads, client.files.content(batch.output_file_id).text.splitlines())
+    return f, batch, {o["custom_id"]: o for o in lines}
+
+
 def line(i, url="/v1/chat/completions"):
     body = {"model": "tiny", "messages": [{"role": "user", "content": f"Say {i}"}], "max_tokens": 4}
     return {"custom_id": f"q-{i}", "method": "POST", "url": url, "body": body}
@@ -83,13 +103,10 @@ assert f.expires_at == f.created_at + 3600, f
 assert client.files.retrieve(f.id).id == f.id
 assert client.files.content(f.id).content == data
 
-batch = client.batches.create(
+batch = ended(client.batches.create(
     input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"run": "sdk"},
     output_expires_after={"anchor": "created_at", "seconds": 7200},
-)
-while batch.status not in ("completed", "failed", "cancelled", "expired"):
-    time.sleep(0.2)
-    batch = client.batches.retrieve(batch.id)
+))
 assert batch.status == "completed", batch
 assert batch.request_counts.total == 5 and batch.request_counts.completed == 4, batch.request_counts
 assert batch.metadata == {"run": "sdk"}, batch.metadata
@@ -132,15 +149,7 @@ responses = [
                                 {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "n?"}]}],
      "max_output_tokens": 40, "text": {"format": {"type": "json_schema", "name": "n", "schema": schema, "strict": True}}},
 ]
-data = "".join(json.dumps({"custom_id": f"r-{i}", "method": "POST", "url": "/v1/responses", "body": b}) + "\n"
-               for i, b in enumerate(responses)).encode()
-rf = client.files.create(file=("responses.jsonl", io.BytesIO(data)), purpose="batch")
-rbatch = client.batches.create(input_file_id=rf.id, endpoint="/v1/responses", completion_window="24h")
-while rbatch.status not in ("completed", "failed", "cancelled", "expired"):
-    time.sleep(0.2)
-    rbatch = client.batches.retrieve(rbatch.id)
-assert rbatch.status == "completed" and rbatch.request_counts.completed == 2, rbatch
-rout = {o["custom_id"]: o for o in map(json.loads, client.files.content(rbatch.output_file_id).text.splitlines())}
+rf, _, rout = run_batch("/v1/responses", responses, "r")
 cut = Response.model_validate(rout["r-0"]["response"]["body"])
 assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens", cut
 assert cut.output_text == cut.output[0].content[0].text and cut.usage.output_tokens == 3, cut
@@ -155,16 +164,8 @@ client.files.delete(rf.id)
 # CreateEmbeddingResponse, base64 vectors (what the SDK asks for by default) equal float ones.
 texts = ["The river bends twice.", "What is the capital of France?"]
 embeds = [{"model": "tiny", "input": texts}, {"model": "tiny", "input": texts, "encoding_format": "base64"}]
-data = "".join(json.dumps({"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings", "body": b}) + "\n"
-               for i, b in enumerate(embeds)).encode()
-ef = client.files.create(file=("embeddings.jsonl", io.BytesIO(data)), purpose="batch")
-ebatch = client.batches.create(input_file_id=ef.id, endpoint="/v1/embeddings", completion_window="24h")
-while ebatch.status not in ("completed", "failed", "cancelled", "expired"):
-    time.sleep(0.2)
-    ebatch = client.batches.retrieve(ebatch.id)
-assert ebatch.status == "completed" and ebatch.request_counts.completed == 2, ebatch
+ef, ebatch, eout = run_batch("/v1/embeddings", embeds, "e")
 assert ebatch.usage.input_tokens > 0 and ebatch.usage.output_tokens == 0, ebatch.usage
-eout = {o["custom_id"]: o for o in map(json.loads, client.files.content(ebatch.output_file_id).text.splitlines())}
 floats = CreateEmbeddingResponse.model_validate(eout["e-0"]["response"]["body"])
 assert floats.object == "list" and [d.index for d in floats.data] == [0, 1], floats
 assert floats.usage.prompt_tokens == floats.usage.total_tokens > 0, floats.usage

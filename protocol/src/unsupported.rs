@@ -14,27 +14,12 @@ use crate::{Endpoint, ValidationError};
 
 pub const STREAM_WARNING: &str = "`stream` is ignored: a batch job's results are written whole, not streamed";
 
-/// Read by `validate` (prompt, sampling, routing) or without effect on the answer.
-const COMMON: &[&str] = &[
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "ignore_eos",
-    "n",
-    "user",
-    "metadata",
-    "store",
-    "stream",
-    "routed_dp_rank",
-    "disagg_prefill_dp_rank",
-    "data_parallel_rank",
-];
+/// Sampling parameters at the top of an OpenAI body (`Sampling::parse` reads them).
+const SAMPLING: &[&str] = &["temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos"];
+/// The routing fields of every url (CONTRACT §3), read by `Routing::from_body`.
+const ROUTING: &[&str] = &["routed_dp_rank", "disagg_prefill_dp_rank", "data_parallel_rank"];
+/// Read by `validate` or without effect on the answer, on both chat and completions.
+const COMMON: &[&str] = &["model", "max_tokens", "n", "user", "metadata", "store", "stream"];
 const COMPLETIONS: &[&str] = &["prompt", "logprobs", "response_format"];
 const CHAT: &[&str] = &["messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format"];
 const GENERATE: &[&str] = &[
@@ -49,35 +34,15 @@ const GENERATE: &[&str] = &[
     "return_text_in_logprobs",
     "stream",
     "model",
-    "routed_dp_rank",
-    "disagg_prefill_dp_rank",
-    "data_parallel_rank",
 ];
-const EMBEDDINGS: &[&str] = &[
-    "input",
-    "model",
-    "encoding_format",
-    "dimensions",
-    "user",
-    "routed_dp_rank",
-    "disagg_prefill_dp_rank",
-    "data_parallel_rank",
-];
-/// OpenAI's Responses fields and pdq's sampling and routing extensions. `responses::check` has
-/// already refused the stateful and tool fields among them at a value pdq cannot honour.
+const EMBEDDINGS: &[&str] = &["input", "model", "encoding_format", "dimensions", "user"];
+/// OpenAI's Responses fields beside the sampling extensions. `responses::check` has already
+/// refused the stateful and tool fields among them at a value pdq cannot honour.
 const RESPONSES: &[&str] = &[
     "model",
     "input",
     "instructions",
     "max_output_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "ignore_eos",
     "text",
     "include",
     "top_logprobs",
@@ -98,9 +63,6 @@ const RESPONSES: &[&str] = &[
     "prompt",
     "background",
     "truncation",
-    "routed_dp_rank",
-    "disagg_prefill_dp_rank",
-    "data_parallel_rank",
 ];
 const SAMPLING_PARAMS: &[&str] = &[
     "max_new_tokens",
@@ -164,18 +126,18 @@ pub fn check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<Vec<String
     let url = endpoint.path();
     let mut warnings = Vec::new();
     match endpoint {
-        Endpoint::Completions => check_fields(body, &[COMMON, COMPLETIONS], "", url)?,
-        Endpoint::ChatCompletions => check_fields(body, &[COMMON, CHAT], "", url)?,
+        Endpoint::Completions => check_fields(body, &[COMMON, SAMPLING, ROUTING, COMPLETIONS], "", url)?,
+        Endpoint::ChatCompletions => check_fields(body, &[COMMON, SAMPLING, ROUTING, CHAT], "", url)?,
         Endpoint::Generate => {
-            check_fields(body, &[GENERATE], "", url)?;
+            check_fields(body, &[GENERATE, ROUTING], "", url)?;
             if let Some(Value::Object(params)) = body.get("sampling_params") {
                 check_fields(params, &[SAMPLING_PARAMS], "sampling_params.", url)?;
             }
         }
-        Endpoint::Embeddings => check_fields(body, &[EMBEDDINGS], "", url)?,
+        Endpoint::Embeddings => check_fields(body, &[EMBEDDINGS, ROUTING], "", url)?,
         Endpoint::Responses => {
             warnings.extend(crate::responses::check(body)?);
-            check_fields(body, &[RESPONSES], "", url)?;
+            check_fields(body, &[RESPONSES, SAMPLING, ROUTING], "", url)?;
         }
     }
     if body.get("stream").is_some_and(|v| *v == Value::Bool(true)) {
