@@ -2,7 +2,8 @@
 //! disaggregated, in one job with a chat line: the rank that takes an embeddings request off
 //! the prefill queue computes and writes it (no decode, no KV handle). The vectors are
 //! transformers' (the golden `embeddings-tiny.json`), come back as numbers or base64 as asked,
-//! are stored as `real[]` in the `embeddings` table, and a bad `dimensions` is refused by name.
+//! are stored as `real[]` in the `embeddings` table, and a bad `dimensions` is refused by name;
+//! a line published straight to AMQP gets the same.
 
 use crate::common;
 
@@ -11,6 +12,7 @@ use std::path::Path;
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use common::Harness;
+use pdq_broker::{MessageMeta, Outgoing};
 use pdq_producer::{export_lines, ExportKind, Policy};
 use pdq_protocol::ClusterShape;
 use serde::Deserialize;
@@ -142,6 +144,29 @@ async fn embeddings_batches_are_transformers_vectors_in_both_modes(pool: PgPool)
         assert_eq!(nearest.len(), 5);
         assert!(nearest[..2].iter().all(|(id, _, cos)| id == "text" && (cos - 1.0).abs() < 1e-5), "{nearest:?}");
         assert!(nearest[2].2 < 1.0 - 1e-4, "another input is not the same vector: {nearest:?}");
+
+        // A producer publishing straight to AMQP (CONTRACT §4): the same row and vectors.
+        let direct = format!("direct-{:?}", shape.mode);
+        let line = json!({"custom_id": direct, "url": "/v1/embeddings", "body": {"input": golden.cases[3].ids}});
+        let msg = Outgoing {
+            exchange: h.broker.topology.prefill_exchange(),
+            key: "any".into(),
+            body: line.to_string().into_bytes(),
+            meta: MessageMeta::default(),
+        };
+        h.broker.publisher().publish(&msg).await.unwrap();
+        h.wait_count(&format!("SELECT count(*) FROM results WHERE custom_id = '{direct}' AND job_id IS NULL"), 1).await;
+        let (status, vector): (String, Vec<f32>) = sqlx::query_as(
+            "SELECT s.status, e.embedding FROM results s JOIN embeddings e USING (request_id)
+             WHERE s.custom_id = $1 AND s.job_id IS NULL",
+        )
+        .bind(&direct)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let err = vector.iter().zip(&golden.cases[3].last).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert_eq!(status, "completed");
+        assert!(err < 1e-5, "{shape:?} direct: max abs error {err}");
         h.finish().await;
     }
 }
