@@ -14,8 +14,8 @@
 //!    pages exported and its blocks released at once (the KV store holds the bytes); a
 //!    colocated rank's prompt ([`EngineHandle::generate`]) was admitted with blocks for its
 //!    whole generation (by need: for itself) and goes straight on to decoding in the pool;
-//!    Embedding jobs (`/v1/embeddings`) run next, their inputs under the same budget, each
-//!    pooled into a vector and released at once (`embed.rs`);
+//!    Embedding jobs (`/v1/embeddings`) run next, in a step of their own under a budget of the
+//!    same size, each input pooled into a vector and released at once (`embed.rs`);
 //! 2. admits waiting decode jobs in arrival order while fewer than `max_running` run and the pool
 //!    can reserve blocks for their whole generation (prompt + `max_new_tokens`, capped at the
 //!    context), writing their received pages straight into those blocks; a job with `n` choices
