@@ -118,6 +118,20 @@ mod tests {
     }
 
     #[test]
+    fn a_gguf_says_how_it_pools_under_its_architecture() {
+        use crate::gguf::file::{GgufFile, Value};
+        use crate::gguf::write::GgufWriter;
+        let path = std::env::temp_dir().join(format!("pdq-pooling-{}.gguf", std::process::id()));
+        let mut w = GgufWriter::new();
+        w.meta("general.architecture", Value::String("qwen2".into())).meta("qwen2.pooling_type", Value::U32(1));
+        w.write(&path).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let pooling = Pooling::from_gguf(crate::gguf::model::pooling_type(&f));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(pooling, Some(Pooling::Mean));
+    }
+
+    #[test]
     fn sentence_transformers_directories() {
         let dir = std::env::temp_dir().join(format!("pdq-pooling-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
