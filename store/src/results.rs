@@ -86,7 +86,7 @@ pub(crate) async fn insert_outcomes(
             c.custom_id.push(o.custom_id.as_deref().map(no_nul));
             c.status.push(o.status.as_str());
             c.text.push(o.text.as_deref().map(no_nul));
-            c.output_ids.push(int_array(&o.output_ids));
+            c.output_ids.push(pg_array(&o.output_ids));
             c.meta_info.push(pg_safe(serde_json::to_value(&o.meta_info).expect("meta_info serializes")));
             c.error.push(o.error.as_ref().map(|e| pg_safe(serde_json::to_value(e).expect("an error serializes"))));
             c.logprobs.push(o.logprobs.as_ref().map(|l| pg_safe(serde_json::to_value(l).expect("logprobs serialize"))));
@@ -119,12 +119,17 @@ async fn insert_embeddings(
     outcomes: &[Outcome],
     inserted: &[Uuid],
 ) -> Result<(), StoreError> {
+    let with_vectors = outcomes.iter().filter(|o| !o.embeddings.is_empty());
+    if with_vectors.clone().next().is_none() {
+        return Ok(());
+    }
+    let inserted: std::collections::HashSet<&Uuid> = inserted.iter().collect();
     let (mut request_id, mut index, mut vector) = (Vec::new(), Vec::new(), Vec::new());
-    for o in outcomes.iter().filter(|o| !o.embeddings.is_empty() && inserted.contains(&o.request_id)) {
+    for o in with_vectors.filter(|o| inserted.contains(&o.request_id)) {
         for (i, v) in o.embeddings.iter().enumerate() {
             request_id.push(o.request_id);
             index.push(i as i32);
-            vector.push(real_array(v));
+            vector.push(pg_array(v));
         }
     }
     if request_id.is_empty() {
@@ -140,13 +145,6 @@ async fn insert_embeddings(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// `{0.25,-1.5}`: a real[] literal. Rust prints the shortest decimal that reads back as the
-/// same f32, so the table holds the engine's bits exactly.
-fn real_array(v: &[f32]) -> String {
-    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-    format!("{{{}}}", items.join(","))
 }
 
 /// A batch of rows as columns, for UNNEST.
@@ -180,15 +178,18 @@ impl Columns<'_> {
     }
 }
 
-/// `{1,2,3}`: an int[] literal, since UNNEST cannot take an array of arrays of different lengths.
-fn int_array(ids: &[u32]) -> String {
-    let mut s = String::with_capacity(ids.len() * 6 + 2);
+/// `{1,2,3}`: an array literal (int[] of token ids, real[] of a vector), since UNNEST cannot
+/// take an array of arrays of different lengths. Rust prints an f32 as the shortest decimal
+/// that reads back as the same f32, so a real[] holds the engine's bits exactly.
+fn pg_array<T: std::fmt::Display>(items: &[T]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(items.len() * 8 + 2);
     s.push('{');
-    for (i, id) in ids.iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&id.to_string());
+        write!(s, "{item}").expect("writing to a String");
     }
     s.push('}');
     s

@@ -185,18 +185,13 @@ pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> R
         Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
         Prompt::Ids(_) | Prompt::Embed { .. } => 0,
     };
-    if bytes > max_bytes {
-        let field = match (&req.prompt, req.endpoint) {
-            (Prompt::Chat(_), pdq_protocol::Endpoint::Responses) => "input",
-            (Prompt::Chat(_), _) => "messages",
-            (_, pdq_protocol::Endpoint::Generate) => "text",
-            _ => "prompt",
-        };
-        return Err(ValidationError::Invalid {
-            field: field.into(),
-            reason: format!("is {bytes} bytes, over this cluster's limit of {max_bytes} (--max-prompt-bytes)"),
-        });
-    }
+    let field = match (&req.prompt, req.endpoint) {
+        (Prompt::Chat(_), pdq_protocol::Endpoint::Responses) => "input",
+        (Prompt::Chat(_), _) => "messages",
+        (_, pdq_protocol::Endpoint::Generate) => "text",
+        _ => "prompt",
+    };
+    within_bytes(field, bytes, max_bytes)?;
     let tokenize_err = |e: pdq_engine::EngineError| ValidationError::Tokenize(e.to_string());
     let tokens = match &req.prompt {
         Prompt::Text(text) => model.encode(text).map_err(tokenize_err)?,
@@ -220,6 +215,17 @@ pub(crate) fn tokenize(model: &Model, req: &ValidRequest, max_bytes: usize) -> R
     Ok(tokens)
 }
 
+/// The cluster's limit on a request's text, checked before any tokenizing.
+fn within_bytes(field: &str, bytes: usize, max_bytes: usize) -> Result<(), ValidationError> {
+    if bytes > max_bytes {
+        return Err(ValidationError::Invalid {
+            field: field.into(),
+            reason: format!("is {bytes} bytes, over this cluster's limit of {max_bytes} (--max-prompt-bytes)"),
+        });
+    }
+    Ok(())
+}
+
 fn in_vocabulary(model: &Model, ids: &[u32], field: &str) -> Result<Vec<u32>, ValidationError> {
     let vocab = model.config.vocab_size as u32;
     if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
@@ -234,7 +240,7 @@ fn in_vocabulary(model: &Model, ids: &[u32], field: &str) -> Result<Vec<u32>, Va
 /// Each input of an embeddings request as tokens, checked against the byte limit (all inputs
 /// together), the vocabulary and the context (each input alone); and `dimensions`, which only
 /// the model's own size satisfies (pdq does not truncate vectors that were not trained for it).
-pub(crate) fn tokenize_inputs(
+fn tokenize_inputs(
     model: &Model,
     inputs: &[EmbedInput],
     dimensions: Option<u32>,
@@ -248,12 +254,7 @@ pub(crate) fn tokenize_inputs(
         });
     }
     let bytes: usize = inputs.iter().map(|i| if let EmbedInput::Text(t) = i { t.len() } else { 0 }).sum();
-    if bytes > max_bytes {
-        return Err(ValidationError::Invalid {
-            field: "input".into(),
-            reason: format!("is {bytes} bytes, over this cluster's limit of {max_bytes} (--max-prompt-bytes)"),
-        });
-    }
+    within_bytes("input", bytes, max_bytes)?;
     let context = model.max_context();
     inputs
         .iter()

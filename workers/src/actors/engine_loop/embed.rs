@@ -32,12 +32,14 @@ pub(super) struct EmbedJob {
     done: Vec<Vec<f32>>,
     cached_tokens: usize,
     started: Option<Instant>,
+    /// Why an input cannot run: the job is answered with it.
+    failed: Option<EngineError>,
 }
 
 impl EmbedJob {
     pub(super) fn new(inputs: Vec<Vec<u32>>, reply: oneshot::Sender<Result<EmbedOut, EngineError>>) -> EmbedJob {
         let done = Vec::with_capacity(inputs.len());
-        EmbedJob { inputs, reply, done, cached_tokens: 0, started: None }
+        EmbedJob { inputs, reply, done, cached_tokens: 0, started: None, failed: None }
     }
 }
 
@@ -63,12 +65,11 @@ pub(super) fn embed_batch(
     let mut budget = cfg.prefill_token_budget;
     // (job, input, sequence, cached tokens), in queue order.
     let mut picked: Vec<(usize, usize, SeqId, usize)> = Vec::new();
-    let mut failed: Vec<(usize, EngineError)> = Vec::new();
-    'jobs: for (j, job) in queue.iter().enumerate() {
+    'jobs: for (j, job) in queue.iter_mut().enumerate() {
         for i in job.done.len()..job.inputs.len() {
             let tokens = &job.inputs[i];
             if let Err(e) = model.check_tokens(0, tokens) {
-                failed.push((j, e));
+                job.failed = Some(e);
                 continue 'jobs;
             }
             let pool = exec.pool();
@@ -79,7 +80,7 @@ pub(super) fn embed_batch(
             }
             let whole = pool.layout().blocks_for(tokens.len());
             if whole > pool.n_blocks() {
-                failed.push((j, EngineError::KvCapacity { needed: whole, available: pool.n_blocks() }));
+                job.failed = Some(EngineError::KvCapacity { needed: whole, available: pool.n_blocks() });
                 continue 'jobs;
             }
             let need = if pooling == Pooling::Last { pool.prompt_cost(tokens, tokens.len()) } else { whole };
@@ -124,11 +125,9 @@ pub(super) fn embed_batch(
         }
     }
     // Answer the jobs that failed or finished; the rest keep their place.
-    let mut failed = failed.into_iter().peekable();
     let mut kept = VecDeque::with_capacity(queue.len());
-    for (j, job) in queue.drain(..).enumerate() {
-        if failed.peek().is_some_and(|(f, _)| *f == j) {
-            let (_, e) = failed.next().expect("peeked");
+    for mut job in queue.drain(..) {
+        if let Some(e) = job.failed.take() {
             let _ = job.reply.send(Err(e));
         } else if job.done.len() == job.inputs.len() {
             let elapsed = job.started.map_or(Duration::ZERO, |t| t.elapsed());
